@@ -1,0 +1,274 @@
+"""Value types shared by every layer: image references, digests, observations, tag records, events.
+
+Pure: no I/O, no third-party imports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import hashlib
+import ipaddress
+import re
+from typing import Any
+
+from watchdog import errors
+
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_API = "registry-1.docker.io"
+_DOCKER_HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
+
+# The grammar of github.com/distribution/reference, written out for Python.
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_PATH_RE = re.compile(rf"^{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*$")
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_HOST_RE = re.compile(
+    rf"^(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:.]+\])(?::[0-9]{{1,5}})?$"
+)
+TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
+DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
+MAX_NAME_LENGTH = 255
+
+
+def sha256_digest(body: bytes) -> str:
+    """The OCI digest (``sha256:<hex>``) of ``body``."""
+    return "sha256:" + hashlib.sha256(body).hexdigest()
+
+
+def check_digest(value: str) -> str:
+    """Return ``value`` if it is a well-formed sha256 digest, else raise InvalidReference."""
+    if not DIGEST_RE.match(value):
+        raise errors.InvalidReference(
+            f"not a sha256 digest: {errors.truncate(value, 80)!r} (expected sha256:<64 hex digits>)"
+        )
+    return value
+
+
+def short_digest(digest: str) -> str:
+    """``sha256:ea6ca1c9b758`` - enough to tell digests apart in a table."""
+    return digest[:19]
+
+
+def check_tag(value: str) -> str:
+    if not TAG_RE.match(value):
+        raise errors.InvalidReference(
+            f"not a valid tag: {errors.truncate(value, 80)!r} "
+            "(letters, digits, '_', '.', '-'; at most 128; not starting with '.' or '-')"
+        )
+    return value
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost``, ``127.0.0.0/8`` and ``::1``, with or without a port."""
+    name = host
+    if name.startswith("["):
+        name = name[1 : name.index("]")] if "]" in name else name
+    elif name.count(":") == 1:
+        name = name.split(":", 1)[0]
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def normalize_host(host: str) -> str:
+    """Canonical registry host: Docker Hub's aliases become ``docker.io``; names are lower-cased."""
+    lowered = host.lower()
+    return DOCKER_HUB if lowered in _DOCKER_HUB_ALIASES else lowered
+
+
+def api_host(host: str) -> str:
+    """The host that actually serves the Distribution API for ``host``."""
+    return DOCKER_HUB_API if normalize_host(host) == DOCKER_HUB else host
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class ImageRef:
+    """A parsed image reference. ``repository`` is the path inside the registry."""
+
+    host: str
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    @classmethod
+    def parse(cls, text: str, *, require_tag: bool = False, allow_tag: bool = True) -> ImageRef:
+        """Parse ``[host/]path[:tag][@digest]`` the way Docker does (``docker.io``, ``library/``).
+
+        Raises InvalidReference naming what is wrong.
+        """
+        raw = text.strip()
+        if not raw:
+            raise errors.InvalidReference("empty image reference")
+        digest: str | None = None
+        if "@" in raw:
+            raw, digest = raw.split("@", 1)
+            check_digest(digest)
+        tag: str | None = None
+        last_slash = raw.rfind("/")
+        colon = raw.rfind(":")
+        if colon > last_slash:
+            raw, tag = raw[:colon], raw[colon + 1 :]
+            check_tag(tag)
+        host, path = _split_host(raw)
+        if not path or len(path) > MAX_NAME_LENGTH or not _PATH_RE.match(path):
+            raise errors.InvalidReference(
+                f"not a valid repository name: {errors.truncate(text, 120)!r} "
+                "(lower-case letters, digits and separators '.', '_', '__', '-', '/')"
+            )
+        if host == DOCKER_HUB and "/" not in path:
+            path = "library/" + path
+        if tag is not None and not allow_tag:
+            raise errors.InvalidReference(f"expected a repository without a tag: {text!r}")
+        if require_tag and tag is None:
+            raise errors.InvalidReference(f"expected an image reference with a tag: {text!r}")
+        return cls(host=host, repository=path, tag=tag, digest=digest)
+
+    @property
+    def name(self) -> str:
+        """``host/repository``: the canonical repository identity used in the store and metrics."""
+        return f"{self.host}/{self.repository}"
+
+    def with_tag(self, tag: str) -> ImageRef:
+        return dataclasses.replace(self, tag=tag, digest=None)
+
+    def with_digest(self, digest: str) -> ImageRef:
+        return dataclasses.replace(self, tag=None, digest=digest)
+
+    def __str__(self) -> str:
+        out = self.name
+        if self.tag is not None:
+            out += f":{self.tag}"
+        if self.digest is not None:
+            out += f"@{self.digest}"
+        return out
+
+
+def _split_host(raw: str) -> tuple[str, str]:
+    first, sep, rest = raw.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost" or first.startswith("[")):
+        if not _HOST_RE.match(first):
+            raise errors.InvalidReference(f"not a valid registry host: {errors.truncate(first, 80)!r}")
+        return normalize_host(first), rest
+    return DOCKER_HUB, raw
+
+
+# --- what a poll sees ----------------------------------------------------------------------------
+
+
+class ObservationKind(enum.Enum):
+    PRESENT = "present"  # the tag answers a digest (verified by GET when it differs from the record)
+    ABSENT = "absent"  # definitive: not in tags/list and the manifest answers 404 with an error code
+    ERROR = "error"  # we could not tell: never a change
+
+
+@dataclasses.dataclass(frozen=True)
+class Observation:
+    kind: ObservationKind
+    digest: str | None = None
+    media_type: str | None = None
+    error: str | None = None
+    # for a move: platforms whose child digest changed ("linux/amd64", ...); filled by the service
+    changed_platforms: tuple[str, ...] = ()
+
+    @classmethod
+    def present(
+        cls, digest: str, media_type: str | None, changed_platforms: tuple[str, ...] = ()
+    ) -> Observation:
+        return cls(ObservationKind.PRESENT, digest=digest, media_type=media_type,
+                   changed_platforms=changed_platforms)
+
+    @classmethod
+    def absent(cls) -> Observation:
+        return cls(ObservationKind.ABSENT)
+
+    @classmethod
+    def failed(cls, error: str) -> Observation:
+        return cls(ObservationKind.ERROR, error=error)
+
+
+class TagState(enum.Enum):
+    OK = "ok"  # the tag answers the recorded digest
+    DRIFTED = "drifted"  # the tag answers another digest; the recorded one is still the trusted one
+    DELETED = "deleted"  # confirmed gone (two definitive answers in a row)
+
+
+class EventKind(enum.Enum):
+    FIRST_SEEN = "first_seen"
+    MOVED = "moved"
+    DELETED = "deleted"
+    REAPPEARED = "reappeared"
+    REVERTED = "reverted"  # back at the recorded digest without us (someone ran crane tag)
+    ACCEPTED = "accepted"
+    RESTORED = "restored"
+    RESTORE_FAILED = "restore_failed"
+
+
+@dataclasses.dataclass(frozen=True)
+class TagRecord:
+    """What the store knows about one tag."""
+
+    repository: str  # ImageRef.name, e.g. "ghcr.io/deephaven/server"
+    tag: str
+    recorded_digest: str  # the trusted digest: first seen, accepted or restored
+    current_digest: str | None  # what the tag answered last (None once deleted)
+    media_type: str | None
+    state: TagState
+    first_seen: dt.datetime
+    last_checked: dt.datetime
+    last_changed: dt.datetime
+    missing_count: int = 0  # consecutive definitive "absent" answers
+
+    @property
+    def ref(self) -> str:
+        return f"{self.repository}:{self.tag}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """One row of the append-only event log."""
+
+    repository: str
+    tag: str
+    kind: EventKind
+    at: dt.datetime
+    old_digest: str | None = None
+    new_digest: str | None = None
+    detail: dict[str, Any] = dataclasses.field(default_factory=dict)
+    actor: str = "watchdog"
+    id: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """A manifest exactly as the registry served it: the bytes are the identity."""
+
+    digest: str
+    media_type: str
+    body: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class ManifestHead:
+    """What a HEAD on a manifest said."""
+
+    digest: str | None  # None when the registry sent no Docker-Content-Digest
+    media_type: str | None
+    size: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    """What one observation means for one tag: the record to write and the event to append.
+
+    ``record`` is None when nothing about the tag needs writing beyond the batched last-checked
+    time; ``event`` is None when nothing happened worth the event log.
+    """
+
+    repository: str
+    tag: str
+    record: TagRecord | None = None
+    event: Event | None = None
