@@ -155,7 +155,7 @@ class HookSettings:
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    database_url: Secret = Secret(DEFAULT_DATABASE_URL)
+    database_url: Secret = dataclasses.field(default_factory=lambda: Secret(DEFAULT_DATABASE_URL))
     interval: float = 60.0
     jitter: float = 10.0
     http: HttpSettings = HttpSettings()
@@ -198,7 +198,7 @@ class _LineDict(dict[Any, Any]):
 
 _LineLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_mapping,  # type: ignore[arg-type]
+    _construct_mapping,
 )
 
 
@@ -238,8 +238,12 @@ class _Reader:
             return {}
         for key in value:
             if key not in known:
-                self.problem(f"{path}.{key}" if path else str(key),
-                             f"unknown key (known: {', '.join(sorted(known))})", value, key)
+                self.problem(
+                    f"{path}.{key}" if path else str(key),
+                    f"unknown key (known: {', '.join(sorted(known))})",
+                    value,
+                    key,
+                )
         return value
 
     def string(self, node: dict[str, Any], key: str, path: str, default: str | None) -> str | None:
@@ -247,7 +251,9 @@ class _Reader:
             return default
         value = node[key]
         if isinstance(value, bool | dict | list):
-            self.problem(f"{path}{key}", f"expected a string, got {type(value).__name__}", node, key)
+            self.problem(
+                f"{path}{key}", f"expected a string, got {type(value).__name__}", node, key
+            )
             return default
         return expand_env(str(value), self.env, self.problems, f"{path}{key}")
 
@@ -267,8 +273,15 @@ class _Reader:
             self.problem(f"{path}{key}", str(exc), node, key)
             return default
 
-    def integer(self, node: dict[str, Any], key: str, path: str, default: int,
-                minimum: int = 0, maximum: int = 1_000_000) -> int:
+    def integer(
+        self,
+        node: dict[str, Any],
+        key: str,
+        path: str,
+        default: int,
+        minimum: int = 0,
+        maximum: int = 1_000_000,
+    ) -> int:
         if key not in node or node[key] is None:
             return default
         raw = node[key]
@@ -313,14 +326,33 @@ class _Reader:
         return tuple(expand_env(str(x), self.env, self.problems, f"{path}{key}") for x in raw)
 
 
-_TOP_KEYS = {"database_url", "interval", "jitter", "http", "registries", "watches", "slack",
-             "restore", "hooks"}
-_REGISTRY_KEYS = {"host", "username", "password", "insecure", "max_concurrency", "timeout",
-                  "push_username", "push_password"}
+_TOP_KEYS = {
+    "database_url",
+    "interval",
+    "jitter",
+    "http",
+    "registries",
+    "watches",
+    "slack",
+    "restore",
+    "hooks",
+}
+_REGISTRY_KEYS = {
+    "host",
+    "username",
+    "password",
+    "insecure",
+    "max_concurrency",
+    "timeout",
+    "push_username",
+    "push_password",
+}
 _WATCH_KEYS = {"repository", "tags", "on_move", "interval"}
 
 
-def from_mapping(raw: Any, env: Mapping[str, str] | None = None, source: str | None = None) -> Settings:
+def from_mapping(
+    raw: Any, env: Mapping[str, str] | None = None, source: str | None = None
+) -> Settings:
     """Build Settings from parsed YAML (plus env overrides). Raises ConfigError listing every problem."""
     env = dict(os.environ if env is None else env)
     r = _Reader(env)
@@ -329,8 +361,12 @@ def from_mapping(raw: Any, env: Mapping[str, str] | None = None, source: str | N
 
     database_url = r.string(top, "database_url", "", DEFAULT_DATABASE_URL) or DEFAULT_DATABASE_URL
     if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", database_url):
-        r.problem("database_url", "must start with sqlite:/// or postgresql+psycopg://", top,
-                  "database_url")
+        r.problem(
+            "database_url",
+            "must start with sqlite:/// or postgresql+psycopg://",
+            top,
+            "database_url",
+        )
     interval = r.duration(top, "interval", "", 60.0)
     if interval < 1:
         r.problem("interval", "must be at least 1s", top, "interval")
@@ -372,17 +408,19 @@ def from_mapping(raw: Any, env: Mapping[str, str] | None = None, source: str | N
             r.problem(f"{p}username", "is required when a password is given", node, "password")
         push_username = r.string(node, "push_username", p, None) or None
         push_password = r.secret(node, "push_password", p)
-        registries.append(RegistrySettings(
-            host=host,
-            username=username,
-            password=password,
-            insecure=r.boolean(node, "insecure", p, models.is_loopback_host(host)),
-            max_concurrency=r.integer(node, "max_concurrency", p, 8, minimum=1, maximum=256),
-            timeout=r.duration(node, "timeout", p, 10.0),
-            push_username=push_username,
-            push_password=push_password,
-            use_docker_config=username is None,
-        ))
+        registries.append(
+            RegistrySettings(
+                host=host,
+                username=username,
+                password=password,
+                insecure=r.boolean(node, "insecure", p, models.is_loopback_host(host)),
+                max_concurrency=r.integer(node, "max_concurrency", p, 8, minimum=1, maximum=256),
+                timeout=r.duration(node, "timeout", p, 10.0),
+                push_username=push_username,
+                push_password=push_password,
+                use_docker_config=username is None,
+            )
+        )
 
     watches: list[WatchSettings] = []
     watches_raw = top.get("watches") or []
@@ -405,7 +443,9 @@ def from_mapping(raw: Any, env: Mapping[str, str] | None = None, source: str | N
             r.problem(f"{p}repository", str(exc), node, "repository")
             continue
         if ref.digest:
-            r.problem(f"{p}repository", "give a repository, not a digest reference", node, "repository")
+            r.problem(
+                f"{p}repository", "give a repository, not a digest reference", node, "repository"
+            )
             continue
         if ref.name in seen_repos:
             r.problem(f"{p}repository", f"{ref.name} is watched twice", node, "repository")
@@ -423,19 +463,31 @@ def from_mapping(raw: Any, env: Mapping[str, str] | None = None, source: str | N
                     bad = True
         on_move = r.string(node, "on_move", p, "alert") or "alert"
         if on_move not in ON_MOVE:
-            r.problem(f"{p}on_move", f"must be one of {', '.join(ON_MOVE)}, got {on_move!r}",
-                      node, "on_move")
+            r.problem(
+                f"{p}on_move",
+                f"must be one of {', '.join(ON_MOVE)}, got {on_move!r}",
+                node,
+                "on_move",
+            )
         w_interval = r.duration(node, "interval", p, 0.0) if "interval" in node else None
         if w_interval is not None and w_interval < 1:
             r.problem(f"{p}interval", "must be at least 1s", node, "interval")
         if bad:
             continue
-        watches.append(WatchSettings(repository=ref, tags=TagFilter(include, exclude),
-                                     on_move=on_move, interval=w_interval))
+        watches.append(
+            WatchSettings(
+                repository=ref,
+                tags=TagFilter(include, exclude),
+                on_move=on_move,
+                interval=w_interval,
+            )
+        )
 
-    slack_raw = r.mapping(top.get("slack"), "slack",
-                          {"webhook_url", "token", "channel", "signing_secret", "allowed_users",
-                           "base_url"})
+    slack_raw = r.mapping(
+        top.get("slack"),
+        "slack",
+        {"webhook_url", "token", "channel", "signing_secret", "allowed_users", "base_url"},
+    )
     slack = SlackSettings(
         webhook_url=r.secret(slack_raw, "webhook_url", "slack."),
         token=r.secret(slack_raw, "token", "slack."),
@@ -475,11 +527,17 @@ def from_mapping(raw: Any, env: Mapping[str, str] | None = None, source: str | N
 
 def _apply_env_overrides(top: dict[str, Any], env: Mapping[str, str]) -> None:
     """``WATCHDOG_DATABASE_URL``, ``WATCHDOG_INTERVAL``, ``WATCHDOG_HTTP_LISTEN``... override the file."""
-    simple = {"DATABASE_URL": ("database_url",), "INTERVAL": ("interval",), "JITTER": ("jitter",),
-              "HTTP_LISTEN": ("http", "listen"), "API_TOKEN": ("http", "api_token"),
-              "SLACK_WEBHOOK_URL": ("slack", "webhook_url"), "SLACK_TOKEN": ("slack", "token"),
-              "SLACK_CHANNEL": ("slack", "channel"),
-              "HOOK_TOKEN": ("hooks", "registry_token")}
+    simple = {
+        "DATABASE_URL": ("database_url",),
+        "INTERVAL": ("interval",),
+        "JITTER": ("jitter",),
+        "HTTP_LISTEN": ("http", "listen"),
+        "API_TOKEN": ("http", "api_token"),
+        "SLACK_WEBHOOK_URL": ("slack", "webhook_url"),
+        "SLACK_TOKEN": ("slack", "token"),
+        "SLACK_CHANNEL": ("slack", "channel"),
+        "HOOK_TOKEN": ("hooks", "registry_token"),
+    }
     for suffix, path in simple.items():
         value = env.get(ENV_PREFIX + suffix)
         if value is None:

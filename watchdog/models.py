@@ -17,7 +17,12 @@ from watchdog import errors
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"
-_DOCKER_HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
+_DOCKER_HUB_ALIASES = {
+    "docker.io",
+    "index.docker.io",
+    "registry-1.docker.io",
+    "registry.hub.docker.com",
+}
 
 # The grammar of github.com/distribution/reference, written out for Python.
 _PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -151,7 +156,9 @@ def _split_host(raw: str) -> tuple[str, str]:
     first, sep, rest = raw.partition("/")
     if sep and ("." in first or ":" in first or first == "localhost" or first.startswith("[")):
         if not _HOST_RE.match(first):
-            raise errors.InvalidReference(f"not a valid registry host: {errors.truncate(first, 80)!r}")
+            raise errors.InvalidReference(
+                f"not a valid registry host: {errors.truncate(first, 80)!r}"
+            )
         return normalize_host(first), rest
     return DOCKER_HUB, raw
 
@@ -160,8 +167,12 @@ def _split_host(raw: str) -> tuple[str, str]:
 
 
 class ObservationKind(enum.Enum):
-    PRESENT = "present"  # the tag answers a digest (verified by GET when it differs from the record)
-    ABSENT = "absent"  # definitive: not in tags/list and the manifest answers 404 with an error code
+    PRESENT = (
+        "present"  # the tag answers a digest (verified by GET when it differs from the record)
+    )
+    ABSENT = (
+        "absent"  # definitive: not in tags/list and the manifest answers 404 with an error code
+    )
     ERROR = "error"  # we could not tell: never a change
 
 
@@ -178,8 +189,12 @@ class Observation:
     def present(
         cls, digest: str, media_type: str | None, changed_platforms: tuple[str, ...] = ()
     ) -> Observation:
-        return cls(ObservationKind.PRESENT, digest=digest, media_type=media_type,
-                   changed_platforms=changed_platforms)
+        return cls(
+            ObservationKind.PRESENT,
+            digest=digest,
+            media_type=media_type,
+            changed_platforms=changed_platforms,
+        )
 
     @classmethod
     def absent(cls) -> Observation:
