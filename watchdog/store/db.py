@@ -1,0 +1,334 @@
+"""The database edge: engines, the schema check, Alembic, and error translation.
+
+Everything SQLAlchemy or a driver raises becomes an ``errors.StoreError`` here, once: connection
+problems are ``DatabaseUnavailable`` (temporary), a missing or foreign schema is
+``SchemaMismatch``. Messages are one line and never contain the database password.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import re
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime import migration
+from alembic.script import ScriptDirectory
+from alembic.util import exc as alembic_exc
+from sqlalchemy import event, exc
+from sqlalchemy.engine import Engine, make_url
+
+from watchdog import errors
+from watchdog.store import tables
+
+SchemaStatus = Literal["empty", "current", "outdated", "newer"]
+
+UPGRADE_HINT = "run `tag-watchdog db upgrade -c CONFIG`"
+
+# Long enough to ride out a checkpoint or a CLI command holding the write lock; short enough that
+# a stuck writer surfaces as an error rather than a hung daemon.
+SQLITE_BUSY_TIMEOUT_MS = 5000
+PG_CONNECT_TIMEOUT_S = 10
+
+# Any constant works: it only has to be the same for every tag-watchdog that migrates a database.
+_MIGRATION_LOCK_KEY = 0x7461_6777_6463_6801  # "tagwdch" + 1
+
+# SQLSTATEs that mean "this is not the schema I expect".
+_PG_SCHEMA_STATES = {"42P01", "42703"}  # undefined_table, undefined_column
+# SQLSTATE classes that mean "the server cannot be used right now": connection exception, invalid
+# authorization, insufficient resources, operator intervention (shutdown), system error.
+_PG_UNAVAILABLE_CLASSES = {"08", "28", "53", "57", "58"}
+
+
+def create_engine(url: str) -> Engine:
+    """An engine for ``url`` (``sqlite:///FILE`` or ``postgresql+psycopg://...``).
+
+    Does not connect: the first query does. SQLite gets WAL, a busy timeout, foreign keys and real
+    transactions (BEGIN emitted by SQLAlchemy, so DDL and SELECTs are transactional too).
+    PostgreSQL gets pre-ping, so connections dropped by a server restart are replaced silently.
+    """
+    try:
+        parsed = make_url(url)
+    except exc.ArgumentError as e:
+        raise errors.ConfigError([f"database_url: not a database URL: {mask_url(url)}"]) from e
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        if not parsed.database or parsed.database == ":memory:" or "mode=memory" in url:
+            raise errors.ConfigError(
+                [f"database_url: SQLite needs a file (sqlite:///path/to/watchdog.db), got {url}"]
+            )
+        engine = sa.create_engine(parsed)
+        event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "begin", _sqlite_on_begin)
+        return engine
+    if backend == "postgresql":
+        if parsed.get_driver_name() not in ("psycopg", "postgresql"):
+            raise errors.ConfigError(
+                [
+                    f"database_url: use the psycopg 3 driver (postgresql+psycopg://...), got {mask_url(url)}"
+                ]
+            )
+        parsed = parsed.set(drivername="postgresql+psycopg")
+        return sa.create_engine(
+            parsed,
+            pool_pre_ping=True,
+            connect_args={
+                "connect_timeout": PG_CONNECT_TIMEOUT_S,
+                "application_name": "tag-watchdog",
+            },
+        )
+    raise errors.ConfigError(
+        [f"database_url: unsupported database {backend!r} (use sqlite or postgresql+psycopg)"]
+    )
+
+
+def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
+    # Hand transaction control to SQLAlchemy (see _sqlite_on_begin): the sqlite3 module's legacy
+    # mode would neither BEGIN before SELECT nor before DDL.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        # WAL lets the CLI read while the daemon writes; NORMAL is durable enough under WAL.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(conn: sa.Connection) -> None:
+    # IMMEDIATE takes the write lock up front where asked (migrations): two processes upgrading at
+    # once then queue on busy_timeout instead of failing on a read-to-write lock upgrade.
+    immediate = conn.get_execution_options().get("watchdog_sqlite_immediate", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def mask_url(url: str | sa.URL) -> str:
+    """``url`` with the password replaced by ``***`` (for messages and logs)."""
+    if isinstance(url, sa.URL):
+        return url.render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except exc.ArgumentError:
+        return re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", url)
+
+
+# --- error translation ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def translating(engine: Engine) -> Iterator[None]:
+    """Run the body with SQLAlchemy errors turned into ``errors.StoreError`` (see ``translate``)."""
+    try:
+        yield
+    except exc.SQLAlchemyError as e:
+        raise translate(e, engine.url) from e
+
+
+def translate(error: exc.SQLAlchemyError, url: sa.URL) -> errors.StoreError:
+    """The ``errors.StoreError`` that ``error`` means, with a one-line, password-free message.
+
+    Connection trouble (refused, DNS, authentication, server shutting down, pool exhausted, SQLite
+    locked or unopenable) is ``DatabaseUnavailable``; a missing table or column is
+    ``SchemaMismatch``; anything else is a plain, permanent ``StoreError``.
+    """
+    shown = mask_url(url)
+    reason = _reason(error, url)
+    if _is_schema_problem(error):
+        return errors.SchemaMismatch(
+            f"database {shown} does not have the expected schema ({reason}): {UPGRADE_HINT}"
+        )
+    if _is_unavailable(error):
+        return errors.DatabaseUnavailable(f"database {shown} unreachable: {reason}")
+    return errors.StoreError(f"database {shown}: {reason}")
+
+
+def _sqlstate(error: exc.SQLAlchemyError) -> str:
+    orig = getattr(error, "orig", None)
+    return str(getattr(orig, "sqlstate", None) or "")
+
+
+def _is_schema_problem(error: exc.SQLAlchemyError) -> bool:
+    if _sqlstate(error) in _PG_SCHEMA_STATES:
+        return True
+    text = str(getattr(error, "orig", "") or "")
+    return isinstance(error, exc.OperationalError) and (
+        "no such table" in text or "no such column" in text
+    )
+
+
+def _is_unavailable(error: exc.SQLAlchemyError) -> bool:
+    if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
+        return True
+    if isinstance(error, exc.TimeoutError | exc.DisconnectionError | exc.InterfaceError):
+        return True
+    state = _sqlstate(error)
+    if state:
+        return state[:2] in _PG_UNAVAILABLE_CLASSES
+    # psycopg connection failures carry no SQLSTATE; SQLite reports locks and unopenable files as
+    # OperationalError too.
+    return isinstance(error, exc.OperationalError)
+
+
+_REASONS = (
+    ("connection refused", "connection refused"),
+    ("could not translate host name", "unknown host"),
+    ("name or service not known", "unknown host"),
+    ("temporary failure in name resolution", "unknown host"),
+    ("password authentication failed", "password authentication failed"),
+    ("timeout expired", "connection timed out"),
+    ("timed out", "connection timed out"),
+    ("does not exist", None),  # "database x does not exist": the driver's words are clear enough
+    ("database is locked", "database is locked (another process holds the write lock)"),
+    ("unable to open database file", "unable to open the database file"),
+    ("server closed the connection", "the server closed the connection"),
+    ("terminating connection", "the server terminated the connection"),
+)
+
+
+def _reason(error: exc.SQLAlchemyError, url: sa.URL) -> str:
+    orig = getattr(error, "orig", None)
+    raw = str(orig) if orig is not None else str(error)
+    if isinstance(error, exc.TimeoutError):
+        raw = "connection pool exhausted (timed out waiting for a connection)"
+    lowered = raw.lower()
+    first = next((line.strip() for line in raw.splitlines() if line.strip()), type(error).__name__)
+    # psycopg prefixes "connection failed: connection to server at ..., port N failed: <why>"
+    first = re.sub(r"^.*connection to server (at|on) .*? failed: ", "", first)
+    reason = first
+    for needle, short in _REASONS:
+        if needle in lowered:
+            reason = short or first
+            break
+    if url.password:
+        reason = reason.replace(str(url.password), "***")
+    return errors.truncate(reason)
+
+
+# --- schema --------------------------------------------------------------------------------------
+
+
+def script_location() -> str:
+    """The directory of the ``watchdog.migrations`` package (checkout or installed wheel)."""
+    # Imported by name: the package lives in the top-level migrations/ directory (setuptools
+    # package-dir), which static checkers cannot map to watchdog.migrations.
+    package = importlib.import_module("watchdog.migrations")
+    if package.__file__ is None:
+        raise errors.StoreError("cannot locate the watchdog.migrations package")
+    return os.path.dirname(os.path.abspath(package.__file__))
+
+
+def _alembic_config(connection: sa.Connection | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", script_location())
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def _script() -> ScriptDirectory:
+    return ScriptDirectory.from_config(_alembic_config())
+
+
+def head() -> str:
+    """The newest revision this release of tag-watchdog knows."""
+    heads = _script().get_heads()
+    if len(heads) != 1:
+        raise errors.StoreError(f"migration scripts have {len(heads)} heads, expected one")
+    return str(heads[0])
+
+
+def _revisions(conn: sa.Connection) -> tuple[str, ...]:
+    return tuple(migration.MigrationContext.configure(conn).get_current_heads())
+
+
+def current(engine: Engine) -> str | None:
+    """The revision the database is at, or None when it has none (empty)."""
+    with translating(engine), engine.connect() as conn:
+        revisions = _revisions(conn)
+    return ",".join(revisions) if revisions else None
+
+
+def schema_status(engine: Engine) -> SchemaStatus:
+    """Compare the database's Alembic revision with this release's migration head.
+
+    ``empty``: no revision and none of the application's tables (a fresh database).
+    ``current``: at the head. ``outdated``: at an older revision of ours, or application tables
+    without any revision (stamped to base). ``newer``: a revision these scripts do not know.
+    """
+    with translating(engine), engine.connect() as conn:
+        revisions = _revisions(conn)
+        has_tables = bool(set(sa.inspect(conn).get_table_names()) & set(tables.APPLICATION_TABLES))
+    return _classify(revisions, has_tables)
+
+
+def _classify(revisions: tuple[str, ...], has_tables: bool) -> SchemaStatus:
+    if not revisions:
+        return "outdated" if has_tables else "empty"
+    target = head()
+    if revisions == (target,):
+        return "current"
+    script = _script()
+    for revision in revisions:
+        try:
+            script.get_revision(revision)
+        except alembic_exc.CommandError:
+            return "newer"
+    return "outdated"
+
+
+def upgrade(engine: Engine) -> None:
+    """Migrate the database to this release's head, in one transaction where the backend can.
+
+    Safe to run concurrently: on PostgreSQL an advisory lock serialises migrators (the second finds
+    the work done); on SQLite the write lock is taken up front.
+    """
+    with translating(engine), engine.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            conn = conn.execution_options(watchdog_sqlite_immediate=True)
+        with conn.begin():
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATION_LOCK_KEY)))
+            command.upgrade(_alembic_config(conn), "head")
+
+
+def ensure_schema(engine: Engine, *, migrate_empty: bool) -> None:
+    """Return when the database is at this release's schema; migrate it first if it is empty and
+    ``migrate_empty`` allows. Otherwise raise ``errors.SchemaMismatch`` saying what to do.
+
+    Raises ``errors.DatabaseUnavailable`` when the database cannot be reached.
+    """
+    status = schema_status(engine)
+    shown = mask_url(engine.url)
+    if status == "current":
+        return
+    if status == "empty":
+        if not migrate_empty:
+            raise errors.SchemaMismatch(
+                f"database {shown} has no tag-watchdog schema yet: {UPGRADE_HINT}"
+            )
+        upgrade(engine)
+        return
+    found = current(engine)
+    if found is None:
+        # Tables without a revision (someone ran `alembic stamp base`): upgrading would try to
+        # create tables that exist, so do not suggest it.
+        raise errors.SchemaMismatch(
+            f"database {shown} has tag-watchdog tables but no recorded schema revision: restore "
+            "its alembic_version row or point tag-watchdog at another database"
+        )
+    if status == "outdated":
+        raise errors.SchemaMismatch(
+            f"database {shown} is at schema revision {found}, this tag-watchdog needs "
+            f"{head()}: {UPGRADE_HINT}"
+        )
+    raise errors.SchemaMismatch(
+        f"database {shown} was migrated by a newer tag-watchdog (schema revision {found}; this "
+        f"release knows up to {head()}): upgrade tag-watchdog or point it at another database"
+    )

@@ -1,0 +1,341 @@
+"""Every query of tag-watchdog, behind one class: ``Store``.
+
+Synchronous SQLAlchemy Core; the service calls it from worker threads (``asyncio.to_thread``), and
+one ``Store`` may be shared by many threads (the engine's pool gives each call its own connection).
+Each public method is one transaction and raises only ``errors.StoreError`` (and
+``errors.ProtocolError`` for manifest bytes that do not match their digest).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+
+from watchdog import errors, models
+from watchdog.store import db, tables
+
+# Long enough for a registry's error and our context; the full story is in the logs.
+MAX_WATCH_ERROR = 1000
+
+T = tables.tags
+E = tables.events
+M = tables.manifests
+W = tables.watches
+
+
+@dataclasses.dataclass(frozen=True)
+class WatchStatus:
+    """How the checks of one watched repository have been going."""
+
+    repository: str
+    last_attempt: dt.datetime | None
+    last_success: dt.datetime | None
+    last_error: str | None
+    consecutive_errors: int
+
+
+class Store:
+    """The tag records, the event log, the manifest archive and the watch status of one database."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._dialect = engine.dialect.name
+        if self._dialect not in ("sqlite", "postgresql"):
+            raise errors.StoreError(f"unsupported database {self._dialect!r}")
+
+    # --- reads -----------------------------------------------------------------------------------
+
+    def load_tags(self, repository: str) -> dict[str, models.TagRecord]:
+        """Every recorded tag of ``repository`` (deleted ones included), by tag, in one SELECT."""
+        return {r.tag: r for r in self.all_tags(repository)}
+
+    def all_tags(self, repository: str | None = None) -> list[models.TagRecord]:
+        """Every recorded tag, or those of ``repository``, ordered by repository then tag."""
+        query = sa.select(T).order_by(T.c.repository, T.c.tag)
+        if repository is not None:
+            query = query.where(T.c.repository == repository)
+        with db.translating(self.engine), self.engine.connect() as conn:
+            return [_record(row) for row in conn.execute(query).mappings()]
+
+    def get_tag(self, repository: str, tag: str) -> models.TagRecord | None:
+        """The record of one tag, or None when it was never seen."""
+        query = sa.select(T).where(T.c.repository == repository, T.c.tag == tag)
+        with db.translating(self.engine), self.engine.connect() as conn:
+            row = conn.execute(query).mappings().first()
+        return None if row is None else _record(row)
+
+    def history(self, repository: str, tag: str) -> list[models.Event]:
+        """The events of one tag, oldest first (in the order they were written)."""
+        query = sa.select(E).where(E.c.repository == repository, E.c.tag == tag).order_by(E.c.id)
+        with db.translating(self.engine), self.engine.connect() as conn:
+            return [_event(row) for row in conn.execute(query).mappings()]
+
+    def get_manifest(self, repository: str, digest: str) -> models.Manifest | None:
+        """The archived manifest ``digest`` of ``repository``, byte-identical to what was served.
+
+        The bytes are verified again on the way out: a corrupted archive row raises StoreError
+        rather than handing out bytes that are not the digest.
+        """
+        query = sa.select(M.c.media_type, M.c.body).where(
+            M.c.repository == repository, M.c.digest == digest
+        )
+        with db.translating(self.engine), self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        body = bytes(row.body)
+        if models.sha256_digest(body) != digest:
+            raise errors.StoreError(
+                f"archived manifest {repository}@{digest} is corrupt: its bytes hash to "
+                f"{models.sha256_digest(body)}"
+            )
+        return models.Manifest(digest=digest, media_type=row.media_type, body=body)
+
+    def watch_status(self) -> list[WatchStatus]:
+        """The check status of every repository that was ever checked, ordered by repository."""
+        query = sa.select(W).order_by(W.c.repository)
+        with db.translating(self.engine), self.engine.connect() as conn:
+            return [
+                WatchStatus(
+                    repository=row.repository,
+                    last_attempt=row.last_attempt,
+                    last_success=row.last_success,
+                    last_error=row.last_error,
+                    consecutive_errors=row.consecutive_errors,
+                )
+                for row in conn.execute(query)
+            ]
+
+    def ping(self) -> None:
+        """Return when the database answers a query; raise DatabaseUnavailable otherwise."""
+        with db.translating(self.engine), self.engine.connect() as conn:
+            conn.execute(sa.select(sa.literal(1))).scalar_one()
+
+    # --- writes ----------------------------------------------------------------------------------
+
+    def apply_check(
+        self,
+        repository: str,
+        now: dt.datetime,
+        changes: Sequence[models.Change],
+        *,
+        skip_touch: Collection[str] = (),
+        manifests: Sequence[models.Manifest] = (),
+    ) -> list[models.Event]:
+        """Persist one check of ``repository`` atomically: all of it or nothing.
+
+        Upserts the record of every change that has one, appends every change's event, archives
+        ``manifests`` (each verified first: ``errors.ProtocolError`` before anything is written if a
+        body does not hash to its digest), sets ``last_checked = now`` on every other tag of the
+        repository except those in ``skip_touch`` (one statement, whatever the number of tags),
+        and marks the watch successful. Returns the events with their ids.
+
+        The number of statements depends on the number of changes and manifests, never on the
+        number of unchanged tags.
+        """
+        _require_aware(now)
+        for change in changes:
+            if change.repository != repository:
+                raise ValueError(f"change for {change.repository} in a check of {repository}")
+        for manifest in manifests:
+            _verify(repository, manifest)
+        records = [c.record for c in changes if c.record is not None]
+        new_events = [c.event for c in changes if c.event is not None]
+        written = {r.tag for r in records}
+        untouched = sorted(written.union(skip_touch))
+
+        with db.translating(self.engine), self.engine.begin() as conn:
+            if records:
+                conn.execute(self._upsert_tags(), [_record_row(r) for r in records])
+            saved: list[models.Event] = []
+            if new_events:
+                # Multi-row INSERT ... RETURNING, ids in parameter order (SQLAlchemy's
+                # "insertmanyvalues"): one round trip per batch instead of one per event.
+                ids = conn.execute(
+                    sa.insert(E).returning(E.c.id, sort_by_parameter_order=True),
+                    [_event_row(e) for e in new_events],
+                ).scalars()
+                saved = [dataclasses.replace(e, id=i) for e, i in zip(new_events, ids, strict=True)]
+            if manifests:
+                conn.execute(
+                    self._archive(), [_manifest_row(repository, m, now) for m in manifests]
+                )
+            conn.execute(self._touch(repository, now, untouched))
+            conn.execute(
+                self._upsert_watch(
+                    {
+                        "repository": repository,
+                        "last_attempt": now,
+                        "last_success": now,
+                        "last_error": None,
+                        "consecutive_errors": 0,
+                    },
+                    ("last_attempt", "last_success", "last_error", "consecutive_errors"),
+                )
+            )
+        return saved
+
+    def record_watch_error(self, repository: str, now: dt.datetime, error: str) -> None:
+        """Note a failed (or partly failed) check of ``repository``: last attempt, the error (one
+        line, truncated) and one more consecutive error. Tag records are left as they were."""
+        _require_aware(now)
+        values = {
+            "repository": repository,
+            "last_attempt": now,
+            "last_success": None,
+            "last_error": errors.truncate(error, MAX_WATCH_ERROR),
+            "consecutive_errors": 1,
+        }
+        stmt = self._insert(W).values(values)
+        stmt = self._on_conflict_update(
+            stmt,
+            ["repository"],
+            {
+                "last_attempt": stmt.excluded.last_attempt,
+                "last_error": stmt.excluded.last_error,
+                "consecutive_errors": W.c.consecutive_errors + 1,
+            },
+        )
+        with db.translating(self.engine), self.engine.begin() as conn:
+            conn.execute(stmt)
+
+    # --- statements ------------------------------------------------------------------------------
+
+    def _insert(self, table: sa.Table) -> Any:
+        # Both dialects spell upserts the same way (ON CONFLICT), through different Insert classes.
+        if self._dialect == "postgresql":
+            return postgresql.insert(table)
+        return sqlite.insert(table)
+
+    def _on_conflict_update(self, stmt: Any, keys: list[str], set_: Mapping[str, Any]) -> Any:
+        return stmt.on_conflict_do_update(index_elements=keys, set_=dict(set_))
+
+    def _upsert_tags(self) -> Any:
+        stmt = self._insert(T)
+        updated = {
+            c.name: stmt.excluded[c.name]
+            for c in T.columns
+            if c.name not in ("id", "repository", "tag", "first_seen")
+        }
+        return self._on_conflict_update(stmt, ["repository", "tag"], updated)
+
+    def _archive(self) -> Any:
+        # The digest is verified, so an existing row holds the same bytes: keep the first.
+        return self._insert(M).on_conflict_do_nothing(index_elements=["repository", "digest"])
+
+    def _upsert_watch(self, values: dict[str, Any], update: Sequence[str]) -> Any:
+        stmt = self._insert(W).values(values)
+        return self._on_conflict_update(
+            stmt, ["repository"], {name: stmt.excluded[name] for name in update}
+        )
+
+    def _touch(self, repository: str, now: dt.datetime, untouched: Sequence[str]) -> sa.Update:
+        """``UPDATE tags SET last_checked = now`` for the repository's tags not in ``untouched``.
+
+        ``untouched`` travels as ONE parameter (a PostgreSQL array, a JSON array for SQLite): an
+        IN list would make the statement text and its parameter count grow with the tags, and
+        100,000 tags would exceed both backends' parameter limits.
+        """
+        stmt = sa.update(T).where(T.c.repository == repository).values(last_checked=now)
+        if not untouched:
+            return stmt
+        if self._dialect == "postgresql":
+            array = sa.bindparam(
+                "untouched", list(untouched), type_=postgresql.ARRAY(sa.String(tables.TAG))
+            )
+            return stmt.where(T.c.tag != sa.all_(array))
+        listed = sa.func.json_each(
+            sa.bindparam("untouched", json.dumps(list(untouched)), type_=sa.Text)
+        ).table_valued("value")
+        return stmt.where(T.c.tag.not_in(sa.select(listed.c.value)))
+
+
+# --- rows <-> models -----------------------------------------------------------------------------
+
+
+def _require_aware(when: dt.datetime) -> None:
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ValueError(f"naive datetime {when!r}: the store takes timezone-aware datetimes")
+
+
+def _verify(repository: str, manifest: models.Manifest) -> None:
+    actual = models.sha256_digest(manifest.body)
+    if actual != manifest.digest:
+        raise errors.ProtocolError(
+            f"refusing to archive {repository}@{errors.truncate(manifest.digest, 80)}: "
+            f"its bytes hash to {actual}"
+        )
+
+
+def _record(row: sa.RowMapping) -> models.TagRecord:
+    return models.TagRecord(
+        repository=row["repository"],
+        tag=row["tag"],
+        recorded_digest=row["recorded_digest"],
+        current_digest=row["current_digest"],
+        media_type=row["media_type"],
+        state=models.TagState(row["state"]),
+        first_seen=row["first_seen"],
+        last_checked=row["last_checked"],
+        last_changed=row["last_changed"],
+        missing_count=row["missing_count"],
+    )
+
+
+def _record_row(record: models.TagRecord) -> dict[str, Any]:
+    return {
+        "repository": record.repository,
+        "tag": record.tag,
+        "recorded_digest": record.recorded_digest,
+        "current_digest": record.current_digest,
+        "media_type": record.media_type,
+        "state": record.state.value,
+        "missing_count": record.missing_count,
+        "first_seen": record.first_seen,
+        "last_checked": record.last_checked,
+        "last_changed": record.last_changed,
+    }
+
+
+def _event(row: sa.RowMapping) -> models.Event:
+    return models.Event(
+        id=row["id"],
+        repository=row["repository"],
+        tag=row["tag"],
+        kind=models.EventKind(row["kind"]),
+        at=row["at"],
+        old_digest=row["old_digest"],
+        new_digest=row["new_digest"],
+        detail=dict(row["detail"] or {}),
+        actor=row["actor"],
+    )
+
+
+def _event_row(event: models.Event) -> dict[str, Any]:
+    return {
+        "repository": event.repository,
+        "tag": event.tag,
+        "kind": event.kind.value,
+        "at": event.at,
+        "old_digest": event.old_digest,
+        "new_digest": event.new_digest,
+        "detail": event.detail,
+        "actor": event.actor,
+    }
+
+
+def _manifest_row(repository: str, manifest: models.Manifest, now: dt.datetime) -> dict[str, Any]:
+    return {
+        "repository": repository,
+        "digest": manifest.digest,
+        "media_type": manifest.media_type,
+        "body": manifest.body,
+        "archived_at": now,
+    }

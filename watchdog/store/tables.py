@@ -1,0 +1,130 @@
+"""The store's tables, as SQLAlchemy Core metadata.
+
+Alembic (``migrations/``) owns the schema: these definitions describe it for queries and for
+autogenerate, and a test checks that they match what the migrations create. Every datetime column
+is :class:`UTCDateTime`: timezone-aware UTC in, timezone-aware UTC out, on every backend.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import interfaces
+
+# Deterministic constraint names: Alembic needs names to alter or drop constraints later, and
+# SQLite's batch mode rebuilds tables by name.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+# Lengths: a registry host plus a repository path (at most 255) fits 512; tags are at most 128
+# characters; digests are "sha256:" + 64 hex today, with room for longer algorithms.
+REPOSITORY = 512
+TAG = 128
+DIGEST = 135
+MEDIA_TYPE = 255
+
+
+class UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
+    """A timestamp that is timezone-aware UTC going in and coming out.
+
+    PostgreSQL stores ``timestamptz``; SQLite has no time zones, so values are stored as naive UTC
+    and made aware again on load. Naive datetimes are refused: their meaning is a guess.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(
+        self, value: dt.datetime | None, dialect: interfaces.Dialect
+    ) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value!r}: the store takes timezone-aware datetimes")
+        utc = value.astimezone(dt.UTC)
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(
+        self, value: dt.datetime | None, dialect: interfaces.Dialect
+    ) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+    def copy(self, **kw: Any) -> UTCDateTime:
+        return UTCDateTime()
+
+
+# Event ids grow forever; SQLite only auto-increments an INTEGER PRIMARY KEY (its rowid), which is
+# 64-bit anyway.
+_BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+TAG_STATES = ("ok", "drifted", "deleted")
+
+tags = sa.Table(
+    "tags",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("repository", sa.String(REPOSITORY), nullable=False),
+    sa.Column("tag", sa.String(TAG), nullable=False),
+    sa.Column("recorded_digest", sa.String(DIGEST), nullable=False),
+    sa.Column("current_digest", sa.String(DIGEST), nullable=True),
+    sa.Column("media_type", sa.String(MEDIA_TYPE), nullable=True),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("missing_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("first_seen", UTCDateTime(), nullable=False),
+    sa.Column("last_checked", UTCDateTime(), nullable=False),
+    sa.Column("last_changed", UTCDateTime(), nullable=False),
+    sa.UniqueConstraint("repository", "tag"),
+    sa.CheckConstraint("state IN ('ok', 'drifted', 'deleted')", name="state"),
+)
+
+# Append-only: rows are inserted, never updated or deleted.
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", _BIG_ID, primary_key=True, autoincrement=True),
+    sa.Column("repository", sa.String(REPOSITORY), nullable=False),
+    sa.Column("tag", sa.String(TAG), nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("at", UTCDateTime(), nullable=False),
+    sa.Column("old_digest", sa.String(DIGEST), nullable=True),
+    sa.Column("new_digest", sa.String(DIGEST), nullable=True),
+    sa.Column("detail", sa.JSON(), nullable=False),
+    sa.Column("actor", sa.String(255), nullable=False),
+    sa.Index(None, "repository", "tag", "id"),
+)
+
+# The manifest archive: the exact bytes a registry served, keyed by their (verified) digest.
+manifests = sa.Table(
+    "manifests",
+    metadata,
+    sa.Column("repository", sa.String(REPOSITORY), primary_key=True),
+    sa.Column("digest", sa.String(DIGEST), primary_key=True),
+    sa.Column("media_type", sa.String(MEDIA_TYPE), nullable=False),
+    sa.Column("body", sa.LargeBinary(), nullable=False),
+    sa.Column("archived_at", UTCDateTime(), nullable=False),
+)
+
+watches = sa.Table(
+    "watches",
+    metadata,
+    sa.Column("repository", sa.String(REPOSITORY), primary_key=True),
+    sa.Column("last_attempt", UTCDateTime(), nullable=True),
+    sa.Column("last_success", UTCDateTime(), nullable=True),
+    sa.Column("last_error", sa.Text(), nullable=True),
+    sa.Column("consecutive_errors", sa.Integer, nullable=False, server_default="0"),
+)
+
+APPLICATION_TABLES = ("tags", "events", "manifests", "watches")
