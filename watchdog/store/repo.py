@@ -131,7 +131,8 @@ class Store:
     ) -> list[models.Event]:
         """Persist one check of ``repository`` atomically: all of it or nothing.
 
-        Upserts the record of every change that has one, appends every change's event, archives
+        Upserts the record of every change that has one (keeping the stored ``first_seen`` of a
+        tag already known: first sight happens once), appends every change's event, archives
         ``manifests`` (each verified first: ``errors.ProtocolError`` before anything is written if a
         body does not hash to its digest), sets ``last_checked = now`` on every other tag of the
         repository except those in ``skip_touch`` (one statement, whatever the number of tags),

@@ -1,0 +1,116 @@
+"""Database fixtures (a pytest plugin, listed in tests/conftest.py).
+
+* ``db_url``: the URL of a fresh, EMPTY database, once per backend: ``[sqlite]`` (a file under
+  tmp_path) and ``[postgres]`` (a database created for this test from ``WATCHDOG_TEST_PG_URL`` and
+  dropped afterwards; skipped with a reason when the variable is unset).
+* ``store``: a ``Store`` on a fresh, migrated database, for both backends (builds on ``db_url``).
+* ``pg_url``: a fresh, empty PostgreSQL database URL, for tests about PostgreSQL only.
+
+The PostgreSQL parameters carry ``pytest.mark.postgres``, so ``-m postgres`` / ``-m "not
+postgres"`` select them, and WATCHDOG_REQUIRE_PG=1 turns their skips into a failed run.
+``WATCHDOG_TEST_PG_URL`` comes from ``.ci/postgres.sh`` (its last line of output); its role needs
+CREATEDB.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from watchdog.store import db, repo
+
+PG_ENV = "WATCHDOG_TEST_PG_URL"
+PG_PREFIX = "watchdog_t_"
+
+BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+]
+
+
+class _PostgresServer:
+    """Creates and drops throw-away databases through one AUTOCOMMIT admin engine."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base = sa.make_url(base_url)
+        self.admin = sa.create_engine(self.base, isolation_level="AUTOCOMMIT", pool_size=1)
+
+    def create(self) -> str:
+        name = PG_PREFIX + secrets.token_hex(6)
+        with self.admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        return self.base.set(database=name).render_as_string(hide_password=False)
+
+    def drop(self, url: str) -> None:
+        name = sa.make_url(url).database
+        assert name and name.startswith(PG_PREFIX)
+        with self.admin.connect() as conn:
+            # FORCE: a test that failed half-way may still hold connections open.
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def close(self) -> None:
+        self.admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def _pg_server() -> Iterator[_PostgresServer | None]:
+    url = os.environ.get(PG_ENV)
+    if not url:
+        yield None
+        return
+    server = _PostgresServer(url)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def _fresh_pg(server: _PostgresServer | None) -> Iterator[str]:
+    if server is None:
+        pytest.skip(
+            f'PostgreSQL tests need {PG_ENV} (e.g. {PG_ENV}="$(bash .ci/postgres.sh | tail -n 1)")'
+        )
+    url = server.create()
+    try:
+        yield url
+    finally:
+        server.drop(url)
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(
+    request: pytest.FixtureRequest, tmp_path: Path, _pg_server: _PostgresServer | None
+) -> Iterator[str]:
+    """A fresh, empty database on each backend: ``sqlite`` and ``postgres``."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'watchdog.db'}"
+        return
+    yield from _fresh_pg(_pg_server)
+
+
+@pytest.fixture(params=[pytest.param("postgres", id="postgres", marks=pytest.mark.postgres)])
+def pg_url(_pg_server: _PostgresServer | None) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database (skipped when WATCHDOG_TEST_PG_URL is unset)."""
+    yield from _fresh_pg(_pg_server)
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[sa.Engine]:
+    """``db.create_engine(db_url)``, disposed after the test."""
+    engine = db.create_engine(db_url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def store(engine: sa.Engine) -> repo.Store:
+    """A ``Store`` on a fresh database migrated to head, on each backend."""
+    db.upgrade(engine)
+    return repo.Store(engine)
