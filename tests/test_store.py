@@ -134,6 +134,8 @@ def test_tables_without_a_revision_are_outdated_not_empty(store: repo.Store) -> 
     assert db.schema_status(store.engine) == "outdated"
     with pytest.raises(errors.SchemaMismatch, match="no recorded schema revision"):
         db.ensure_schema(store.engine, migrate_empty=True)
+    with pytest.raises(errors.SchemaMismatch, match="no recorded schema revision"):
+        db.upgrade(store.engine)
 
 
 def test_a_revision_from_a_newer_release_is_newer(store: repo.Store) -> None:
@@ -143,6 +145,9 @@ def test_a_revision_from_a_newer_release_is_newer(store: repo.Store) -> None:
     with pytest.raises(errors.SchemaMismatch, match="migrated by a newer tag-watchdog") as caught:
         db.ensure_schema(store.engine, migrate_empty=True)
     assert caught.value.temporary is False
+    with pytest.raises(errors.SchemaMismatch, match="migrated by a newer tag-watchdog"):
+        db.upgrade(store.engine)  # refused, not an Alembic traceback
+    assert db.current(store.engine) == "9999_from_the_future"
 
 
 @pytest.fixture

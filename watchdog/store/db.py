@@ -263,8 +263,12 @@ def schema_status(engine: Engine) -> SchemaStatus:
     without any revision (stamped to base). ``newer``: a revision these scripts do not know.
     """
     with translating(engine), engine.connect() as conn:
-        revisions = _revisions(conn)
-        has_tables = bool(set(sa.inspect(conn).get_table_names()) & set(tables.APPLICATION_TABLES))
+        return _status(conn)
+
+
+def _status(conn: sa.Connection) -> SchemaStatus:
+    revisions = _revisions(conn)
+    has_tables = bool(set(sa.inspect(conn).get_table_names()) & set(tables.APPLICATION_TABLES))
     return _classify(revisions, has_tables)
 
 
@@ -287,15 +291,29 @@ def upgrade(engine: Engine) -> None:
     """Migrate the database to this release's head, in one transaction where the backend can.
 
     Safe to run concurrently: on PostgreSQL an advisory lock serialises migrators (the second finds
-    the work done); on SQLite the write lock is taken up front.
+    the work done); on SQLite the write lock is taken up front. Raises ``errors.SchemaMismatch``,
+    changing nothing, for a database migrated by a newer release or one with tables but no
+    recorded revision.
     """
+    shown = mask_url(engine.url)
     with translating(engine), engine.connect() as conn:
         if conn.dialect.name == "sqlite":
             conn = conn.execution_options(watchdog_sqlite_immediate=True)
         with conn.begin():
             if conn.dialect.name == "postgresql":
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATION_LOCK_KEY)))
-            command.upgrade(_alembic_config(conn), "head")
+            status = _status(conn)
+            if status == "current":
+                return
+            found = _revisions(conn)
+            if status == "newer" or (status == "outdated" and not found):
+                raise _mismatch(status, shown, ",".join(found) or None)
+            try:
+                command.upgrade(_alembic_config(conn), "head")
+            except alembic_exc.CommandError as e:
+                raise errors.SchemaMismatch(
+                    f"database {shown}: cannot migrate: {errors.truncate(str(e))}"
+                ) from e
 
 
 def ensure_schema(engine: Engine, *, migrate_empty: bool) -> None:
@@ -315,20 +333,24 @@ def ensure_schema(engine: Engine, *, migrate_empty: bool) -> None:
             )
         upgrade(engine)
         return
-    found = current(engine)
+    raise _mismatch(status, shown, current(engine))
+
+
+def _mismatch(status: SchemaStatus, shown: str, found: str | None) -> errors.SchemaMismatch:
     if found is None:
         # Tables without a revision (someone ran `alembic stamp base`): upgrading would try to
         # create tables that exist, so do not suggest it.
-        raise errors.SchemaMismatch(
+        return errors.SchemaMismatch(
             f"database {shown} has tag-watchdog tables but no recorded schema revision: restore "
             "its alembic_version row or point tag-watchdog at another database"
         )
-    if status == "outdated":
-        raise errors.SchemaMismatch(
-            f"database {shown} is at schema revision {found}, this tag-watchdog needs "
-            f"{head()}: {UPGRADE_HINT}"
+    if status == "newer":
+        return errors.SchemaMismatch(
+            f"database {shown} was migrated by a newer tag-watchdog (schema revision {found}; "
+            f"this release knows up to {head()}): upgrade tag-watchdog or point it at another "
+            "database"
         )
-    raise errors.SchemaMismatch(
-        f"database {shown} was migrated by a newer tag-watchdog (schema revision {found}; this "
-        f"release knows up to {head()}): upgrade tag-watchdog or point it at another database"
+    return errors.SchemaMismatch(
+        f"database {shown} is at schema revision {found}, this tag-watchdog needs {head()}: "
+        f"{UPGRADE_HINT}"
     )
