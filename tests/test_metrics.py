@@ -1,0 +1,81 @@
+"""The metric families of DESIGN section 3, exposed through the daemon's HTTP app."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+import httpx
+
+from watchdog import http, metrics
+
+DESIGN_METRICS = {
+    "tag_watchdog_tags_watched",
+    "tag_watchdog_tags_drifted",
+    "tag_watchdog_tag_moves",
+    "tag_watchdog_tag_deletions",
+    "tag_watchdog_restores",
+    "tag_watchdog_checks",
+    "tag_watchdog_registry_requests",
+    "tag_watchdog_registry_request_duration_seconds",
+    "tag_watchdog_poll_duration_seconds",
+    "tag_watchdog_last_successful_poll_timestamp_seconds",
+    "tag_watchdog_alerts",
+    "tag_watchdog_alert_outbox_pending",
+    "tag_watchdog_registry_ratelimit_remaining",
+    "tag_watchdog_build_info",
+}
+
+
+def families(m: metrics.Metrics) -> dict[str, Any]:
+    return {f.name: f for f in text_string_to_metric_families(m.exposition().decode())}
+
+
+def test_every_design_metric_is_exposed() -> None:
+    assert DESIGN_METRICS <= set(families(metrics.Metrics()))
+
+
+def test_drifted_tag_series_follow_the_current_set() -> None:
+    m = metrics.Metrics()
+    m.set_drifted_tags("ghcr.io/a/b", [("1.0.0", "drifted"), ("2.0.0", "deleted")])
+    m.set_drifted_tags("ghcr.io/a/b", [("2.0.0", "deleted")])
+    samples = families(m)["tag_watchdog_drifted_tag_info"].samples
+    assert [(s.labels["tag"], s.labels["state"]) for s in samples] == [("2.0.0", "deleted")]
+
+
+def test_observer_counts_requests_and_rate_limit() -> None:
+    m = metrics.Metrics()
+    m.on_request("ghcr.io", "HEAD", "200", 0.01)
+    m.on_request("ghcr.io", "HEAD", "429", 0.02)
+    m.on_ratelimit("ghcr.io", 99)
+    fams = families(m)
+    codes = {
+        s.labels["code"]: s.value
+        for s in fams["tag_watchdog_registry_requests"].samples
+        if s.name.endswith("_total")
+    }
+    assert codes == {"200": 1.0, "429": 1.0}
+    assert fams["tag_watchdog_registry_ratelimit_remaining"].samples[0].value == 99
+
+
+async def _ready() -> tuple[bool, dict[str, Any]]:
+    return False, {"problems": ["scheduler not running"]}
+
+
+async def test_http_endpoints() -> None:
+    m = metrics.Metrics()
+    transport = httpx.ASGITransport(app=http.build_app(m, _ready))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        await check_endpoints(client)
+
+
+async def check_endpoints(client: httpx.AsyncClient) -> None:
+    resp = await client.get("/metrics")
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("text/plain")
+    assert "tag_watchdog_build_info" in resp.text
+    assert (await client.get("/healthz")).json() == {"status": "alive"}
+    ready = await client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["problems"] == ["scheduler not running"]
+    assert (await client.post("/metrics")).status_code == 405

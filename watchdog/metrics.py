@@ -1,0 +1,118 @@
+"""Every Prometheus metric of tag-watchdog, in one private CollectorRegistry.
+
+Labels are bounded: a repository, a registry host, a method, an HTTP status or error label, a
+result. Never a digest; a tag only on the small ``tags_drifted_info`` gauge of drifted tags.
+"""
+
+from __future__ import annotations
+
+import prometheus_client as prom
+
+from watchdog import __version__
+
+PREFIX = "tag_watchdog_"
+
+
+class Metrics:
+    """The metric families. One instance per process (tests make their own)."""
+
+    def __init__(self) -> None:
+        self.registry = prom.CollectorRegistry(auto_describe=True)
+        r = self.registry
+        p = PREFIX
+        self.tags_watched = prom.Gauge(
+            p + "tags_watched", "Release tags recorded and watched.", ["repository"], registry=r
+        )
+        self.tags_drifted = prom.Gauge(
+            p + "tags_drifted",
+            "Tags that answer another digest than the recorded one, or were deleted.",
+            ["repository"],
+            registry=r,
+        )
+        self.drifted_tag = prom.Gauge(
+            p + "drifted_tag_info",
+            "1 for each tag that currently answers another digest (drifted) or was deleted.",
+            ["repository", "tag", "state"],
+            registry=r,
+        )
+        self._drifted_labels: dict[str, set[tuple[str, str]]] = {}
+        self.tag_moves = prom.Counter(
+            p + "tag_moves", "Verified moves of a release tag to another digest.", ["repository"],
+            registry=r,
+        )
+        self.tag_deletions = prom.Counter(
+            p + "tag_deletions", "Confirmed deletions of a release tag.", ["repository"], registry=r
+        )
+        self.restores = prom.Counter(
+            p + "restores", "Restores of a recorded digest, by result.", ["repository", "result"],
+            registry=r,
+        )
+        self.checks = prom.Counter(
+            p + "checks", "Watch checks, by registry and result (ok, error).", ["registry", "result"],
+            registry=r,
+        )
+        self.registry_requests = prom.Counter(
+            p + "registry_requests",
+            "HTTP requests to registries, by method and status code or error label.",
+            ["registry", "method", "code"],
+            registry=r,
+        )
+        self.registry_request_duration = prom.Histogram(
+            p + "registry_request_duration_seconds",
+            "Duration of registry requests.",
+            ["registry", "method"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.poll_duration = prom.Histogram(
+            p + "poll_duration_seconds",
+            "Duration of one check of a watched repository.",
+            ["repository"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=r,
+        )
+        self.last_successful_poll = prom.Gauge(
+            p + "last_successful_poll_timestamp_seconds",
+            "Unix time of the last successful check of a repository.",
+            ["repository"],
+            registry=r,
+        )
+        self.alerts = prom.Counter(
+            p + "alerts", "Alert deliveries, by channel and result.", ["channel", "result"],
+            registry=r,
+        )
+        self.alert_outbox_pending = prom.Gauge(
+            p + "alert_outbox_pending", "Alerts written but not yet delivered.", registry=r
+        )
+        self.registry_ratelimit_remaining = prom.Gauge(
+            p + "registry_ratelimit_remaining",
+            "Requests left in the registry's rate-limit window, as the registry last reported.",
+            ["registry"],
+            registry=r,
+        )
+        self.build_info = prom.Gauge(
+            p + "build_info", "Always 1; the version label says which release runs.", ["version"],
+            registry=r,
+        )
+        self.build_info.labels(version=__version__).set(1)
+
+    def set_drifted_tags(self, repository: str, tags: list[tuple[str, str]]) -> None:
+        """Replace the drifted-tag series of ``repository`` with ``tags`` ((tag, state) pairs)."""
+        new = set(tags)
+        for tag, state in self._drifted_labels.get(repository, set()) - new:
+            self.drifted_tag.remove(repository, tag, state)
+        for tag, state in new:
+            self.drifted_tag.labels(repository=repository, tag=tag, state=state).set(1)
+        self._drifted_labels[repository] = new
+
+    # The registry client reports through this observer (registry must not import metrics).
+    def on_request(self, registry: str, method: str, code: str, seconds: float) -> None:
+        self.registry_requests.labels(registry=registry, method=method, code=code).inc()
+        self.registry_request_duration.labels(registry=registry, method=method).observe(seconds)
+
+    def on_ratelimit(self, registry: str, remaining: float) -> None:
+        self.registry_ratelimit_remaining.labels(registry=registry).set(remaining)
+
+    def exposition(self) -> bytes:
+        """The text exposition format of every metric."""
+        return prom.generate_latest(self.registry)
