@@ -54,7 +54,7 @@ _REL_NEXT_RE = re.compile(r';\s*rel\s*=\s*"?([^";]*)"?', re.IGNORECASE)
 # Belt and braces for messages: anything shaped like a credential is blanked even if it was
 # never registered as a secret (a JWT, an Authorization header value).
 _SECRET_SHAPES = re.compile(
-    r"(eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*)|((?:Bearer|Basic)\s+)[A-Za-z0-9+/=._~-]{8,}"
+    r"(eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*)|((?:Bearer|Basic)\s+)[A-Za-z0-9+/=._~-]{16,}"
 )
 
 
