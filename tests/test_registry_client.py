@@ -770,3 +770,156 @@ async def test_secrets_never_appear_in_errors(
             assert_no_secret(failure, marker, *secrets)
             assert "Basic " + base64.b64encode(b"x").decode()[:2] not in str(failure)
             assert "eyJ" not in str(failure)
+
+
+async def test_identity_token_from_docker_config_uses_the_refresh_grant(
+    token_registry, token_issuer, repo, tmp_path, make_pusher
+):
+    make_pusher(token_registry).image(repo, "1.0.0")
+    token_issuer.require_auth = True
+    token_issuer.refresh_tokens["refresh-MARKER-42"] = "robot"
+    cfg = write_docker_config(
+        tmp_path, {"auths": {token_registry.host: {"identitytoken": "refresh-MARKER-42"}}}
+    )
+    env = {"DOCKER_CONFIG": str(cfg)}
+    async with make_client(docker_config_settings(token_registry), env=env) as rc:
+        assert (await rc.head_manifest(repo, "1.0.0")).digest is not None
+    assert [(r.method, r.user) for r in scoped(token_issuer, repo)] == [("POST", "robot")]
+    token_issuer.refresh_tokens.clear()
+    async with make_client(docker_config_settings(token_registry), env=env) as rc:
+        with pytest.raises(errors.AuthError) as exc:
+            await rc.head_manifest(repo, "1.0.0")
+    assert_no_secret(exc.value, "refresh-MARKER-42")
+
+
+# --- pure parsing (table tests) ------------------------------------------------------------------
+
+REALM = "https://auth.example.com/token"
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (
+            f'Bearer realm="{REALM}",service="registry.example.com",scope="repository:a/b:pull"',
+            [
+                (
+                    "bearer",
+                    {
+                        "realm": REALM,
+                        "service": "registry.example.com",
+                        "scope": "repository:a/b:pull",
+                    },
+                )
+            ],
+        ),
+        (
+            # commas and spaces inside quotes; several scopes; odd spacing and case
+            f'BEARER  realm = "{REALM}" , scope="repository:a:pull,push repository:b:pull"',
+            [("bearer", {"realm": REALM, "scope": "repository:a:pull,push repository:b:pull"})],
+        ),
+        ('Basic realm="Registry Realm"', [("basic", {"realm": "Registry Realm"})]),
+        ("Basic", [("basic", {})]),
+        (
+            'Bearer realm="r",error="insufficient_scope", Basic realm="x, y"',
+            [
+                ("bearer", {"realm": "r", "error": "insufficient_scope"}),
+                ("basic", {"realm": "x, y"}),
+            ],
+        ),
+        (r'Bearer realm="a\"b"', [("bearer", {"realm": 'a"b'})]),
+        (f"Bearer realm={REALM},service=svc", [("bearer", {"realm": REALM, "service": "svc"})]),
+        ('Bearer realm="unterminated', [("bearer", {"realm": "unterminated"})]),
+        ("", []),
+        (" , ,", []),
+    ],
+)
+def test_parse_challenges(header, expected):
+    got = [(c.scheme, dict(c.params)) for c in auth.parse_challenges(header)]
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("headers", "scheme"),
+    [
+        (['Basic realm="x"', f'Bearer realm="{REALM}"'], "bearer"),
+        (['Bearer service="no realm"', 'Basic realm="x"'], "basic"),
+        (["Negotiate abc=="], None),
+        ([], None),
+    ],
+)
+def test_pick_challenge_prefers_bearer_with_a_realm(headers, scheme):
+    picked = auth.pick_challenge(auth.parse_challenges(headers))
+    assert (picked.scheme if picked else None) == scheme
+
+
+NOW = 1_700_000_000.0
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("0", 0.0),
+        ("5", 5.0),
+        ("1.5", 1.5),
+        (" 120 ", 120.0),
+        ("-3", 0.0),
+        (email.utils.formatdate(NOW + 30, usegmt=True), 30.0),
+        (email.utils.formatdate(NOW - 30, usegmt=True), 0.0),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),
+        ("soon", None),
+        ("", None),
+        (None, None),
+        ("nan", None),
+    ],
+)
+def test_parse_retry_after(value, expected):
+    assert client.parse_retry_after(value, now=NOW) == expected
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (['</v2/a/tags/list?n=2&last=b>; rel="next"'], "/v2/a/tags/list?n=2&last=b"),
+        (
+            ["<https://r.example/v2/a/tags/list?last=b>;rel=next"],
+            "https://r.example/v2/a/tags/list?last=b",
+        ),
+        (['<http://x/prev>; rel="prev", <http://x/next>; rel="next"'], "http://x/next"),
+        (['<http://x/1>; rel="prev"'], None),
+        ([], None),
+    ],
+)
+def test_parse_link_next(values, expected):
+    assert client.parse_link_next(values) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("100;w=21600", 100.0), ("0", 0.0), ("7, 3", 7.0), ("", None), ("x;w=1", None), (None, None)],
+)
+def test_parse_ratelimit_remaining(value, expected):
+    assert client.parse_ratelimit_remaining(value) == expected
+
+
+def test_retry_policy_backoff_is_capped():
+    policy = client.RetryPolicy(attempts=6, base=0.5, factor=3.0, cap=4.0)
+    assert [policy.backoff(n) for n in range(1, 6)] == [0.5, 1.5, 4.0, 4.0, 4.0]
+
+
+def test_token_cache_refreshes_a_little_early():
+    now = [0.0]
+    cache = auth.TokenCache(clock=lambda: now[0])
+    key = auth.TokenKey("realm", "svc", "repository:a:pull", "me")
+    other = auth.TokenKey("realm", "svc", "repository:a:pull", "someone-else")
+    cache.put(key, "t1", 300)
+    assert cache.get(key) == "t1" and cache.get(other) is None
+    now[0] = 269.0
+    assert cache.get(key) == "t1"
+    now[0] = 271.0  # 300 s less a 30 s margin
+    assert cache.get(key) is None
+    cache.put(key, "t2", None)  # no expires_in: 60 s less 12
+    now[0] += 47
+    assert cache.get(key) == "t2"
+    now[0] += 2
+    assert cache.get(key) is None

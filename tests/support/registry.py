@@ -113,6 +113,8 @@ class TokenIssuer:
         self._x5c = base64.b64encode(self.cert.public_bytes(serialization.Encoding.DER)).decode()
         self._lock = threading.Lock()
         self.users: dict[str, str] = {}
+        # OAuth2 refresh tokens (docker's "identitytoken") it accepts by POST, -> user
+        self.refresh_tokens: dict[str, str] = {}
         self.reset()
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
@@ -165,7 +167,16 @@ class TokenIssuer:
         params = urllib.parse.parse_qs(query)
         scopes = [s for value in params.get("scope", []) for s in value.split()]
         user: str | None = None
-        if authorization and authorization.lower().startswith("basic "):
+        if method == "POST":
+            # the OAuth2 refresh-token grant; the form arrives as ``query``
+            refresh = (params.get("refresh_token") or [""])[0]
+            if (params.get("grant_type") or [""])[0] != "refresh_token":
+                return 400, b'{"details":"unsupported grant_type"}'
+            if refresh not in self.refresh_tokens:
+                self._record(method, None, scopes, params)
+                return 401, b'{"details":"invalid refresh token"}'
+            user = self.refresh_tokens[refresh]
+        elif authorization and authorization.lower().startswith("basic "):
             try:
                 raw = base64.b64decode(authorization.split(" ", 1)[1]).decode()
             except ValueError:
@@ -212,6 +223,16 @@ class TokenIssuer:
                     self._send(404, b"not here")
                     return
                 status, body = issuer._answer("GET", url.query, self.headers.get("Authorization"))
+                self._send(status, body)
+
+            def do_POST(self) -> None:
+                url = urllib.parse.urlsplit(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                form = self.rfile.read(length).decode() if length else ""
+                if url.path != "/token":
+                    self._send(404, b"not here")
+                    return
+                status, body = issuer._answer("POST", form, None)
                 self._send(status, body)
 
             def _send(self, status: int, body: bytes) -> None:
