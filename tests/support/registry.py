@@ -20,6 +20,7 @@ import threading
 import time
 import urllib.parse
 import uuid
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,9 +58,20 @@ def free_port() -> int:
 
 
 def htpasswd_line(username: str, password: str) -> str:
-    """One htpasswd line with a bcrypt hash (cost 4: tests need speed, not strength)."""
-    import bcrypt  # test-only dependency
+    """One htpasswd line with a bcrypt hash (cost 4: tests need speed, not strength).
 
+    Uses the ``bcrypt`` package; without it, libcrypt through the (deprecated) stdlib ``crypt``.
+    """
+    try:
+        import bcrypt  # test-only dependency
+    except ImportError:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import crypt
+        hashed = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))
+        if not hashed or not hashed.startswith("$2"):
+            raise RuntimeError("neither the bcrypt package nor a bcrypt-capable libcrypt") from None
+        return f"{username}:{hashed}"
     hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
     return f"{username}:{hashed}"
 
