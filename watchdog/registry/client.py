@@ -145,16 +145,6 @@ class _Response:
     url: httpx.URL
 
 
-class _Unavailable(errors.RegistryUnavailable):
-    """RegistryUnavailable that remembers the ``Retry-After`` of a 503, for the retry loop."""
-
-    def __init__(
-        self, message: str, *, registry: str, status: int | None, retry_after: float | None
-    ):
-        super().__init__(message, registry=registry, status=status)
-        self.retry_after = retry_after
-
-
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -508,8 +498,9 @@ class RegistryClient:
         attempt = 0
         while True:
             attempt += 1
+            error: errors.RegistryError
             try:
-                return await self._attempt(
+                resp = await self._attempt(
                     method,
                     url,
                     what=what,
@@ -519,14 +510,22 @@ class RegistryClient:
                     max_body=max_body,
                 )
             except (errors.RegistryUnavailable, errors.RateLimited) as exc:
-                if not retryable or attempt >= self._retry.attempts:
-                    raise
-                retry_after = getattr(exc, "retry_after", None)
-                if retry_after is not None and retry_after > self._retry.cap:
-                    raise  # longer than we wait in-line: the caller gets retry_after and reschedules
-                await self._sleep(
-                    retry_after if retry_after is not None else self._retry.backoff(attempt)
-                )
+                # transport failures, and 429/5xx from the token service
+                error = exc
+                retry_after = exc.retry_after if isinstance(exc, errors.RateLimited) else None
+            else:
+                temporary = self._temporary_error(what, resp)
+                if temporary is None:
+                    return resp
+                error = temporary
+                retry_after = parse_retry_after(resp.headers.get("retry-after"))
+            if not retryable or attempt >= self._retry.attempts:
+                raise error
+            if retry_after is not None and retry_after > self._retry.cap:
+                raise error  # longer than we wait in-line: the caller reschedules
+            await self._sleep(
+                retry_after if retry_after is not None else self._retry.backoff(attempt)
+            )
 
     async def _attempt(
         self,
@@ -602,25 +601,25 @@ class RegistryClient:
                 registry=self.name,
                 status=resp.status,
             )
-        self._raise_if_temporary(what, resp)
         return resp
 
-    def _raise_if_temporary(self, what: str, resp: _Response) -> None:
-        retry_after = parse_retry_after(resp.headers.get("retry-after"))
+    def _temporary_error(self, what: str, resp: _Response) -> errors.RegistryError | None:
+        """RateLimited for a 429, RegistryUnavailable for a 5xx, else None."""
         if resp.status == 429:
+            retry_after = parse_retry_after(resp.headers.get("retry-after"))
             after = f"; retry after {retry_after:g}s" if retry_after is not None else ""
-            raise errors.RateLimited(
+            return errors.RateLimited(
                 self._message(what, f"HTTP 429 rate limited{after}"),
                 registry=self.name,
                 retry_after=retry_after,
             )
         if resp.status >= 500:
-            raise _Unavailable(
+            return errors.RegistryUnavailable(
                 self._message(what, f"HTTP {resp.status}: {self._body_text(resp)}"),
                 registry=self.name,
                 status=resp.status,
-                retry_after=retry_after,
             )
+        return None
 
     # --- authentication ----------------------------------------------------------------------
 
@@ -714,7 +713,9 @@ class RegistryClient:
                 ) from exc
             self._secrets.add(token)
             return token, expires_in
-        self._raise_if_temporary(ask, resp)
+        temporary = self._temporary_error(ask, resp)
+        if temporary is not None:
+            raise temporary
         who = creds.identity if creds is not None else "<anonymous>"
         raise errors.AuthError(
             self._message(
