@@ -923,3 +923,14 @@ def test_token_cache_refreshes_a_little_early():
     assert cache.get(key) == "t2"
     now[0] += 2
     assert cache.get(key) is None
+
+
+async def test_concurrency_is_bounded_per_registry(proxied, repo, fault_proxy):
+    make, pushed = proxied
+    fault_proxy.add("HEAD", "/manifests/", delay=0.05)
+    async with make(settings={"max_concurrency": 3}) as rc:
+        heads = await asyncio.gather(*(rc.head_manifest(repo, "1.0.0") for _ in range(12)))
+    assert {h.digest for h in heads} == {pushed.digest}
+    assert fault_proxy.max_in_flight == 3
+    async with make(settings={"max_concurrency": 8}) as rc:
+        assert len(rc._clients) == 2  # several small pools, not one big one

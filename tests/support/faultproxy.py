@@ -110,6 +110,8 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._rules: list[Rule] = []
         self.seen: list[Seen] = []
+        self.in_flight = 0
+        self.max_in_flight = 0  # the most requests it was handling at once (since reset)
         self._stopping = threading.Event()
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
@@ -195,6 +197,7 @@ class FaultProxy:
         with self._lock:
             self._rules.clear()
             self.seen.clear()
+            self.max_in_flight = self.in_flight
 
     def count(self, method: str | None = None, path: str = "") -> int:
         """How many requests matching ``method`` and the ``path`` regex reached the proxy."""
@@ -250,6 +253,16 @@ class FaultProxy:
             timeout = 10  # an idle keep-alive connection does not hold a thread for long
 
             def _handle(self) -> None:
+                with proxy._lock:
+                    proxy.in_flight += 1
+                    proxy.max_in_flight = max(proxy.max_in_flight, proxy.in_flight)
+                try:
+                    self._handle_counted()
+                finally:
+                    with proxy._lock:
+                        proxy.in_flight -= 1
+
+            def _handle_counted(self) -> None:
                 method = self.command
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
