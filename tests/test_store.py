@@ -193,6 +193,15 @@ def test_an_older_revision_is_outdated_and_upgrade_fixes_it(
     assert db.schema_status(store.engine) == "current"
 
 
+def test_upgrade_takes_a_url(db_url: str) -> None:
+    db.upgrade(db_url)
+    engine = db.create_engine(db_url)
+    try:
+        assert db.schema_status(engine) == "current"
+    finally:
+        engine.dispose()
+
+
 def test_ensure_schema_on_an_empty_database(engine: sa.Engine) -> None:
     with pytest.raises(errors.SchemaMismatch, match="tag-watchdog db upgrade"):
         db.ensure_schema(engine, migrate_empty=False)
@@ -320,6 +329,56 @@ def test_an_error_mid_transaction_leaves_nothing_written(store: repo.Store) -> N
     assert store.get_manifest(REPO, m.digest) is None
     store.apply_check(REPO, T1, [first_seen("1.0", m.digest, T1)], manifests=[m])  # still usable
     assert store.get_tag(REPO, "1.0") is not None
+
+
+def test_a_database_error_mid_check_is_a_store_error_and_rolls_everything_back(
+    store: repo.Store,
+) -> None:
+    seed(store, ["0.9"])
+    before = count_rows(store.engine)
+    m = manifest("new")
+    good = first_seen("1.0", m.digest, T1)
+    assert good.event is not None
+    # The tag upsert runs first; the event then violates NOT NULL in the database itself.
+    broken = dataclasses.replace(good, event=dataclasses.replace(good.event, actor=None))  # type: ignore[arg-type]
+    with pytest.raises(errors.StoreError) as caught:
+        store.apply_check(REPO, T1, [broken], manifests=[m])
+    assert type(caught.value) is errors.StoreError  # neither unavailable nor a schema problem
+    assert "actor" in str(caught.value)
+    assert count_rows(store.engine) == before
+    assert store.get_tag(REPO, "1.0") is None
+    assert store.load_tags(REPO)["0.9"].last_checked == T0
+
+
+def test_the_later_record_of_a_tag_wins_and_repeated_manifests_archive_once(
+    store: repo.Store,
+) -> None:
+    a, b = manifest("a"), manifest("b")
+    events = store.apply_check(
+        REPO,
+        T0,
+        [first_seen("1.0", a.digest), first_seen("1.0", b.digest, T1)],
+        manifests=[a, b, a],
+    )
+    rec = store.get_tag(REPO, "1.0")
+    assert rec is not None and rec.recorded_digest == b.digest
+    assert rec.first_seen == T1  # a new tag: the surviving record is written whole
+    assert [e.new_digest for e in events] == [a.digest, b.digest]  # every event, in order
+    assert count_rows(store.engine)["manifests"] == 2
+
+
+def test_a_change_must_be_about_the_checked_repository_and_its_own_tag(
+    store: repo.Store,
+) -> None:
+    m = manifest("m")
+    elsewhere = first_seen("1.0", m.digest, repository=OTHER)
+    good = first_seen("1.0", m.digest)
+    wrong_record = dataclasses.replace(good, record=record("2.0", m.digest))
+    wrong_event = dataclasses.replace(good, tag="2.0", record=record("2.0", m.digest))
+    for change in (elsewhere, wrong_record, wrong_event):
+        with pytest.raises(ValueError):
+            store.apply_check(REPO, T0, [change], manifests=[m])
+    assert count_rows(store.engine) == {"tags": 0, "events": 0, "manifests": 0, "watches": 0}
 
 
 def test_a_manifest_whose_bytes_are_not_its_digest_is_never_archived(store: repo.Store) -> None:

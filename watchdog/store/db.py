@@ -287,14 +287,26 @@ def _classify(revisions: tuple[str, ...], has_tables: bool) -> SchemaStatus:
     return "outdated"
 
 
-def upgrade(engine: Engine) -> None:
+def upgrade(engine_or_url: Engine | str) -> None:
     """Migrate the database to this release's head, in one transaction where the backend can.
 
+    Takes an engine, or a URL (an engine is then made with ``create_engine`` and disposed after).
     Safe to run concurrently: on PostgreSQL an advisory lock serialises migrators (the second finds
     the work done); on SQLite the write lock is taken up front. Raises ``errors.SchemaMismatch``,
     changing nothing, for a database migrated by a newer release or one with tables but no
     recorded revision.
     """
+    if isinstance(engine_or_url, str):
+        engine = create_engine(engine_or_url)
+        try:
+            _upgrade(engine)
+        finally:
+            engine.dispose()
+    else:
+        _upgrade(engine_or_url)
+
+
+def _upgrade(engine: Engine) -> None:
     shown = mask_url(engine.url)
     with translating(engine), engine.connect() as conn:
         if conn.dialect.name == "sqlite":
@@ -331,7 +343,7 @@ def ensure_schema(engine: Engine, *, migrate_empty: bool) -> None:
             raise errors.SchemaMismatch(
                 f"database {shown} has no tag-watchdog schema yet: {UPGRADE_HINT}"
             )
-        upgrade(engine)
+        _upgrade(engine)
         return
     raise _mismatch(status, shown, current(engine))
 

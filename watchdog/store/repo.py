@@ -132,7 +132,8 @@ class Store:
         """Persist one check of ``repository`` atomically: all of it or nothing.
 
         Upserts the record of every change that has one (keeping the stored ``first_seen`` of a
-        tag already known: first sight happens once), appends every change's event, archives
+        tag already known: first sight happens once; of two records for one tag, the later one
+        wins), appends every change's event in the order given, archives
         ``manifests`` (each verified first: ``errors.ProtocolError`` before anything is written if a
         body does not hash to its digest), sets ``last_checked = now`` on every other tag of the
         repository except those in ``skip_touch`` (one statement, whatever the number of tags),
@@ -143,14 +144,16 @@ class Store:
         """
         _require_aware(now)
         for change in changes:
-            if change.repository != repository:
-                raise ValueError(f"change for {change.repository} in a check of {repository}")
+            _check_change(repository, change)
         for manifest in manifests:
             _verify(repository, manifest)
-        records = [c.record for c in changes if c.record is not None]
+        # One row per tag, the last record given winning, as if they were written one by one: a
+        # batched upsert that meets the same key twice is an error on PostgreSQL (ON CONFLICT DO
+        # UPDATE cannot affect a row twice) or depends on the driver's row order.
+        latest = {c.record.tag: c.record for c in changes if c.record is not None}
+        records = list(latest.values())
         new_events = [c.event for c in changes if c.event is not None]
-        written = {r.tag for r in records}
-        untouched = sorted(written.union(skip_touch))
+        untouched = sorted(latest.keys() | set(skip_touch))
 
         with db.translating(self.engine), self.engine.begin() as conn:
             if records:
@@ -264,6 +267,20 @@ class Store:
 def _require_aware(when: dt.datetime) -> None:
     if when.tzinfo is None or when.utcoffset() is None:
         raise ValueError(f"naive datetime {when!r}: the store takes timezone-aware datetimes")
+
+
+def _check_change(repository: str, change: models.Change) -> None:
+    # A programming error, not a database one: a row written under the wrong key would be a
+    # silently wrong record, so refuse the whole check before anything is written.
+    key = (change.repository, change.tag)
+    if change.repository != repository:
+        raise ValueError(f"change for {change.repository} in a check of {repository}")
+    for part in (change.record, change.event):
+        if part is not None and (part.repository, part.tag) != key:
+            raise ValueError(
+                f"change for {key[0]}:{key[1]} carries a {type(part).__name__} of "
+                f"{part.repository}:{part.tag}"
+            )
 
 
 def _verify(repository: str, manifest: models.Manifest) -> None:

@@ -127,4 +127,10 @@ watches = sa.Table(
     sa.Column("consecutive_errors", sa.Integer, nullable=False, server_default="0"),
 )
 
+# Next: an ``outbox`` table (id, event_id -> events.id, channel, payload JSON, attempts, next_try,
+# delivered_at) that ``Store.apply_check`` fills in the same transaction as the events it alerts
+# about, so an alert is never lost nor sent for an event that was rolled back. It arrives as its
+# own migration (0002); nothing here needs to change for it, and it must be added to
+# APPLICATION_TABLES then.
+
 APPLICATION_TABLES = ("tags", "events", "manifests", "watches")
