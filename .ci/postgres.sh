@@ -6,13 +6,16 @@
 #
 # Runs as root (Debian/Ubuntu postgresql-common: pg_lsclusters, pg_ctlcluster). Progress goes to
 # stderr; the last (and only) line on stdout is the SQLAlchemy URL of the test database.
+# WATCHDOG_PG_CLUSTER (default main) and WATCHDOG_PG_PORT (default 5432, used when the cluster is
+# created) exist so this script can be exercised on a throw-away cluster next to a busy one.
 set -euo pipefail
 
 ROLE=watchdog
 PASSWORD=watchdog
 DATABASE=watchdog_test
 HOST=127.0.0.1
-PORT=5432
+CLUSTER="${WATCHDOG_PG_CLUSTER:-main}"
+PORT="${WATCHDOG_PG_PORT:-5432}"
 
 say() { echo "postgres.sh: $*" >&2; }
 
@@ -32,23 +35,23 @@ if [ -z "$VERSION" ]; then
     exit 2
 fi
 
-if ! pg_lsclusters -h 2>/dev/null | awk -v v="$VERSION" '$1 == v && $2 == "main" {found=1} END {exit !found}'; then
-    say "creating cluster $VERSION/main on port $PORT"
-    pg_createcluster -p "$PORT" "$VERSION" main >&2
+if ! pg_lsclusters -h 2>/dev/null | awk -v v="$VERSION" -v c="$CLUSTER" '$1 == v && $2 == c {found=1} END {exit !found}'; then
+    say "creating cluster $VERSION/$CLUSTER on port $PORT"
+    pg_createcluster -p "$PORT" "$VERSION" "$CLUSTER" >&2
 fi
 
-status="$(pg_lsclusters -h | awk -v v="$VERSION" '$1 == v && $2 == "main" {print $4}')"
+status="$(pg_lsclusters -h | awk -v v="$VERSION" -v c="$CLUSTER" '$1 == v && $2 == c {print $4}')"
 if [ "$status" != "online" ]; then
-    say "starting cluster $VERSION/main"
-    pg_ctlcluster "$VERSION" main start >&2
+    say "starting cluster $VERSION/$CLUSTER"
+    pg_ctlcluster "$VERSION" "$CLUSTER" start >&2
 fi
 
 # Ask the cluster which port it really uses rather than trusting our default.
-PORT="$(pg_lsclusters -h | awk -v v="$VERSION" '$1 == v && $2 == "main" {print $3}')"
+PORT="$(pg_lsclusters -h | awk -v v="$VERSION" -v c="$CLUSTER" '$1 == v && $2 == c {print $3}')"
 
 as_postgres() { runuser -u postgres -- "$@"; }
 
-say "waiting for $VERSION/main on port $PORT"
+say "waiting for $VERSION/$CLUSTER on port $PORT"
 for _ in $(seq 1 60); do
     if as_postgres pg_isready -q -h "$HOST" -p "$PORT"; then
         break
@@ -56,7 +59,7 @@ for _ in $(seq 1 60); do
     sleep 0.5
 done
 if ! as_postgres pg_isready -q -h "$HOST" -p "$PORT"; then
-    say "PostgreSQL $VERSION/main did not become ready on $HOST:$PORT"
+    say "PostgreSQL $VERSION/$CLUSTER did not become ready on $HOST:$PORT"
     exit 1
 fi
 
