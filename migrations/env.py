@@ -2,8 +2,9 @@
 
 ``watchdog.store.db`` runs Alembic programmatically and hands over its open connection in
 ``config.attributes["connection"]`` so that the migration runs in the caller's transaction (and,
-on PostgreSQL, under the caller's advisory lock). Plain ``alembic`` invocations fall back to the
-URL in ``sqlalchemy.url``. Logging is left as the application configured it: no fileConfig here.
+on PostgreSQL, under the caller's advisory lock). Plain ``alembic`` invocations fall back to
+``-x url=...``, then to ``sqlalchemy.url`` (see alembic.ini). Logging is left as the application
+configured it: no fileConfig here.
 """
 
 from __future__ import annotations
@@ -27,8 +28,14 @@ def _configure(connection: sa.Connection) -> None:
     )
 
 
+def _url() -> str | None:
+    return context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option(
+        "sqlalchemy.url"
+    )
+
+
 def run_migrations_offline() -> None:
-    url = config.get_main_option("sqlalchemy.url")
+    url = _url()
     context.configure(
         url=url,
         target_metadata=target_metadata,
@@ -46,9 +53,9 @@ def run_migrations_online() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    url = config.get_main_option("sqlalchemy.url")
+    url = _url()
     if not url:
-        raise RuntimeError("no connection given and sqlalchemy.url is not set")
+        raise RuntimeError("no connection given, and neither -x url=... nor sqlalchemy.url is set")
     # Imported here: the store's engine factory sets the SQLite pragmas the application relies on.
     from watchdog.store import db
 
