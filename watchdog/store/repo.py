@@ -128,6 +128,7 @@ class Store:
         *,
         skip_touch: Collection[str] = (),
         manifests: Sequence[models.Manifest] = (),
+        error: str | None = None,
     ) -> list[models.Event]:
         """Persist one check of ``repository`` atomically: all of it or nothing.
 
@@ -137,7 +138,8 @@ class Store:
         ``manifests`` (each verified first: ``errors.ProtocolError`` before anything is written if a
         body does not hash to its digest), sets ``last_checked = now`` on every other tag of the
         repository except those in ``skip_touch`` (one statement, whatever the number of tags),
-        and marks the watch successful. Returns the events with their ids.
+        and marks the watch successful, or, with ``error`` (some tags could not be checked), counts
+        one more consecutive error as ``record_watch_error`` does. Returns the events with their ids.
 
         The number of statements depends on the number of changes and manifests, never on the
         number of unchanged tags.
@@ -172,6 +174,9 @@ class Store:
                     self._archive(), [_manifest_row(repository, m, now) for m in manifests]
                 )
             conn.execute(self._touch(repository, now, untouched))
+            if error is not None:
+                conn.execute(self._watch_error(repository, now, error))
+                return saved
             conn.execute(
                 self._upsert_watch(
                     {
@@ -190,25 +195,8 @@ class Store:
         """Note a failed (or partly failed) check of ``repository``: last attempt, the error (one
         line, truncated) and one more consecutive error. Tag records are left as they were."""
         _require_aware(now)
-        values = {
-            "repository": repository,
-            "last_attempt": now,
-            "last_success": None,
-            "last_error": errors.truncate(error, MAX_WATCH_ERROR),
-            "consecutive_errors": 1,
-        }
-        stmt = self._insert(W).values(values)
-        stmt = self._on_conflict_update(
-            stmt,
-            ["repository"],
-            {
-                "last_attempt": stmt.excluded.last_attempt,
-                "last_error": stmt.excluded.last_error,
-                "consecutive_errors": W.c.consecutive_errors + 1,
-            },
-        )
         with db.translating(self.engine), self.engine.begin() as conn:
-            conn.execute(stmt)
+            conn.execute(self._watch_error(repository, now, error))
 
     # --- statements ------------------------------------------------------------------------------
 
@@ -220,6 +208,25 @@ class Store:
 
     def _on_conflict_update(self, stmt: Any, keys: list[str], set_: Mapping[str, Any]) -> Any:
         return stmt.on_conflict_do_update(index_elements=keys, set_=dict(set_))
+
+    def _watch_error(self, repository: str, now: dt.datetime, error: str) -> Any:
+        values = {
+            "repository": repository,
+            "last_attempt": now,
+            "last_success": None,
+            "last_error": errors.truncate(error, MAX_WATCH_ERROR),
+            "consecutive_errors": 1,
+        }
+        stmt = self._insert(W).values(values)
+        return self._on_conflict_update(
+            stmt,
+            ["repository"],
+            {
+                "last_attempt": stmt.excluded.last_attempt,
+                "last_error": stmt.excluded.last_error,
+                "consecutive_errors": W.c.consecutive_errors + 1,
+            },
+        )
 
     def _upsert_tags(self) -> Any:
         stmt = self._insert(T)

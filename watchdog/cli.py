@@ -1,0 +1,421 @@
+"""The ``tag-watchdog`` command line: the only place (with the daemon's top level) where errors
+become text for a person.
+
+Exit codes: 0 all good; 1 drift found (scan); 2 usage or configuration error; 3 could not
+complete (registry, auth or database unreachable). Heavy modules are imported lazily so that
+``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from watchdog import __version__, errors
+
+if TYPE_CHECKING:
+    from watchdog import config, models
+    from watchdog.store import repo as store_repo
+
+EXIT_OK, EXIT_DRIFT, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "-c",
+        "--config",
+        default=argparse.SUPPRESS,
+        help="YAML config file (default: $WATCHDOG_CONFIG)",
+    )
+    common.add_argument(
+        "--log-level",
+        default=argparse.SUPPRESS,
+        choices=["debug", "info", "warning", "error"],
+        help="log level (default: info for run, warning otherwise)",
+    )
+    common.add_argument(
+        "--log-format",
+        default=argparse.SUPPRESS,
+        choices=["text", "json"],
+        help="log lines as key=value text or JSON (default: text)",
+    )
+    parser = _Parser(
+        prog="tag-watchdog",
+        description="Watches container registries for release tags that move or disappear.",
+        parents=[common],
+        epilog="Exit codes: 0 good, 1 drift found, 2 usage/config error, 3 could not complete.",
+    )
+    parser.add_argument("--version", action="version", version=f"tag-watchdog {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    sub.add_parser("run", parents=[common], help="run the daemon: scheduler + HTTP server")
+    p = sub.add_parser("scan", parents=[common], help="check every watch once, then exit")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("status", parents=[common], help="every recorded tag and its state")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--repository", help="only this repository (e.g. ghcr.io/deephaven/server)")
+    p = sub.add_parser("history", parents=[common], help="the events of one tag")
+    p.add_argument(
+        "ref", metavar="REF", help="image reference, e.g. ghcr.io/deephaven/server:0.15.0"
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    db = sub.add_parser("db", parents=[common], help="database schema (Alembic)")
+    db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", parser_class=_Parser)
+    db_sub.required = True
+    db_sub.add_parser("upgrade", parents=[common], help="migrate the database to this release")
+    db_sub.add_parser("current", parents=[common], help="show the schema revision")
+
+    cfg = sub.add_parser("config", parents=[common], help="configuration")
+    cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION", parser_class=_Parser)
+    cfg_sub.required = True
+    p = cfg_sub.add_parser("check", parents=[common], help="validate, print with secrets masked")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``tag-watchdog`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args)
+    try:
+        return _dispatch(args)
+    except errors.WatchdogError as exc:
+        print(f"tag-watchdog: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("tag-watchdog: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        # A bug, not an expected failure: one line for the user, the traceback on request.
+        import logging
+
+        logging.getLogger("watchdog.cli").debug("internal error", exc_info=True)
+        print(
+            f"tag-watchdog: internal error: {type(exc).__name__}: {errors.truncate(str(exc))} "
+            "(this is a bug; --log-level debug shows the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    except BrokenPipeError:
+        # `tag-watchdog status | head`: the reader left; nothing went wrong.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    from watchdog import logs
+
+    default = "info" if args.command == "run" else "warning"
+    logs.setup(getattr(args, "log_level", default), getattr(args, "log_format", "text"))
+
+
+def _config_path(args: argparse.Namespace) -> str | None:
+    return getattr(args, "config", None) or os.environ.get("WATCHDOG_CONFIG") or None
+
+
+def _load(args: argparse.Namespace, *, need_watches: bool = False) -> config.Settings:
+    from watchdog import config
+
+    path = _config_path(args)
+    if path is None and need_watches:
+        raise errors.UsageError(
+            "no configuration: pass -c CONFIG or set WATCHDOG_CONFIG (see config.example.yaml)"
+        )
+    settings = config.load(path)
+    if need_watches and not settings.watches:
+        raise errors.ConfigError(
+            ["watches: nothing to watch (add at least one repository)"], source=settings.source
+        )
+    return settings
+
+
+def _open_store(settings: config.Settings) -> store_repo.Store:
+    """The store, its schema created first when the database is empty (never silently upgraded)."""
+    from watchdog.store import db
+    from watchdog.store import repo as store_repo
+
+    engine = db.create_engine(settings.database_url.reveal())
+    db.ensure_schema(engine, migrate_empty=True)
+    return store_repo.Store(engine)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    command = args.command
+    if command == "run":
+        from watchdog import daemon
+
+        return daemon.main(_load(args, need_watches=True))
+    if command == "scan":
+        return _scan(args)
+    if command == "status":
+        return _status(args)
+    if command == "history":
+        return _history(args)
+    if command == "db":
+        return _db(args)
+    if command == "config":
+        return _config_check(args)
+    raise errors.UsageError(f"unknown command {command!r}")  # argparse prevents this
+
+
+# --- scan ----------------------------------------------------------------------------------------
+
+
+def _scan(args: argparse.Namespace) -> int:
+    settings = _load(args, need_watches=True)
+    store = _open_store(settings)
+
+    import asyncio
+
+    from watchdog import metrics, service
+
+    async def scan_all() -> list[service.CheckResult]:
+        clients = service.Clients(settings)
+        checker = service.Checker(settings, store, clients, metrics.Metrics())
+        try:
+            return list(await asyncio.gather(*(checker.check_watch(w) for w in settings.watches)))
+        finally:
+            await clients.aclose()
+
+    results = asyncio.run(scan_all())
+    drift = any(r.drifted for r in results)
+    failed = any(not r.ok for r in results)
+    # Drift found is a definite answer even when some other watch failed; say both.
+    code = EXIT_DRIFT if drift else (EXIT_FAILED if failed else EXIT_OK)
+    if args.json:
+        _print_json(
+            {
+                "exit_code": code,
+                "drift": drift,
+                "complete": not failed,
+                "watches": [_result_json(r) for r in results],
+            }
+        )
+        return code
+    for r in results:
+        _print_result(r)
+    if failed:
+        print("tag-watchdog: some checks could not complete (see above)", file=sys.stderr)
+    return code
+
+
+def _result_json(r: Any) -> dict[str, Any]:
+    return {
+        "repository": r.repository,
+        "registry": r.registry,
+        "tags_checked": r.tags_checked,
+        "error": r.error,
+        "tag_errors": r.tag_errors,
+        "events": [_event_json(e) for e in r.events],
+        "drifted": [_record_json(t) for t in r.drifted],
+        "seconds": round(r.seconds, 3),
+    }
+
+
+def _print_result(r: Any) -> None:
+    from watchdog import models
+
+    if r.error:
+        print(f"{r.repository}: could not check: {r.error}")
+        return
+    counts: dict[str, int] = {}
+    for e in r.events:
+        counts[e.kind.value] = counts.get(e.kind.value, 0) + 1
+    parts = [f"{r.tags_checked} tags checked"] + [f"{n} {k}" for k, n in sorted(counts.items())]
+    if r.tag_errors:
+        parts.append(f"{len(r.tag_errors)} could not be checked")
+    print(f"{r.repository}: " + ", ".join(parts))
+    for e in r.events:
+        if e.kind is not models.EventKind.FIRST_SEEN:
+            print("  " + _event_line(e))
+    for tag, err in sorted(r.tag_errors.items()):
+        print(f"  ERROR     {r.repository}:{tag}: {err}")
+    for t in r.drifted:
+        restore_hint = f"recorded {t.recorded_digest}"
+        print(f"  DRIFT     {t.ref} is {t.state.value} ({restore_hint})")
+
+
+def _event_line(e: models.Event) -> str:
+    ref = f"{e.repository}:{e.tag}"
+    kind = e.kind.value.upper()
+    if e.old_digest and e.new_digest:
+        text = f"{kind:<9} {ref} {e.old_digest} -> {e.new_digest}"
+    elif e.new_digest:
+        text = f"{kind:<9} {ref} {e.new_digest}"
+    else:
+        text = f"{kind:<9} {ref} (was {e.old_digest})"
+    platforms = e.detail.get("changed_platforms")
+    if platforms:
+        text += f" [changed: {', '.join(platforms)}]"
+    return text
+
+
+# --- status / history ----------------------------------------------------------------------------
+
+
+def _status(args: argparse.Namespace) -> int:
+    from watchdog import models
+
+    settings = _load(args)
+    store = _open_store(settings)
+    repository = None
+    if args.repository:
+        repository = models.ImageRef.parse(args.repository, allow_tag=False).name
+    tags = store.all_tags(repository)
+    if args.json:
+        _print_json([_record_json(t) for t in tags])
+        return EXIT_OK
+    if not tags:
+        print("no tags recorded yet (run `tag-watchdog scan` or `tag-watchdog run`)")
+        return EXIT_OK
+    rows = [
+        (
+            t.ref,
+            t.state.value,
+            models.short_digest(t.recorded_digest),
+            models.short_digest(t.current_digest) if t.current_digest else "-",
+            _when(t.last_checked),
+        )
+        for t in tags
+    ]
+    _print_table(("TAG", "STATE", "RECORDED", "CURRENT", "LAST CHECKED"), rows)
+    return EXIT_OK
+
+
+def _history(args: argparse.Namespace) -> int:
+    from watchdog import models
+
+    ref = models.ImageRef.parse(args.ref, require_tag=True)
+    settings = _load(args)
+    store = _open_store(settings)
+    assert ref.tag is not None
+    events = store.history(ref.name, ref.tag)
+    if args.json:
+        _print_json([_event_json(e) for e in events])
+        return EXIT_OK
+    if not events:
+        print(f"no events recorded for {ref.name}:{ref.tag}")
+        return EXIT_OK
+    rows = []
+    for e in events:
+        platforms = e.detail.get("changed_platforms") or []
+        rows.append(
+            (
+                _when(e.at),
+                e.kind.value,
+                e.old_digest or "-",
+                e.new_digest or "-",
+                ", ".join(platforms) if platforms else "",
+                e.actor,
+            )
+        )
+    _print_table(("WHEN", "EVENT", "OLD DIGEST", "NEW DIGEST", "PLATFORMS", "BY"), rows)
+    return EXIT_OK
+
+
+# --- db / config ---------------------------------------------------------------------------------
+
+
+def _db(args: argparse.Namespace) -> int:
+    from watchdog import config
+    from watchdog.store import db
+
+    settings = _load(args)
+    url = settings.database_url.reveal()
+    engine = db.create_engine(url)
+    if args.db_command == "upgrade":
+        before = db.current(engine)
+        db.upgrade(engine)
+        after = db.current(engine)
+        shown = config.mask_url(url)
+        if before == after:
+            print(f"{shown}: already at revision {after}")
+        else:
+            print(f"{shown}: upgraded {before or '(empty)'} -> {after}")
+        return EXIT_OK
+    print(db.current(engine) or "(empty: run `tag-watchdog db upgrade`)")
+    return EXIT_OK
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    import yaml
+
+    from watchdog import config
+
+    settings = _load(args)
+    data = config.masked(settings)
+    if args.json:
+        _print_json(data)
+    else:
+        print(f"# {settings.source or '(no file: defaults and environment)'}: valid")
+        print(yaml.safe_dump(data, sort_keys=False).rstrip())
+    return EXIT_OK
+
+
+# --- output helpers ------------------------------------------------------------------------------
+
+
+def _when(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%SZ") if value is not None else "-"
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def _record_json(t: models.TagRecord) -> dict[str, Any]:
+    return {
+        "repository": t.repository,
+        "tag": t.tag,
+        "ref": t.ref,
+        "state": t.state.value,
+        "recorded_digest": t.recorded_digest,
+        "current_digest": t.current_digest,
+        "media_type": t.media_type,
+        "first_seen": _iso(t.first_seen),
+        "last_checked": _iso(t.last_checked),
+        "last_changed": _iso(t.last_changed),
+    }
+
+
+def _event_json(e: models.Event) -> dict[str, Any]:
+    return {
+        "id": e.id,
+        "repository": e.repository,
+        "tag": e.tag,
+        "kind": e.kind.value,
+        "at": _iso(e.at),
+        "old_digest": e.old_digest,
+        "new_digest": e.new_digest,
+        "detail": e.detail,
+        "actor": e.actor,
+    }
+
+
+def _print_json(data: Any) -> None:
+    json.dump(data, sys.stdout, indent=2, sort_keys=False)
+    sys.stdout.write("\n")
+
+
+def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    for row in (header, *rows):
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""``tag-watchdog run``: the scheduler and the HTTP server in one event loop.
+
+One APScheduler job per watch (interval + jitter, never two runs of one watch at once, missed runs
+coalesced). SIGTERM/SIGINT stop scheduling, let running checks finish (each persists in one
+transaction, so even an interrupted check leaves the database consistent) and exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import uvicorn
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from watchdog import __version__, config, errors, http, metrics, service
+from watchdog.store import db
+from watchdog.store import repo as store_repo
+
+log = logging.getLogger("watchdog.daemon")
+
+SHUTDOWN_GRACE = 30.0  # seconds given to running checks on shutdown
+STALE_AFTER_INTERVALS = (
+    3  # /readyz turns false when a watch has not completed a cycle for this long
+)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the daemon owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Daemon:
+    def __init__(self, settings: config.Settings, *, clock: service.Clock = service.utcnow) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.metrics = metrics.Metrics()
+        self.stopping = asyncio.Event()
+        self.last_cycle: dict[str, float] = {}
+        self.running: set[asyncio.Task[Any]] = set()
+        self.scheduler: AsyncIOScheduler | None = None
+        self.store: store_repo.Store | None = None
+        self.checker: service.Checker | None = None
+
+    async def run(self) -> int:
+        """Run until a stop signal. Raises WatchdogError for start-up failures (bad DB, port in use)."""
+        engine = db.create_engine(self.settings.database_url.reveal())
+        try:
+            await asyncio.to_thread(db.ensure_schema, engine, migrate_empty=True)
+            self.store = store_repo.Store(engine)
+            sock = _bind(self.settings.http)
+            clients = service.Clients(self.settings, observer=self.metrics)
+            self.checker = service.Checker(
+                self.settings, self.store, clients, self.metrics, clock=self.clock
+            )
+            try:
+                await self._serve(sock)
+            finally:
+                await clients.aclose()
+        finally:
+            engine.dispose()
+        return 0
+
+    async def _serve(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        app = http.build_app(self.metrics, self.readiness)
+        server = _Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
+        server_task = asyncio.create_task(server.serve(sockets=[sock]))
+        self.scheduler = AsyncIOScheduler(event_loop=loop, timezone=dt.UTC)
+        now = dt.datetime.now(dt.UTC)
+        for watch in self.settings.watches:
+            interval = watch.interval or self.settings.interval
+            self.scheduler.add_job(
+                self._check,
+                IntervalTrigger(
+                    seconds=interval, jitter=min(self.settings.jitter, interval / 2) or None
+                ),
+                args=[watch],
+                id=watch.name,
+                name=f"check {watch.name}",
+                max_instances=1,  # never two checks of one watch at once
+                coalesce=True,  # after a stall, run once, not once per missed interval
+                misfire_grace_time=int(interval),
+                next_run_time=now,
+            )
+        self.scheduler.start()
+        host, port = sock.getsockname()[:2]
+        log.info(
+            "started version=%s watches=%d interval=%ss http=%s:%s database=%s",
+            __version__,
+            len(self.settings.watches),
+            self.settings.interval,
+            host,
+            port,
+            config.mask_url(self.settings.database_url.reveal()),
+        )
+        try:
+            await self.stopping.wait()
+        finally:
+            log.info("stopping running_checks=%d", len(self.running))
+            self.scheduler.shutdown(wait=False)
+            if self.running:
+                _, pending = await asyncio.wait(set(self.running), timeout=SHUTDOWN_GRACE)
+                for task in pending:
+                    task.cancel()
+            server.should_exit = True
+            await server_task
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            log.info("stopped")
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self.stopping.is_set():
+            return
+        log.info("signal_received signal=%s", sig.name)
+        self.stopping.set()
+
+    async def _check(self, watch: config.WatchSettings) -> None:
+        if self.stopping.is_set() or self.checker is None:
+            return
+        task = asyncio.current_task()
+        if task is not None:
+            self.running.add(task)
+        try:
+            await self.checker.check_watch(watch)
+            self.last_cycle[watch.name] = time.monotonic()
+        except Exception:
+            # check_watch handles expected failures itself; this is a bug: log it, keep running.
+            log.exception("check_crashed repository=%s", watch.name)
+        finally:
+            if task is not None:
+                self.running.discard(task)
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready = database answers, scheduler runs, every watch completed a cycle recently."""
+        problems: list[str] = []
+        if self.store is None:
+            problems.append("database not open")
+        else:
+            try:
+                await asyncio.to_thread(self.store.ping)
+            except errors.StoreError as exc:
+                problems.append(f"database: {exc}")
+        if self.scheduler is None or not self.scheduler.running or self.stopping.is_set():
+            problems.append("scheduler not running")
+        now = time.monotonic()
+        for watch in self.settings.watches:
+            limit = STALE_AFTER_INTERVALS * (watch.interval or self.settings.interval)
+            last = self.last_cycle.get(watch.name)
+            if last is None:
+                problems.append(f"{watch.name}: no completed check yet")
+            elif now - last > limit:
+                problems.append(f"{watch.name}: last check {now - last:.0f}s ago")
+        return (not problems, {"problems": problems})
+
+
+def _bind(settings: config.HttpSettings) -> socket.socket:
+    """Bind the HTTP listener ourselves so that a busy port is a clear error, not a crash."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        sock.close()
+        raise errors.WatchdogError(
+            f"cannot listen on {settings.listen}: {exc.strerror or exc} (set http.listen)"
+        ) from None
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def main(settings: config.Settings) -> int:
+    """Run the daemon to completion; the exit status of ``tag-watchdog run``."""
+    return asyncio.run(Daemon(settings).run())

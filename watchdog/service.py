@@ -1,0 +1,361 @@
+"""The one orchestration point: check a watched repository, end to end.
+
+``check_watch`` loads what is recorded, asks the registry, lets ``detect`` decide, and persists the
+records, events and archived manifests of the whole check in one transaction. Per-tag failures
+become a log line, a state and a metric; the loop goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Protocol, TypeVar
+
+from watchdog import config, detect, errors, metrics, models
+from watchdog.registry import client as registry_client
+from watchdog.registry import media
+from watchdog.store import repo as store_repo
+
+log = logging.getLogger("watchdog.service")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+Clock = Callable[[], dt.datetime]
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Registry(Protocol):
+    """What the service needs of a registry client (watchdog.registry.client.RegistryClient)."""
+
+    async def list_tags(self, repository: str) -> list[str]: ...
+
+    async def head_manifest(self, repository: str, reference: str) -> models.ManifestHead: ...
+
+    async def get_manifest(
+        self, repository: str, reference: str, *, expected_digest: str | None = None
+    ) -> models.Manifest: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Clients:
+    """One registry client per registry host, created on first use, closed together."""
+
+    def __init__(
+        self,
+        settings: config.Settings,
+        observer: metrics.Metrics | None = None,
+        **client_options: Any,
+    ) -> None:
+        """``client_options`` go to every RegistryClient (tests pass ``sleep`` and ``retry``)."""
+        self._settings = settings
+        self._observer = observer
+        self._options = client_options
+        self._clients: dict[str, registry_client.RegistryClient] = {}
+
+    def get(self, host: str) -> registry_client.RegistryClient:
+        client = self._clients.get(host)
+        if client is None:
+            client = registry_client.RegistryClient(
+                self._settings.registry(host), observer=self._observer, **self._options
+            )
+            self._clients[host] = client
+        return client
+
+    async def aclose(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
+
+
+@dataclasses.dataclass
+class CheckResult:
+    """The outcome of one check of one watched repository."""
+
+    repository: str
+    registry: str
+    tags_checked: int = 0
+    events: list[models.Event] = dataclasses.field(default_factory=list)
+    tag_errors: dict[str, str] = dataclasses.field(default_factory=dict)
+    error: str | None = None  # the whole check failed (listing, database)
+    drifted: list[models.TagRecord] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.tag_errors
+
+
+@dataclasses.dataclass
+class _TagOutcome:
+    observation: models.Observation
+    manifests: list[models.Manifest]
+
+
+class Checker:
+    """Checks watches against registries and records the results. Safe to share across tasks."""
+
+    def __init__(
+        self,
+        settings: config.Settings,
+        store: store_repo.Store,
+        clients: Clients,
+        metrics_: metrics.Metrics,
+        *,
+        clock: Clock = utcnow,
+        policy: detect.Policy = detect.DEFAULT_POLICY,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.clients = clients
+        self.metrics = metrics_
+        self.clock = clock
+        self.policy = policy
+
+    async def check_watch(self, watch: config.WatchSettings) -> CheckResult:
+        """Check every release tag of ``watch`` once and persist the outcome in one transaction.
+
+        Never raises for registry or database failures: they are reported in the result, logged
+        and counted, and leave every recorded state as it was.
+        """
+        ref = watch.repository
+        result = CheckResult(repository=ref.name, registry=ref.host)
+        started = time.monotonic()
+        try:
+            await self._check(watch, result)
+        except errors.WatchdogError as exc:
+            result.error = str(exc)
+            log.warning("check_failed repository=%s error=%r", ref.name, str(exc))
+            try:
+                await asyncio.to_thread(
+                    self.store.record_watch_error, ref.name, self.clock(), str(exc)
+                )
+            except errors.StoreError as store_exc:
+                log.warning("record_error_failed repository=%s error=%r", ref.name, str(store_exc))
+        result.seconds = time.monotonic() - started
+        self.metrics.poll_duration.labels(repository=ref.name).observe(result.seconds)
+        self.metrics.checks.labels(registry=ref.host, result="ok" if result.ok else "error").inc()
+        if result.ok:
+            self.metrics.last_successful_poll.labels(repository=ref.name).set(time.time())
+        return result
+
+    async def _check(self, watch: config.WatchSettings, result: CheckResult) -> None:
+        ref = watch.repository
+        registry = self.clients.get(ref.host)
+        records = await asyncio.to_thread(self.store.load_tags, ref.name)
+        try:
+            listed = await registry.list_tags(ref.repository)
+        except errors.NotFound:
+            # NAME_UNKNOWN: the repository is gone; each known tag still needs its own definitive 404
+            listed = []
+        listed_set = set(listed)
+        wanted = [t for t in listed if watch.tags.matches(t)]
+        # Known tags missing from the listing are asked about directly: absence needs both answers.
+        unlisted = [
+            t
+            for t, r in records.items()
+            if t not in listed_set
+            and r.state is not models.TagState.DELETED
+            and watch.tags.matches(t)
+        ]
+        todo = [(t, True) for t in wanted] + [(t, False) for t in unlisted]
+        outcomes = await _bounded(
+            todo,
+            lambda item: self._observe(registry, ref, item[0], records.get(item[0]), item[1]),
+            limit=self.settings.registry(ref.host).max_concurrency,
+        )
+        now = self.clock()
+        changes: list[models.Change] = []
+        archive: list[models.Manifest] = []
+        for (tag, _), outcome in zip(todo, outcomes, strict=True):
+            obs = outcome.observation
+            if obs.kind is models.ObservationKind.ERROR:
+                result.tag_errors[tag] = obs.error or "error"
+                log.warning("tag_check_failed ref=%s:%s error=%r", ref.name, tag, obs.error)
+                continue
+            change = detect.classify(
+                records.get(tag), obs, now, repository=ref.name, tag=tag, policy=self.policy
+            )
+            if change.record is not None or change.event is not None:
+                changes.append(change)
+            archive.extend(outcome.manifests)
+        result.tags_checked = len(outcomes)
+        summary = None
+        if result.tag_errors:
+            summary = f"{len(result.tag_errors)} tag(s) could not be checked: " + "; ".join(
+                f"{t}: {e}" for t, e in sorted(result.tag_errors.items())[:3]
+            )
+        events = await asyncio.to_thread(
+            self.store.apply_check,
+            ref.name,
+            now,
+            changes,
+            skip_touch=set(result.tag_errors),
+            manifests=_dedupe(archive),
+            error=summary,
+        )
+        result.events = events
+        self._account(ref.name, records, changes, events, result)
+
+    def _account(
+        self,
+        repository: str,
+        records: dict[str, models.TagRecord],
+        changes: Sequence[models.Change],
+        events: Sequence[models.Event],
+        result: CheckResult,
+    ) -> None:
+        current = dict(records)
+        for change in changes:
+            if change.record is not None:
+                current[change.tag] = change.record
+        watched = [r for r in current.values() if r.state is not models.TagState.DELETED]
+        result.drifted = sorted(
+            (r for r in current.values() if r.state is not models.TagState.OK), key=lambda r: r.tag
+        )
+        m = self.metrics
+        m.tags_watched.labels(repository=repository).set(len(watched))
+        m.tags_drifted.labels(repository=repository).set(len(result.drifted))
+        m.set_drifted_tags(repository, [(r.tag, r.state.value) for r in result.drifted])
+        for event in events:
+            if event.kind is models.EventKind.MOVED:
+                m.tag_moves.labels(repository=repository).inc()
+                log.warning(
+                    "tag_moved ref=%s:%s old=%s new=%s",
+                    repository,
+                    event.tag,
+                    event.old_digest,
+                    event.new_digest,
+                )
+            elif event.kind is models.EventKind.DELETED:
+                m.tag_deletions.labels(repository=repository).inc()
+                log.warning(
+                    "tag_deleted ref=%s:%s last=%s", repository, event.tag, event.old_digest
+                )
+            elif event.kind is models.EventKind.FIRST_SEEN:
+                log.info(
+                    "tag_recorded ref=%s:%s digest=%s", repository, event.tag, event.new_digest
+                )
+            else:
+                log.info(
+                    "tag_%s ref=%s:%s digest=%s",
+                    event.kind.value,
+                    repository,
+                    event.tag,
+                    event.new_digest,
+                )
+
+    async def _observe(
+        self,
+        registry: Registry,
+        ref: models.ImageRef,
+        tag: str,
+        record: models.TagRecord | None,
+        listed: bool,
+    ) -> _TagOutcome:
+        """Ask the registry about one tag. Never raises for registry failures: they are ERROR."""
+        try:
+            head = await registry.head_manifest(ref.repository, tag)
+        except errors.NotFound:
+            if listed:
+                # Listed but unknown: the registry contradicts itself; that is no definitive answer.
+                return _TagOutcome(
+                    models.Observation.failed("listed in tags/list but manifest unknown"), []
+                )
+            return _TagOutcome(models.Observation.absent(), [])
+        except errors.RegistryError as exc:
+            return _TagOutcome(models.Observation.failed(str(exc)), [])
+        if record is not None and head.digest is not None and head.digest == record.current_digest:
+            # Unchanged: HEAD is enough (and does not count against Docker Hub's pull limit).
+            return _TagOutcome(models.Observation.present(head.digest, head.media_type), [])
+        # New or different (or no digest header): only a GET-verified digest counts.
+        try:
+            manifest = await registry.get_manifest(ref.repository, tag)
+            manifests = [manifest, *await self._children(registry, ref, manifest)]
+        except errors.NotFound:
+            return _TagOutcome(
+                models.Observation.failed("manifest vanished between HEAD and GET"), []
+            )
+        except errors.RegistryError as exc:
+            return _TagOutcome(models.Observation.failed(str(exc)), [])
+        platforms: tuple[str, ...] = ()
+        if (
+            record is not None
+            and record.current_digest
+            and manifest.digest != record.current_digest
+        ):
+            platforms = await self._changed_platforms(ref.name, record.current_digest, manifest)
+        obs = models.Observation.present(manifest.digest, manifest.media_type, platforms)
+        return _TagOutcome(obs, manifests)
+
+    async def _children(
+        self, registry: Registry, ref: models.ImageRef, manifest: models.Manifest
+    ) -> list[models.Manifest]:
+        """Every child manifest of an index, fetched by digest and verified (for the archive)."""
+        if not media.is_index(manifest.media_type):
+            return []
+        children = []
+        for digest, _ in media.children(manifest.body):
+            children.append(
+                await registry.get_manifest(ref.repository, digest, expected_digest=digest)
+            )
+        return children
+
+    async def _changed_platforms(
+        self, repository: str, old_digest: str, new: models.Manifest
+    ) -> tuple[str, ...]:
+        old = await asyncio.to_thread(self.store.get_manifest, repository, old_digest)
+        old_platforms = _platforms(old) if old is not None else {}
+        new_platforms = _platforms(new)
+        if not old_platforms and not new_platforms:
+            return ()
+        return detect.changed_platforms(old_platforms, new_platforms)
+
+
+def _platforms(manifest: models.Manifest) -> dict[str, str]:
+    if not media.is_index(manifest.media_type):
+        return {}
+    try:
+        return media.platforms(manifest.body)
+    except errors.ProtocolError:
+        return {}
+
+
+def _dedupe(manifests: Iterable[models.Manifest]) -> list[models.Manifest]:
+    seen: dict[str, models.Manifest] = {}
+    for m in manifests:
+        seen.setdefault(m.digest, m)
+    return list(seen.values())
+
+
+async def _bounded(items: Sequence[T], fn: Callable[[T], Awaitable[R]], *, limit: int) -> list[R]:
+    """``[await fn(i) for i in items]`` with at most ``limit`` in flight, results in order.
+
+    A fixed pool of workers instead of one task per item keeps memory flat for 100,000 tags.
+    """
+    results: dict[int, R] = {}
+    next_index = 0
+
+    async def worker() -> None:
+        nonlocal next_index
+        while next_index < len(items):
+            i = next_index
+            next_index += 1
+            results[i] = await fn(items[i])
+
+    workers = [asyncio.create_task(worker()) for _ in range(max(1, min(limit, len(items))))]
+    try:
+        await asyncio.gather(*workers)
+    except BaseException:
+        for w in workers:
+            w.cancel()
+        raise
+    return [results[i] for i in range(len(items))]
