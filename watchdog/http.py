@@ -33,7 +33,8 @@ def build_app(metrics_: metrics.Metrics, readiness: ReadinessProbe) -> Starlette
     async def readyz(request: Request) -> Response:
         ready, detail = await readiness()
         return JSONResponse(
-            {"status": "ready" if ready else "not ready", **detail}, status_code=200 if ready else 503
+            {"status": "ready" if ready else "not ready", **detail},
+            status_code=200 if ready else 503,
         )
 
     return Starlette(

@@ -37,18 +37,24 @@ class Metrics:
         )
         self._drifted_labels: dict[str, set[tuple[str, str]]] = {}
         self.tag_moves = prom.Counter(
-            p + "tag_moves", "Verified moves of a release tag to another digest.", ["repository"],
+            p + "tag_moves",
+            "Verified moves of a release tag to another digest.",
+            ["repository"],
             registry=r,
         )
         self.tag_deletions = prom.Counter(
             p + "tag_deletions", "Confirmed deletions of a release tag.", ["repository"], registry=r
         )
         self.restores = prom.Counter(
-            p + "restores", "Restores of a recorded digest, by result.", ["repository", "result"],
+            p + "restores",
+            "Restores of a recorded digest, by result.",
+            ["repository", "result"],
             registry=r,
         )
         self.checks = prom.Counter(
-            p + "checks", "Watch checks, by registry and result (ok, error).", ["registry", "result"],
+            p + "checks",
+            "Watch checks, by registry and result (ok, error).",
+            ["registry", "result"],
             registry=r,
         )
         self.registry_requests = prom.Counter(
@@ -78,7 +84,9 @@ class Metrics:
             registry=r,
         )
         self.alerts = prom.Counter(
-            p + "alerts", "Alert deliveries, by channel and result.", ["channel", "result"],
+            p + "alerts",
+            "Alert deliveries, by channel and result.",
+            ["channel", "result"],
             registry=r,
         )
         self.alert_outbox_pending = prom.Gauge(
@@ -91,7 +99,9 @@ class Metrics:
             registry=r,
         )
         self.build_info = prom.Gauge(
-            p + "build_info", "Always 1; the version label says which release runs.", ["version"],
+            p + "build_info",
+            "Always 1; the version label says which release runs.",
+            ["version"],
             registry=r,
         )
         self.build_info.labels(version=__version__).set(1)
