@@ -1,0 +1,237 @@
+"""`tag-watchdog scan/status/history/run` as a user runs them, against a real registry.
+
+The program runs in a subprocess, exactly as installed; the registry is Debian's docker-registry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support import images
+from tests.support import registry as support_registry
+
+
+def run(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHDOG_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "watchdog", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=full_env,
+        timeout=120,
+    )
+
+
+def write_config(path: Path, host: str, repository: str, *, db: str, extra: str = "") -> Path:
+    path.write_text(
+        f"database_url: {db}\n"
+        f"interval: 1s\njitter: 0s\n"
+        f"{extra}"
+        f"watches:\n  - repository: {host}/{repository}\n"
+    )
+    return path
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Any:
+    """A private registry this test may stop."""
+    if support_registry.find_binary() is None:
+        pytest.skip("docker-registry is not installed")
+    srv = support_registry.RegistryServer(tmp_path / "registry", "open").start()
+    yield srv
+    srv.close()
+
+
+def test_scan_records_then_exits_1_on_a_move_and_history_shows_it(
+    tmp_path: Path, server: support_registry.RegistryServer
+) -> None:
+    with images.Pusher(server.url) as pusher:
+        release = pusher.index("deephaven/server", "0.15.0", seed="release")
+        pusher.image("deephaven/server", "0.14.0", seed="old")
+        pusher.image("deephaven/server", "latest", seed="nightly")
+    cfg = write_config(
+        tmp_path / "c.yaml", server.host, "deephaven/server", db=f"sqlite:///{tmp_path / 'w.db'}"
+    )
+    ref = f"{server.host}/deephaven/server:0.15.0"
+
+    first = run("scan", "-c", str(cfg), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "2 tags checked, 2 first_seen" in first.stdout
+
+    status = run("status", "--json", "-c", str(cfg), cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    rows = {r["tag"]: r for r in json.loads(status.stdout)}
+    assert set(rows) == {"0.14.0", "0.15.0"}
+    assert rows["0.15.0"]["recorded_digest"] == release.digest
+    assert rows["0.15.0"]["state"] == "ok"
+
+    # the accidental re-release overwrites 0.15.0
+    with images.Pusher(server.url) as pusher:
+        rebuilt = pusher.index("deephaven/server", "0.15.0", seed="rebuild")
+    moved = run("scan", "-c", str(cfg), cwd=tmp_path)
+    assert moved.returncode == 1, moved.stderr
+    assert f"MOVED     {ref} {release.digest} -> {rebuilt.digest}" in moved.stdout
+    assert "DRIFT" in moved.stdout
+
+    # still drifted on the next scan: still exit 1, but no second event
+    again = run("scan", "--json", "-c", str(cfg), cwd=tmp_path)
+    assert again.returncode == 1
+    data = json.loads(again.stdout)
+    assert data["drift"] is True and data["complete"] is True and data["exit_code"] == 1
+    (watch,) = data["watches"]
+    assert watch["events"] == [] and watch["tags_checked"] == 2
+    assert [d["tag"] for d in watch["drifted"]] == ["0.15.0"]
+    assert watch["drifted"][0]["current_digest"] == rebuilt.digest
+
+    history = run("history", ref, "-c", str(cfg), cwd=tmp_path)
+    assert history.returncode == 0, history.stderr
+    assert release.digest in history.stdout and rebuilt.digest in history.stdout
+    assert "moved" in history.stdout and "linux/amd64" in history.stdout
+    events = json.loads(run("history", ref, "--json", "-c", str(cfg), cwd=tmp_path).stdout)
+    assert [e["kind"] for e in events] == ["first_seen", "moved"]
+    assert events[1]["old_digest"] == release.digest
+    assert events[1]["new_digest"] == rebuilt.digest
+    assert sorted(events[1]["detail"]["changed_platforms"]) == sorted(rebuilt.children)
+
+    status = run("status", "-c", str(cfg), cwd=tmp_path)
+    assert "drifted" in status.stdout and "0.15.0" in status.stdout
+
+
+def test_scan_exits_3_when_the_registry_is_down_and_changes_nothing(
+    tmp_path: Path, server: support_registry.RegistryServer
+) -> None:
+    with images.Pusher(server.url) as pusher:
+        pusher.image("team/app", "1.0.0", seed="a")
+    cfg = write_config(
+        tmp_path / "c.yaml", server.host, "team/app", db=f"sqlite:///{tmp_path / 'w.db'}"
+    )
+    assert run("scan", "-c", str(cfg), cwd=tmp_path).returncode == 0
+    before = json.loads(run("status", "--json", "-c", str(cfg), cwd=tmp_path).stdout)
+    server.stop()
+    down = run("scan", "-c", str(cfg), cwd=tmp_path)
+    assert down.returncode == 3
+    assert "could not check" in down.stdout
+    assert "Traceback" not in down.stderr
+    after = json.loads(run("status", "--json", "-c", str(cfg), cwd=tmp_path).stdout)
+    assert after == before
+    history = json.loads(
+        run(
+            "history", f"{server.host}/team/app:1.0.0", "--json", "-c", str(cfg), cwd=tmp_path
+        ).stdout
+    )
+    assert [e["kind"] for e in history] == ["first_seen"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_for(predicate: Any, timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("condition not reached in time")
+
+
+def test_run_daemon_detects_a_move_serves_metrics_and_stops_cleanly(
+    tmp_path: Path, server: support_registry.RegistryServer
+) -> None:
+    with images.Pusher(server.url) as pusher:
+        release = pusher.index("deephaven/server", "0.15.0", seed="release")
+    port = _free_port()
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        server.host,
+        "deephaven/server",
+        db=f"sqlite:///{tmp_path / 'w.db'}",
+        extra=f"http: {{listen: '127.0.0.1:{port}'}}\n",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHDOG_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "watchdog", "run", "-c", str(cfg)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def get(path: str) -> httpx.Response | None:
+        try:
+            return httpx.get(base + path, timeout=2)
+        except httpx.TransportError:
+            return None
+
+    try:
+        ready = _wait_for(lambda: (r := get("/readyz")) is not None and r.status_code == 200 and r)
+        assert ready.json()["status"] == "ready"
+        assert get("/healthz").json() == {"status": "alive"}  # type: ignore[union-attr]
+        with images.Pusher(server.url) as pusher:
+            rebuilt = pusher.index("deephaven/server", "0.15.0", seed="rebuild")
+        name = f'repository="{server.host}/deephaven/server"'
+        metrics_text = _wait_for(
+            lambda: (
+                (r := get("/metrics")) is not None
+                and f"tag_watchdog_tag_moves_total{{{name}}} 1.0" in r.text
+                and r.text
+            )
+        )
+        assert f"tag_watchdog_tags_drifted{{{name}}} 1.0" in metrics_text
+        assert "tag_watchdog_drifted_tag_info{" in metrics_text and 'tag="0.15.0"' in metrics_text
+        assert "sha256:" not in metrics_text  # never a digest in a label
+        assert 'tag_watchdog_registry_requests_total{code="200",method="HEAD"' in metrics_text
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "signal_received signal=SIGTERM" in err and "stopped" in err
+    assert "tag_moved" in err and rebuilt.digest in err
+    assert "Traceback" not in err
+    history = run(
+        "history", f"{server.host}/deephaven/server:0.15.0", "--json", "-c", str(cfg), cwd=tmp_path
+    )
+    kinds = [e["kind"] for e in json.loads(history.stdout)]
+    assert kinds == ["first_seen", "moved"]
+    assert json.loads(history.stdout)[0]["new_digest"] == release.digest
+
+
+def test_run_refuses_a_port_in_use(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        cfg = write_config(
+            tmp_path / "c.yaml",
+            "127.0.0.1:1",
+            "a/b",
+            db=f"sqlite:///{tmp_path / 'w.db'}",
+            extra=f"http: {{listen: '127.0.0.1:{port}'}}\n",
+        )
+        proc = run("run", "-c", str(cfg), cwd=tmp_path)
+    assert proc.returncode == 3
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr
+    assert "Traceback" not in proc.stderr
