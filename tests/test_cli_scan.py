@@ -202,7 +202,7 @@ def test_run_daemon_detects_a_move_serves_metrics_and_stops_cleanly(
         assert "sha256:" not in metrics_text  # never a digest in a label
         assert 'tag_watchdog_registry_requests_total{code="200",method="HEAD"' in metrics_text
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -235,3 +235,25 @@ def test_run_refuses_a_port_in_use(tmp_path: Path) -> None:
     assert proc.returncode == 3
     assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_run_refuses_an_outdated_schema_and_db_upgrade_fixes_it(
+    tmp_path: Path, next_release: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from watchdog import cli
+
+    db_url = f"sqlite:///{tmp_path / 'w.db'}"
+    cfg = write_config(tmp_path / "c.yaml", "127.0.0.1:1", "a/b", db=db_url)
+    # this release's schema, made by the real program (unpatched, in its own process)
+    made = run("db", "upgrade", "-c", str(cfg), cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    # ...then the next release (whose migrations end at `next_release`) meets it
+    assert cli.main(["run", "-c", str(cfg)]) == 3
+    err = capsys.readouterr().err
+    assert "tag-watchdog db upgrade -c CONFIG" in err and next_release in err
+    assert cli.main(["scan", "-c", str(cfg)]) == 3  # scan refuses it too: never silently migrated
+    capsys.readouterr()
+    assert cli.main(["db", "upgrade", "-c", str(cfg)]) == 0
+    assert f"-> {next_release}" in capsys.readouterr().out
+    assert cli.main(["db", "current", "-c", str(cfg)]) == 0
+    assert capsys.readouterr().out.strip() == next_release

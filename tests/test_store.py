@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
-import shutil
 import socket
 import threading
 from collections.abc import Iterator
@@ -148,34 +147,6 @@ def test_a_revision_from_a_newer_release_is_newer(store: repo.Store) -> None:
     with pytest.raises(errors.SchemaMismatch, match="migrated by a newer tag-watchdog"):
         db.upgrade(store.engine)  # refused, not an Alembic traceback
     assert db.current(store.engine) == "9999_from_the_future"
-
-
-@pytest.fixture
-def next_release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Pretend to be a release whose migrations have a revision 0002 after this one's head."""
-    scripts = tmp_path / "migrations"
-    shutil.copytree(db.script_location(), scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "0002_next.py").write_text(
-        f'''"""The next release's change."""
-import sqlalchemy as sa
-from alembic import op
-
-revision = "0002"
-down_revision = "{db.head()}"
-branch_labels = None
-depends_on = None
-
-
-def upgrade():
-    op.create_table("next_release", sa.Column("id", sa.Integer, primary_key=True))
-
-
-def downgrade():
-    op.drop_table("next_release")
-'''
-    )
-    monkeypatch.setattr(db, "script_location", lambda: str(scripts))
-    return "0002"
 
 
 def test_an_older_revision_is_outdated_and_upgrade_fixes_it(

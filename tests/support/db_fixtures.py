@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,3 +115,31 @@ def store(engine: sa.Engine) -> repo.Store:
     """A ``Store`` on a fresh database migrated to head, on each backend."""
     db.upgrade(engine)
     return repo.Store(engine)
+
+
+@pytest.fixture
+def next_release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Pretend to be a release whose migrations have a revision 0002 after this one's head."""
+    scripts = tmp_path / "migrations"
+    shutil.copytree(db.script_location(), scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    (scripts / "versions" / "0002_next.py").write_text(
+        f'''"""The next release's change."""
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "{db.head()}"
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    op.create_table("next_release", sa.Column("id", sa.Integer, primary_key=True))
+
+
+def downgrade():
+    op.drop_table("next_release")
+'''
+    )
+    monkeypatch.setattr(db, "script_location", lambda: str(scripts))
+    return "0002"
