@@ -6,27 +6,12 @@ These run the real program in a subprocess (``python -m watchdog``), as a user o
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-
-def run(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHDOG_")}
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "watchdog", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        cwd=cwd,
-        timeout=60,
-    )
+from tests.support.cli import run
 
 
 def assert_no_traceback(proc: subprocess.CompletedProcess[str]) -> None:

@@ -6,7 +6,6 @@ The program runs in a subprocess, exactly as installed; the registry is Debian's
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -20,21 +19,7 @@ import pytest
 
 from tests.support import images
 from tests.support import registry as support_registry
-
-
-def run(
-    *args: str, cwd: Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHDOG_")}
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "watchdog", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=full_env,
-        timeout=120,
-    )
+from tests.support.cli import clean_env, run
 
 
 def write_config(path: Path, host: str, repository: str, *, db: str, extra: str = "") -> Path:
@@ -166,7 +151,7 @@ def test_run_daemon_detects_a_move_serves_metrics_and_stops_cleanly(
         db=f"sqlite:///{tmp_path / 'w.db'}",
         extra=f"http: {{listen: '127.0.0.1:{port}'}}\n",
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHDOG_")}
+    env = clean_env()
     proc = subprocess.Popen(
         [sys.executable, "-m", "watchdog", "run", "-c", str(cfg)],
         cwd=tmp_path,
