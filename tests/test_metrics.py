@@ -79,3 +79,19 @@ async def check_endpoints(client: httpx.AsyncClient) -> None:
     assert ready.status_code == 503
     assert ready.json()["problems"] == ["scheduler not running"]
     assert (await client.post("/metrics")).status_code == 405
+
+
+def test_watched_repository_series_start_at_zero() -> None:
+    m = metrics.Metrics()
+    m.watch("ghcr.io/a/b", "ghcr.io")
+    fams = families(m)
+    moves = [s for s in fams["tag_watchdog_tag_moves"].samples if s.name.endswith("_total")]
+    assert [(s.labels, s.value) for s in moves] == [({"repository": "ghcr.io/a/b"}, 0.0)]
+    restores = {
+        s.labels["result"]: s.value
+        for s in fams["tag_watchdog_restores"].samples
+        if s.name.endswith("_total")
+    }
+    assert restores == {"restored": 0.0, "failed": 0.0}
+    checks = {s.labels["result"] for s in fams["tag_watchdog_checks"].samples}
+    assert checks == {"ok", "error"}

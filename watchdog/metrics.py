@@ -11,6 +11,8 @@ import prometheus_client as prom
 from watchdog import __version__
 
 PREFIX = "tag_watchdog_"
+RESTORE_RESULTS = ("restored", "failed")
+CHECK_RESULTS = ("ok", "error")
 
 
 class Metrics:
@@ -105,6 +107,16 @@ class Metrics:
             registry=r,
         )
         self.build_info.labels(version=__version__).set(1)
+
+    def watch(self, repository: str, registry: str) -> None:
+        """Create the series of a watched repository at zero, so that ``increase()`` and alert
+        rules see the first move, deletion or restore instead of a series that starts at 1."""
+        self.tag_moves.labels(repository=repository)
+        self.tag_deletions.labels(repository=repository)
+        for result in RESTORE_RESULTS:
+            self.restores.labels(repository=repository, result=result)
+        for result in CHECK_RESULTS:
+            self.checks.labels(registry=registry, result=result)
 
     def set_drifted_tags(self, repository: str, tags: list[tuple[str, str]]) -> None:
         """Replace the drifted-tag series of ``repository`` with ``tags`` ((tag, state) pairs)."""

@@ -119,6 +119,8 @@ class Checker:
         self.metrics = metrics_
         self.clock = clock
         self.policy = policy
+        for watch in settings.watches:
+            metrics_.watch(watch.name, watch.repository.host)
 
     async def check_watch(self, watch: config.WatchSettings) -> CheckResult:
         """Check every release tag of ``watch`` once and persist the outcome in one transaction.
