@@ -7,7 +7,7 @@
 * ``pg_url``: a fresh, empty PostgreSQL database URL, for tests about PostgreSQL only.
 
 The PostgreSQL parameters carry ``pytest.mark.postgres``, so ``-m postgres`` / ``-m "not
-postgres"`` select them, and WATCHDOG_REQUIRE_PG=1 turns their skips into a failed run.
+postgres"`` select them, and WATCHDOG_NO_SKIPS=1 (set by scripts/test) turns any skip into a failed run.
 ``WATCHDOG_TEST_PG_URL`` comes from ``.ci/postgres.sh`` (its last line of output); its role needs
 CREATEDB.
 """
