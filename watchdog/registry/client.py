@@ -789,6 +789,9 @@ class RegistryClient:
     async def _read(self, what: str, method: str, response: httpx.Response, max_body: int) -> bytes:
         """The body, refusing (2xx) or cutting (errors) one larger than allowed, while streaming."""
         if method == "HEAD":
+            # Drain the (empty) response so the connection goes back to the pool: closing an
+            # unread stream makes httpcore drop the connection, one TCP handshake per HEAD.
+            await response.aread()
             return b""
         success = 200 <= response.status_code < 300
         limit = max_body if success else MAX_ERROR_BODY_BYTES
