@@ -242,3 +242,72 @@ def test_run_refuses_an_outdated_schema_and_db_upgrade_fixes_it(
     assert f"-> {next_release}" in capsys.readouterr().out
     assert cli.main(["db", "current", "-c", str(cfg)]) == 0
     assert capsys.readouterr().out.strip() == next_release
+
+
+def test_a_second_daemon_on_the_same_sqlite_file_is_refused(tmp_path: Path) -> None:
+    port = _free_port()
+    cfg = write_config(
+        tmp_path / "c.yaml",
+        "127.0.0.1:1",
+        "a/b",
+        db=f"sqlite:///{tmp_path / 'w.db'}",
+        extra=f"http: {{listen: '127.0.0.1:{port}'}}\n",
+    )
+    first = subprocess.Popen(
+        [sys.executable, "-m", "watchdog", "run", "-c", str(cfg)],
+        cwd=tmp_path,
+        env=clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(
+            lambda: (
+                httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+                if _port_open(port)
+                else False
+            )
+        )
+        other = tmp_path / "other.yaml"
+        other.write_text(cfg.read_text().replace(str(port), str(_free_port())))
+        second = run("run", "-c", str(other), cwd=tmp_path)
+        assert second.returncode == 3
+        assert f"another tag-watchdog daemon (pid {first.pid}) already runs on" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=30)
+    # the lock dies with its holder: a new daemon may start (here: refused only by the port test)
+    third = subprocess.Popen(
+        [sys.executable, "-m", "watchdog", "run", "-c", str(cfg)],
+        cwd=tmp_path,
+        env=clean_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(lambda: _port_open(port))
+        third.kill()  # SIGKILL: no clean release, the kernel drops the lock
+        third.communicate(timeout=30)
+        fourth = subprocess.Popen(
+            [sys.executable, "-m", "watchdog", "run", "-c", str(cfg)],
+            cwd=tmp_path,
+            env=clean_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        _wait_for(lambda: _port_open(port))
+        fourth.send_signal(signal.SIGTERM)
+        _, err = fourth.communicate(timeout=30)
+        assert fourth.returncode == 0, err
+    finally:
+        if third.poll() is None:
+            third.kill()
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0

@@ -22,7 +22,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from watchdog import __version__, config, errors, http, metrics, service
-from watchdog.store import db
+from watchdog.store import db, lock
 from watchdog.store import repo as store_repo
 
 log = logging.getLogger("watchdog.daemon")
@@ -56,7 +56,9 @@ class Daemon:
     async def run(self) -> int:
         """Run until a stop signal. Raises WatchdogError for start-up failures (bad DB, port in use)."""
         engine = db.create_engine(self.settings.database_url.reveal())
+        daemon_lock = lock.DaemonLock(engine)
         try:
+            daemon_lock.acquire()
             await asyncio.to_thread(db.ensure_schema, engine, migrate_empty=True)
             self.store = store_repo.Store(engine)
             sock = _bind(self.settings.http)
@@ -70,6 +72,7 @@ class Daemon:
                 await clients.aclose()
         finally:
             engine.dispose()
+            daemon_lock.release()
         return 0
 
     async def _serve(self, sock: socket.socket) -> None:
