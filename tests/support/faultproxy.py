@@ -7,21 +7,32 @@ connection, or forward and then rewrite the upstream's answer — for N requests
 It runs in threads, so it serves just the same whether the test is sync or async, and one
 slow rule never blocks the event loop of the client under test.
 
-Extending it (truncation, lies, huge bodies): give a rule a ``transform`` that receives the
-upstream's :class:`Answer` and returns the one to send, or an ``action`` that writes to the
-socket itself.
+Extending it: give a rule a ``transform`` that receives the upstream's :class:`Answer` and
+returns the one to send, a ``reply`` that makes the answer without asking upstream, or an
+``action`` that writes to the socket itself. Ready-made faults (methods below): ``fail`` (any
+status), ``rate_limit`` (429 with Retry-After in seconds or as an HTTP date), ``add(delay=...)``,
+``add(drop=True)`` (close without answering) and ``add(reset=True)`` (TCP RST), ``truncate``
+(fewer bytes than Content-Length), ``cut_json`` (a complete answer whose JSON stops half-way),
+``malformed_json``, ``lie_digest`` (a Docker-Content-Digest that disagrees with the body),
+``serve_instead`` (another manifest than the one asked for), ``huge`` (a big body with its
+length), ``stream`` (an endless or very slow body without a length); any rule with ``every=2``
+flaps: it applies to every other matching request and lets the others through.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import email.utils
+import hashlib
 import http.client
 import http.server
 import json
 import re
 import socket
+import struct
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
@@ -47,6 +58,9 @@ class Answer:
     status: int
     headers: list[tuple[str, str]]
     body: bytes
+    # A Content-Length to announce instead of len(body) (truncation); the connection is closed
+    # after such an answer, as a server dying mid-body would.
+    declared_length: int | None = None
 
     def header(self, name: str) -> str | None:
         for key, value in self.headers:
@@ -76,6 +90,7 @@ class Seen:
 
 
 Transform = Callable[[Answer, Seen], Answer]
+Reply = Callable[[Seen], Answer]
 
 
 @dataclasses.dataclass
@@ -90,12 +105,16 @@ class Rule:
     times: int | None = None  # None: forever
     delay: float = 0.0
     drop: bool = False
+    reset: bool = False  # close with a TCP RST (SO_LINGER 0) instead of answering
     transform: Transform | None = None
+    reply: Reply | None = None
     action: Callable[[http.server.BaseHTTPRequestHandler], None] | None = None
-    hits: int = 0
+    every: int = 1  # 2: applies to the 1st, 3rd, 5th... matching request (flapping)
+    hits: int = 0  # matching requests (including those let through by ``every``)
+    applied: int = 0  # requests the fault was applied to
 
     def matches(self, method: str, path: str) -> bool:
-        if self.times is not None and self.hits >= self.times:
+        if self.times is not None and self.applied >= self.times:
             return False
         if self.method is not None and self.method.upper() != method:
             return False
@@ -157,10 +176,19 @@ class FaultProxy:
         times: int | None = None,
         delay: float = 0.0,
         drop: bool = False,
+        reset: bool = False,
         transform: Transform | None = None,
+        reply: Reply | None = None,
         action: Callable[[http.server.BaseHTTPRequestHandler], None] | None = None,
+        every: int = 1,
     ) -> Rule:
-        """Add a rule for ``method`` (None: any) and ``path`` (a regex searched in the path+query)."""
+        """Add a rule for ``method`` (None: any) and ``path`` (a regex searched in the path+query).
+
+        ``times`` counts the requests the rule was applied to; with ``every=N`` only every N-th
+        matching request gets the fault and the others are forwarded untouched.
+        """
+        if every < 1:
+            raise ValueError("every must be >= 1")
         rule = Rule(
             method=method,
             path=re.compile(path),
@@ -170,8 +198,11 @@ class FaultProxy:
             times=times,
             delay=delay,
             drop=drop,
+            reset=reset,
             transform=transform,
+            reply=reply,
             action=action,
+            every=every,
         )
         with self._lock:
             self._rules.append(rule)
@@ -191,6 +222,149 @@ class FaultProxy:
             return answer
 
         return self.add(method, path, transform=transform, **kwargs)
+
+    def rate_limit(
+        self,
+        method: str | None,
+        path: str,
+        retry_after: float | None,
+        *,
+        http_date: bool = False,
+        **kwargs: Any,
+    ) -> Rule:
+        """Answer 429 with ``Retry-After`` in seconds, or (``http_date``) as an HTTP date."""
+        headers: dict[str, str] = {}
+        if retry_after is not None:
+            headers["Retry-After"] = (
+                email.utils.formatdate(time.time() + retry_after, usegmt=True)
+                if http_date
+                else f"{retry_after:g}"
+            )
+        body = b'{"errors":[{"code":"TOOMANYREQUESTS","message":"rate limited"}]}'
+        headers["Content-Type"] = "application/json"
+        return self.fail(method, path, 429, headers=headers, body=body, **kwargs)
+
+    def truncate(self, method: str | None, path: str, keep: float = 0.5, **kwargs: Any) -> Rule:
+        """Forward, then send only ``keep`` of the body while announcing its full length."""
+
+        def transform(answer: Answer, request: Seen) -> Answer:
+            answer.declared_length = len(answer.body)
+            answer.body = answer.body[: int(len(answer.body) * keep)]
+            return answer
+
+        return self.add(method, path, transform=transform, **kwargs)
+
+    def cut_json(self, method: str | None, path: str, **kwargs: Any) -> Rule:
+        """Forward, then cut the body half-way, Content-Length and digest header to match.
+
+        A well-formed HTTP answer whose JSON stops mid-document, "verified" by a header that
+        matches the cut bytes: only parsing can tell.
+        """
+
+        def transform(answer: Answer, request: Seen) -> Answer:
+            answer.body = answer.body[: len(answer.body) // 2]
+            if answer.header("docker-content-digest") is not None:
+                answer.set_header("Docker-Content-Digest", sha256_digest(answer.body))
+            return answer
+
+        return self.add(method, path, transform=transform, **kwargs)
+
+    def malformed_json(self, method: str | None, path: str, **kwargs: Any) -> Rule:
+        """Answer 200 with a JSON content type and a body that is not JSON."""
+        body = b'{"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",]'
+        return self.fail(
+            method, path, 200, body=body, headers={"Content-Type": "application/json"}, **kwargs
+        )
+
+    def lie_digest(self, method: str | None, path: str, **kwargs: Any) -> Rule:
+        """Forward; a 200's Docker-Content-Digest becomes a digest that is not the body's."""
+
+        def transform(answer: Answer, request: Seen) -> Answer:
+            if answer.status == 200:
+                real = answer.header("docker-content-digest") or ""
+                answer.set_header("Docker-Content-Digest", sha256_digest(b"lie:" + real.encode()))
+            return answer
+
+        return self.add(method, path, transform=transform, **kwargs)
+
+    def serve_instead(
+        self,
+        method: str | None,
+        path: str,
+        body: bytes,
+        media_type: str,
+        *,
+        header: str = "match",
+        **kwargs: Any,
+    ) -> Rule:
+        """Forward, then answer ``body`` (another, valid manifest) instead of what was asked for.
+
+        ``header``: ``"match"`` sends the digest of ``body`` (a consistent lie), ``"lie"`` keeps
+        the digest of what was asked for (or, for an error answer, the digest of something else).
+        Applies whatever the upstream answered, 404 included, as a confused cache would.
+        """
+        if header not in ("match", "lie"):
+            raise ValueError("header is 'match' or 'lie'")
+
+        def transform(answer: Answer, request: Seen) -> Answer:
+            asked = answer.header("docker-content-digest") if answer.status == 200 else None
+            digest = sha256_digest(body)
+            if header == "lie":
+                digest = asked or sha256_digest(b"asked:" + request.path.encode())
+            out = Answer(200, [("Content-Type", media_type)], body)
+            out.set_header("Docker-Content-Digest", digest)
+            return out
+
+        return self.add(method, path, transform=transform, **kwargs)
+
+    def huge(
+        self,
+        method: str | None,
+        path: str,
+        size: int,
+        *,
+        content_type: str = "application/vnd.oci.image.manifest.v1+json",
+        **kwargs: Any,
+    ) -> Rule:
+        """Answer 200 with a ``size``-byte body (announced by Content-Length)."""
+        head, tail = b'{"schemaVersion": 2, "x": "', b'"}'
+        body = head + b"a" * max(0, size - len(head) - len(tail)) + tail
+        return self.fail(
+            method, path, 200, body=body, headers={"Content-Type": content_type}, **kwargs
+        )
+
+    def stream(
+        self,
+        method: str | None,
+        path: str,
+        *,
+        chunk: int = 64 * 1024,
+        interval: float = 0.0,
+        limit_seconds: float = 30.0,
+        content_type: str = "application/vnd.oci.image.manifest.v1+json",
+        **kwargs: Any,
+    ) -> Rule:
+        """Answer 200 and then a body without a length that never ends: ``chunk`` bytes every
+        ``interval`` seconds until the client hangs up (or ``limit_seconds``, or the proxy stops).
+        """
+        proxy = self
+
+        def action(handler: http.server.BaseHTTPRequestHandler) -> None:
+            handler.close_connection = True
+            head = f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nConnection: close\r\n\r\n"
+            deadline = time.monotonic() + limit_seconds
+            try:
+                handler.wfile.write(head.encode() + b'{"schemaVersion": 2, "x": "')
+                piece = b"a" * chunk
+                while time.monotonic() < deadline and not proxy._stopping.is_set():
+                    handler.wfile.write(piece)
+                    handler.wfile.flush()
+                    if interval and proxy._stopping.wait(interval):
+                        break
+            except OSError:
+                pass  # the client hung up: what we wanted
+
+        return self.add(method, path, action=action, **kwargs)
 
     def reset(self) -> None:
         """Forget every rule and the request log."""
@@ -214,6 +388,9 @@ class FaultProxy:
             for rule in self._rules:
                 if rule.matches(method, path):
                     rule.hits += 1
+                    if (rule.hits - 1) % rule.every:
+                        return None  # flapping: this one goes through untouched
+                    rule.applied += 1
                     return rule
         return None
 
@@ -276,13 +453,26 @@ class FaultProxy:
                     proxy._log(method, self.path, None, plain_headers)
                     rule.action(self)
                     return
+                if rule is not None and rule.reset:
+                    proxy._log(method, self.path, None, plain_headers)
+                    self.close_connection = True
+                    with contextlib.suppress(OSError):
+                        # linger 0: close() sends RST, not FIN (the socket really closes once
+                        # the handler's file objects are closed, before any shutdown())
+                        self.connection.setsockopt(
+                            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                        )
+                        self.connection.close()
+                    return
                 if rule is not None and rule.drop:
                     proxy._log(method, self.path, None, plain_headers)
                     self.close_connection = True
                     with contextlib.suppress(OSError):
                         self.connection.shutdown(socket.SHUT_RDWR)
                     return
-                if rule is not None and rule.status is not None:
+                if rule is not None and rule.reply is not None:
+                    answer = rule.reply(Seen(method, self.path, None, plain_headers))
+                elif rule is not None and rule.status is not None:
                     answer = Answer(rule.status, list(rule.headers.items()), rule.body)
                     if answer.header("content-type") is None:
                         answer.headers.append(("Content-Type", "text/plain"))
@@ -315,7 +505,13 @@ class FaultProxy:
                         continue
                     self.send_header(key, value)
                 if method != "HEAD" or not has_length:
-                    self.send_header("Content-Length", str(len(answer.body)))
+                    length = answer.declared_length
+                    self.send_header(
+                        "Content-Length", str(len(answer.body) if length is None else length)
+                    )
+                if answer.declared_length is not None:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
                 self.end_headers()
                 if method != "HEAD":
                     try:
@@ -334,6 +530,10 @@ class FaultProxy:
                 pass
 
         return Handler
+
+
+def sha256_digest(body: bytes) -> str:
+    return "sha256:" + hashlib.sha256(body).hexdigest()
 
 
 def quote_path(text: str) -> str:
