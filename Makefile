@@ -1,0 +1,39 @@
+# Developer shortcuts. The README's two commands need none of this.
+PY ?= .venv/bin/python
+
+.PHONY: help venv test lint fmt bench run clean
+
+help:
+	@echo "make venv   - create .venv with tag-watchdog and its test dependencies"
+	@echo "make test   - install what the suite needs and run it (same as ./scripts/test)"
+	@echo "make lint   - ruff, mypy (strict), import-linter"
+	@echo "make fmt    - ruff format + ruff check --fix"
+	@echo "make bench  - scan benchmarks against a local registry (bench/, docs/PERFORMANCE.md)"
+	@echo "make run    - run the daemon on config.example.yaml"
+
+venv:
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q -e '.[test]'
+
+test:
+	./scripts/test
+
+lint: venv
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
+	.venv/bin/lint-imports
+
+fmt: venv
+	.venv/bin/ruff format .
+	.venv/bin/ruff check --fix .
+
+bench: venv
+	$(PY) -m bench.scan_bench --tags 1000 --rounds 3
+	$(PY) -m bench.fleet_bench
+
+run: venv
+	.venv/bin/tag-watchdog run -c config.example.yaml
+
+clean:
+	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
