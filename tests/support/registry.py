@@ -367,15 +367,25 @@ class RegistryServer:
         return "\n".join(lines) + "\n"
 
     def start(self, timeout: float = 15.0) -> RegistryServer:
-        """Start the server and return once ``/v2/`` answers (any HTTP status)."""
+        """Start the server and return once ``/v2/`` answers (any HTTP status).
+
+        The first start picks a free port; a restart after ``stop()`` comes back on the SAME
+        port with the same storage, so a client made before the stop reaches it again.
+        """
+        if self.running:
+            return self
         if self.mode == "token" and self.issuer is None:
             self.issuer = TokenIssuer(self.workdir)
             assert self.username and self.password
             self.issuer.users[self.username] = self.password
             self.issuer.start()
         last_error = ""
-        for _ in range(3):  # a free port can be taken between probing and binding: try again
-            self.port = free_port()
+        restart = self.port != 0
+        # A fresh free port can be taken between probing and binding: try another. A restart
+        # must keep its port (clients hold the address), so it only retries the same one.
+        for _ in range(3):
+            if not restart:
+                self.port = free_port()
             cfg = self.workdir / "config.yml"
             cfg.write_text(self._config())
             log = self._log.open("ab")
@@ -391,6 +401,9 @@ class RegistryServer:
             while time.monotonic() < deadline:
                 if self._proc.poll() is not None:
                     last_error = self._log.read_text(errors="replace")[-2000:]
+                    self._proc = None
+                    if restart:
+                        time.sleep(0.2)  # the old process's socket may still be closing
                     break
                 try:
                     httpx.get(self.url + "/v2/", timeout=1.0)

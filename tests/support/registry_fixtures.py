@@ -1,8 +1,9 @@
 """Pytest fixtures: real registries (open, htpasswd, token), pushers and fault proxies.
 
-Registries are started once per session; tests stay independent by using their own repository
-names (``repo`` fixture). Fixtures that expose mutable state (the token issuer, proxies) reset it
-for every test.
+``registry``, ``basic_registry`` and ``token_registry`` are started once per session; tests stay
+independent by using their own repository names (``repo`` fixture). ``own_registry`` is a
+private open registry per test, for tests that stop and restart it. Fixtures that expose
+mutable state (the token issuer, proxies) reset it for every test.
 
 Example::
 
@@ -83,6 +84,19 @@ def token_registry(
 def token_issuer(token_registry: support_registry.RegistryServer) -> support_registry.TokenIssuer:
     assert token_registry.issuer is not None
     return token_registry.issuer
+
+
+@pytest.fixture
+def own_registry(tmp_path: Path) -> Iterator[support_registry.RegistryServer]:
+    """A private open registry for one test, which may ``stop()`` and ``start()`` it again
+    (same port, same storage: "the registry went away mid-run"). Closed after the test."""
+    binary = _require_binary()
+    server = support_registry.RegistryServer(tmp_path / "own-registry", "open", binary=binary)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 @pytest.fixture
