@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import faultproxy
+from tests.support import faultproxy, images
 from tests.support import registry as support_registry
 from watchdog import config, errors, models
 from watchdog.registry import auth, client, media
@@ -502,19 +502,32 @@ async def test_plain_text_404_is_never_not_found(proxied, repo, fault_proxy, sle
             await rc.head_manifest(repo, "1.0.0")
 
 
-async def test_registry_stopped_is_registry_unavailable(tmp_path, repo, sleeps):
-    server = support_registry.RegistryServer(tmp_path / "gone")
-    server.start()
-    server.stop()
+async def test_registry_stopped_mid_run_is_unavailable_then_back(own_registry, sleeps):
+    with images.Pusher(own_registry.url) as pusher:
+        pushed = pusher.index("team/app", "1.0.0")
     observer = Observer()
-    async with make_client(server.settings(), sleeps, observer=observer) as rc:
+    async with make_client(own_registry.settings(), sleeps, observer=observer) as rc:
+        assert (await rc.head_manifest("team/app", "1.0.0")).digest == pushed.digest
+        own_registry.stop()
+        observer.requests.clear()
         with pytest.raises(errors.RegistryUnavailable) as exc:
-            await rc.head_manifest(repo, "1.0.0")
+            await rc.head_manifest("team/app", "1.0.0")
+        assert not isinstance(exc.value, errors.NotFound)
         with pytest.raises(errors.RegistryUnavailable):
-            await rc.list_tags(repo)
-    assert exc.value.temporary and "cannot connect" in str(exc.value)
-    assert {code for _, _, code in observer.requests} == {"connect_error"}
-    assert len(sleeps) == 4
+            await rc.list_tags("team/app")
+        with pytest.raises(errors.RegistryUnavailable):
+            await rc.get_manifest("team/app", "1.0.0")
+        assert exc.value.temporary and own_registry.host in str(exc.value)
+        assert {code for _, _, code in observer.requests} <= {
+            "connect_error",
+            "network_error",
+            "protocol_error",
+        }
+        assert len(sleeps) == 6  # each call: 3 attempts, 2 backoffs
+        # back on the same port with the same storage: the same client sees the same digest
+        own_registry.start()
+        assert (await rc.head_manifest("team/app", "1.0.0")).digest == pushed.digest
+        assert await rc.list_tags("team/app") == ["1.0.0"]
 
 
 async def test_dropped_connections_and_timeouts_are_temporary(proxied, repo, fault_proxy, sleeps):
@@ -933,4 +946,35 @@ async def test_concurrency_is_bounded_per_registry(proxied, repo, fault_proxy):
     assert {h.digest for h in heads} == {pushed.digest}
     assert fault_proxy.max_in_flight == 3
     async with make(settings={"max_concurrency": 8}) as rc:
+        await asyncio.gather(*(rc.head_manifest(repo, "1.0.0") for _ in range(8)))
         assert len(rc._clients) == 2  # several small pools, not one big one
+
+
+def test_pools_are_made_inside_the_running_loop(registry, repo, pusher):
+    pushed = pusher.image(repo, "1.0.0")
+    rc = client.RegistryClient(registry.settings())  # no loop running: nothing is made yet
+    assert rc._clients == []
+
+    async def use() -> str | None:
+        async with rc:
+            return (await rc.head_manifest(repo, "1.0.0")).digest
+
+    assert asyncio.run(use()) == pushed.digest
+    with pytest.raises(RuntimeError, match="closed"):
+        asyncio.run(rc.head_manifest(repo, "1.0.0"))
+
+
+async def test_docker_config_path_is_explicit(basic_registry, repo, tmp_path, make_pusher):
+    make_pusher(basic_registry).image(repo, "1.0.0")
+    encoded = base64.b64encode(
+        f"{basic_registry.username}:{basic_registry.password}".encode()
+    ).decode()
+    path = tmp_path / "elsewhere.json"
+    path.write_text(json.dumps({"auths": {basic_registry.host: {"auth": encoded}}}))
+    env = {"HOME": str(tmp_path / "nohome"), "PATH": os.environ.get("PATH", "")}
+    settings = docker_config_settings(basic_registry)
+    async with make_client(settings, env=env, docker_config_path=path) as rc:
+        assert (await rc.head_manifest(repo, "1.0.0")).digest is not None
+    async with make_client(settings, env=env) as rc:  # without it: anonymous, refused
+        with pytest.raises(errors.AuthError, match="none are configured"):
+            await rc.head_manifest(repo, "1.0.0")

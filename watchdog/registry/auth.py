@@ -217,13 +217,14 @@ def _helper_server_url(host: str) -> str:
     return DOCKER_HUB_CONFIG_KEY if models.normalize_host(host) == models.DOCKER_HUB else host
 
 
-def load_docker_config(env: Mapping[str, str]) -> dict[str, Any] | None:
-    """The parsed docker ``config.json``, or None when there is none.
+def load_docker_config(env: Mapping[str, str], path: Path | None = None) -> dict[str, Any] | None:
+    """The parsed docker ``config.json`` (``path``, else found from ``env``), or None without one.
 
     A file that exists but cannot be read or parsed raises AuthError: silently pulling
     anonymously would turn a broken login into a confusing 401 later.
     """
-    path = docker_config_path(env)
+    if path is None:
+        path = docker_config_path(env)
     if path is None or not path.is_file():
         return None
     try:
@@ -330,21 +331,25 @@ def run_credential_helper(
 
 
 def resolve_credentials(
-    settings: config.RegistrySettings, env: Mapping[str, str] | None = None
+    settings: config.RegistrySettings,
+    env: Mapping[str, str] | None = None,
+    *,
+    config_path: Path | None = None,
 ) -> Credentials | None:
     """The credentials to use for ``settings.host``, or None to go anonymous.
 
     Order: username/password from the settings; then (only when ``use_docker_config``) the
     docker config: ``credHelpers[host]`` (a helper named for this host is the most specific
     thing the user said), inline ``auths`` entries (``auth`` or ``username``/``password``,
-    ``identitytoken``), and last the global ``credsStore``. Blocking (may run a helper).
+    ``identitytoken``), and last the global ``credsStore``. ``config_path`` overrides where
+    ``config.json`` is looked for. Blocking (may run a helper).
     """
     if settings.username:
         return Credentials(settings.username, settings.password, None, "settings")
     if not settings.use_docker_config:
         return None
     env = dict(os.environ if env is None else env)
-    cfg = load_docker_config(env)
+    cfg = load_docker_config(env, config_path)
     if cfg is None:
         return None
     host = models.normalize_host(settings.host)

@@ -15,11 +15,13 @@ import email.utils
 import itertools
 import json
 import math
+import os
+import pathlib
 import re
 import ssl
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -166,7 +168,15 @@ class RegistryClient:
         retry: RetryPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
         env: Mapping[str, str] | None = None,
+        docker_config_path: str | os.PathLike[str] | None = None,
     ) -> None:
+        """Build the client; nothing is connected or looked up until the first request.
+
+        ``transport`` replaces the network (one pool then); ``sleep`` replaces ``asyncio.sleep``
+        in the retry loop; ``clock`` drives the token cache; ``env`` replaces ``os.environ`` for
+        credential lookup; ``docker_config_path`` names the docker ``config.json`` to read
+        instead of ``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json``.
+        """
         self.settings = settings
         self.name = settings.host
         self._base = httpx.URL(f"{settings.scheme}://{models.api_host(settings.host)}")
@@ -176,25 +186,15 @@ class RegistryClient:
         self._env = env
         self._semaphore = asyncio.Semaphore(settings.max_concurrency)
         self._deadline = max(1.0, settings.timeout * DEADLINE_FACTOR)
-        timeout = httpx.Timeout(settings.timeout)
-        if transport is not None:
-            self._clients = [
-                httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=True)
-            ]
-        else:
-            count = min(
-                MAX_CLIENTS, max(1, math.ceil(settings.max_concurrency / CONNECTIONS_PER_CLIENT))
-            )
-            per_client = max(1, math.ceil(settings.max_concurrency / count))
-            limits = httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client)
-            self._clients = [
-                # verify=True always: insecure means plain HTTP, never "HTTPS without checking"
-                httpx.AsyncClient(
-                    timeout=timeout, limits=limits, verify=True, follow_redirects=True
-                )
-                for _ in range(count)
-            ]
-        self._next_client = itertools.cycle(self._clients)
+        self._transport = transport
+        # Created on first use, inside the running loop: httpx/anyio objects made outside it
+        # (a CLI building clients before asyncio.run) would belong to no loop or the wrong one.
+        self._clients: list[httpx.AsyncClient] = []
+        self._next_client: Iterator[httpx.AsyncClient] = iter(())
+        self._closed = False
+        self._docker_config_path = (
+            pathlib.Path(docker_config_path) if docker_config_path is not None else None
+        )
         self._tokens = auth.TokenCache(clock)
         self._token_locks: dict[auth.TokenKey, asyncio.Lock] = {}
         # The challenge the registry last made: answered up front from then on, which saves a
@@ -221,9 +221,37 @@ class RegistryClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close every connection pool. Idempotent."""
-        for client in self._clients:
+        """Close every connection pool. Idempotent; the client cannot be used afterwards."""
+        self._closed = True
+        clients, self._clients = self._clients, []
+        self._next_client = iter(())
+        for client in clients:
             await client.aclose()
+
+    def _pool(self) -> httpx.AsyncClient:
+        """The next connection pool, round-robin; the pools are made on the first call."""
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed")
+        if not self._clients:
+            self._clients = self._make_pools()
+            self._next_client = itertools.cycle(self._clients)
+        return next(self._next_client)
+
+    def _make_pools(self) -> list[httpx.AsyncClient]:
+        timeout = httpx.Timeout(self.settings.timeout)
+        if self._transport is not None:
+            return [
+                httpx.AsyncClient(transport=self._transport, timeout=timeout, follow_redirects=True)
+            ]
+        concurrency = self.settings.max_concurrency
+        count = min(MAX_CLIENTS, max(1, math.ceil(concurrency / CONNECTIONS_PER_CLIENT)))
+        per_client = max(1, math.ceil(concurrency / count))
+        limits = httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client)
+        return [
+            # verify=True always: insecure means plain HTTP, never "HTTPS without checking"
+            httpx.AsyncClient(timeout=timeout, limits=limits, verify=True, follow_redirects=True)
+            for _ in range(count)
+        ]
 
     def __repr__(self) -> str:
         return f"RegistryClient({self.name!r})"
@@ -480,7 +508,7 @@ class RegistryClient:
         *,
         what: str,
         repository: str | None,
-        scope_actions: tuple[str, ...] = ("pull",),
+        actions: tuple[str, ...] = ("pull",),
         headers: Mapping[str, str] | None = None,
         content: bytes | None = None,
         max_body: int = MAX_ERROR_BODY_BYTES,
@@ -493,7 +521,7 @@ class RegistryClient:
         RegistryUnavailable for 5xx and transport failures after the retries are spent.
         """
         url = target if isinstance(target, httpx.URL) else self._base.join(target)
-        scope = auth.scope_for(repository, scope_actions) if repository else ""
+        scope = auth.scope_for(repository, actions) if repository else ""
         retryable = method in IDEMPOTENT if idempotent is None else idempotent
         attempt = 0
         while True:
@@ -627,7 +655,12 @@ class RegistryClient:
         """Credentials for this host, looked up once (may run a credential helper: in a thread)."""
         async with self._credentials_lock:
             if not self._credentials_loaded:
-                creds = await asyncio.to_thread(auth.resolve_credentials, self.settings, self._env)
+                creds = await asyncio.to_thread(
+                    auth.resolve_credentials,
+                    self.settings,
+                    self._env,
+                    config_path=self._docker_config_path,
+                )
                 if creds is not None:
                     self._secrets.update(creds.secrets())
                 self._credentials = creds
@@ -739,7 +772,7 @@ class RegistryClient:
         what: str,
     ) -> _Response:
         """One HTTP exchange, read within limits; transport failures become RegistryUnavailable."""
-        client = next(self._next_client)
+        client = self._pool()
         code = "error"
         async with self._semaphore:
             started = time.perf_counter()
