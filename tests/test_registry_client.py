@@ -543,6 +543,15 @@ async def test_dropped_connections_and_timeouts_are_temporary(proxied, repo, fau
         with pytest.raises(errors.RegistryUnavailable, match="timed out"):
             await rc.head_manifest(repo, "1.0.0")
     assert [code for _, _, code in observer.requests] == ["timeout"] * 3
+    # a registry that dribbles a byte now and then never trips the read timeout: the deadline
+    fault_proxy.reset()
+    fault_proxy.stream("GET", "/manifests/", chunk=1, interval=0.05)
+    once = client.RetryPolicy(attempts=1)
+    async with make(settings={"timeout": 0.2}, retry=once) as rc:
+        started = time.monotonic()
+        with pytest.raises(errors.RegistryUnavailable, match="no complete answer in 1s"):
+            await rc.get_manifest(repo, "1.0.0")
+    assert time.monotonic() - started < 3
 
 
 async def test_digest_header_lies_are_protocol_errors(proxied, repo, fault_proxy):

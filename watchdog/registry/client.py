@@ -787,9 +787,16 @@ class RegistryClient:
                         await response.aclose()
             except errors.RegistryError:
                 raise
-            except (httpx.TimeoutException, TimeoutError) as exc:
+            except httpx.TimeoutException as exc:
                 code = "timeout"
                 raise self._unavailable(what, "timed out", exc) from exc
+            except TimeoutError as exc:
+                # our own deadline: the registry kept answering, too slowly to ever finish
+                code = "timeout"
+                raise errors.RegistryUnavailable(
+                    self._message(what, f"timed out: no complete answer in {self._deadline:g}s"),
+                    registry=self.name,
+                ) from exc
             except httpx.ConnectError as exc:
                 code = "tls_error" if _is_tls(exc) else "connect_error"
                 detail = "TLS handshake failed" if code == "tls_error" else "cannot connect"
