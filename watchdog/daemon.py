@@ -14,14 +14,14 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from watchdog import __version__, config, errors, http, metrics, service
+from watchdog import __version__, config, errors, http, metrics, notifications, service
 from watchdog.store import db, lock
 from watchdog.store import repo as store_repo
 
@@ -79,7 +79,12 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
-        app = http.build_app(self.metrics, self.readiness)
+        app = http.build_app(
+            self.metrics,
+            self.readiness,
+            hook_token=self.settings.hooks.registry_token,
+            on_registry_events=self.on_registry_events,
+        )
         server = _Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
         server_task = asyncio.create_task(server.serve(sockets=[sock]))
         self.scheduler = AsyncIOScheduler(event_loop=loop, timezone=dt.UTC)
@@ -124,6 +129,18 @@ class Daemon:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             log.info("stopped")
+
+    async def on_registry_events(self, events: Sequence[notifications.RegistryEvent]) -> list[str]:
+        """Bring the check of every watch an event concerns forward to now (the job's usual
+        no-overlap rule still holds: a check already running is followed by one more)."""
+        due = notifications.watches_to_check(events, self.settings.watches)
+        if self.scheduler is None or self.stopping.is_set():
+            return []
+        now = dt.datetime.now(dt.UTC)
+        for watch in due:
+            self.scheduler.modify_job(watch.name, next_run_time=now)
+            log.info("check_triggered repository=%s by=registry_notification", watch.name)
+        return [w.name for w in due]
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if self.stopping.is_set():

@@ -278,7 +278,9 @@ class RegistryServer:
         username: str = "watchdog",
         password: str | None = None,
         binary: str | None = None,
+        extra_config: str = "",
     ) -> None:
+        """``extra_config``: YAML appended to the generated config (e.g. ``notifications:``)."""
         if mode not in ("open", "basic", "token"):
             raise ValueError(f"unknown registry mode {mode!r}")
         self.mode = mode
@@ -291,6 +293,7 @@ class RegistryServer:
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._log = workdir / "registry.log"
+        self.extra_config = extra_config
 
     @property
     def host(self) -> str:
@@ -364,7 +367,7 @@ class RegistryServer:
                 f"    issuer: {ISSUER}",
                 f"    rootcertbundle: {self.issuer.cert_path}",
             ]
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + self.extra_config
 
     def start(self, timeout: float = 15.0) -> RegistryServer:
         """Start the server and return once ``/v2/`` answers (any HTTP status).

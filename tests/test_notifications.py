@@ -1,0 +1,188 @@
+"""Registry push notifications: parsing, matching, and a real registry notifying a real daemon."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support import images
+from tests.support import registry as support_registry
+from tests.support.cli import clean_env, run
+from watchdog import config, errors, notifications
+
+
+def event(
+    action: str, repository: str, tag: str | None = None, host: str | None = None
+) -> dict[str, Any]:
+    target: dict[str, Any] = {
+        "repository": repository,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "digest": "sha256:" + "a" * 64,
+    }
+    if tag is not None:
+        target["tag"] = tag
+    out: dict[str, Any] = {"id": "x", "action": action, "target": target}
+    if host is not None:
+        out["request"] = {"host": host, "method": "PUT"}
+    return out
+
+
+def body(*events: dict[str, Any]) -> bytes:
+    return json.dumps({"events": list(events)}).encode()
+
+
+WATCHES = config.from_mapping(
+    {"watches": ["ghcr.io/deephaven/server", "localhost:5000/deephaven/server", "quay.io/x/y"]}, {}
+).watches
+
+
+@pytest.mark.parametrize(
+    ("events", "expected"),
+    [
+        ([event("push", "x/y", "1.0.0")], ["quay.io/x/y"]),
+        ([event("push", "x/y")], []),  # a blob or untagged manifest push
+        ([event("push", "x/y", "latest")], []),  # not a release tag of this watch
+        ([event("pull", "x/y", "1.0.0")], []),  # our own HEADs cause these
+        ([event("delete", "x/y")], ["quay.io/x/y"]),
+        ([event("push", "other/repo", "1.0.0")], []),
+        (
+            [event("push", "deephaven/server", "0.15.0", host="ghcr.io")],
+            ["ghcr.io/deephaven/server"],
+        ),
+        (
+            [event("push", "deephaven/server", "0.15.0", host="registry.internal:5000")],
+            ["ghcr.io/deephaven/server", "localhost:5000/deephaven/server"],
+        ),
+        ([event("push", "x/y", "1.0.0"), event("push", "x/y", "1.0.1")], ["quay.io/x/y"]),
+    ],
+)
+def test_watches_to_check(events: list[dict[str, Any]], expected: list[str]) -> None:
+    parsed = notifications.parse(body(*events))
+    assert [w.name for w in notifications.watches_to_check(parsed, WATCHES)] == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"not json",
+        b"[]",
+        b'{"events": 3}',
+        b'{"nothing": []}',
+        b"\xff\xfe",
+        json.dumps({"events": [{}] * 1001}).encode(),
+    ],
+)
+def test_bad_envelopes_are_refused(raw: bytes) -> None:
+    with pytest.raises(errors.UsageError):
+        notifications.parse(raw)
+
+
+def test_junk_events_are_skipped() -> None:
+    parsed = notifications.parse(
+        body({"action": 1}, {"target": "x"}, event("push", "x/y", "bad tag!"))
+    )
+    assert parsed == [notifications.RegistryEvent("push", "x/y", None, None)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _moves(port: int, name: str) -> float:
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+    except httpx.TransportError:
+        return -1.0
+    for line in text.splitlines():
+        if line.startswith("tag_watchdog_tag_moves_total{") and f'repository="{name}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return -1.0
+
+
+def test_a_real_registry_notifies_the_daemon_which_checks_at_once(tmp_path: Path) -> None:
+    if support_registry.find_binary() is None:
+        pytest.skip("docker-registry is not installed")
+    token = "hook-secret-for-tests"
+    port = _free_port()
+    extra = (
+        "notifications:\n"
+        "  endpoints:\n"
+        "    - name: tag-watchdog\n"
+        f"      url: http://127.0.0.1:{port}/hooks/registry\n"
+        "      headers:\n"
+        f"        Authorization: [Bearer {token}]\n"
+        "      timeout: 2s\n"
+        "      threshold: 3\n"
+        "      backoff: 1s\n"
+        "      ignore:\n"
+        "        actions: [pull]\n"
+    )
+    server = support_registry.RegistryServer(
+        tmp_path / "registry", "open", extra_config=extra
+    ).start()
+    daemon = None
+    try:
+        with images.Pusher(server.url) as pusher:
+            release = pusher.index("deephaven/server", "0.15.0", seed="release")
+        cfg = tmp_path / "c.yaml"
+        # a one-hour poll: only a notification can explain a prompt detection
+        cfg.write_text(
+            f"database_url: sqlite:///{tmp_path / 'w.db'}\ninterval: 1h\njitter: 0s\n"
+            f"http: {{listen: '127.0.0.1:{port}'}}\nhooks: {{registry_token: '{token}'}}\n"
+            f"watches: ['{server.host}/deephaven/server']\n"
+        )
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "watchdog", "run", "-c", str(cfg)],
+            cwd=tmp_path,
+            env=clean_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        name = f"{server.host}/deephaven/server"
+        deadline = time.monotonic() + 20
+        while _moves(port, name) != 0.0:  # started, first check done
+            assert time.monotonic() < deadline, "daemon did not start"
+            time.sleep(0.1)
+        # a forged notification is refused and triggers nothing
+        forged = httpx.post(
+            f"http://127.0.0.1:{port}/hooks/registry",
+            content=body(event("push", "deephaven/server", "0.15.0")),
+            headers={"Authorization": "Bearer wrong", "Content-Type": notifications.MEDIA_TYPE},
+        )
+        assert forged.status_code == 401
+        # the accidental re-release: the registry tells the daemon, which checks at once
+        with images.Pusher(server.url) as pusher:
+            rebuilt = pusher.index("deephaven/server", "0.15.0", seed="rebuild")
+        pushed = time.monotonic()
+        while _moves(port, name) < 1:
+            assert time.monotonic() - pushed < 15, (
+                "the move was not seen: the notification did not arrive"
+            )
+            time.sleep(0.05)
+        latency = time.monotonic() - pushed
+        assert latency < 10
+    finally:
+        if daemon is not None:
+            daemon.send_signal(signal.SIGTERM)
+            _, err = daemon.communicate(timeout=30)
+        server.close()
+    assert daemon.returncode == 0, err
+    assert "check_triggered" in err and "hook_refused reason=bad_token" in err
+    history = run(
+        "history", f"{server.host}/deephaven/server:0.15.0", "--json", "-c", str(cfg), cwd=tmp_path
+    )
+    moved = [e for e in json.loads(history.stdout) if e["kind"] == "moved"]
+    assert len(moved) == 1
+    assert (moved[0]["old_digest"], moved[0]["new_digest"]) == (release.digest, rebuilt.digest)
