@@ -56,7 +56,10 @@ def run_scan(config: Path, workdir: Path) -> dict[str, float]:
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "watchdog", "scan", "--json", "-c", str(config)],
-        capture_output=True, text=True, cwd=workdir, check=False,
+        capture_output=True,
+        text=True,
+        cwd=workdir,
+        check=False,
     )
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -133,13 +136,17 @@ def main() -> None:
         print(f"{name:<34} " + "  ".join(f"{k}={v}" for k, v in out.items()))
         return out
 
-    print(f"# {args.tags} tags in {args.repos} repositories, median of {args.rounds} rounds, "
-          f"python {sys.version.split()[0]}, {os.cpu_count()} cpus")
+    print(
+        f"# {args.tags} tags in {args.repos} repositories, median of {args.rounds} rounds, "
+        f"python {sys.version.split()[0]}, {os.cpu_count()} cpus"
+    )
     summary("scan, cold (records every tag)", cold)
     w = summary("scan, warm (nothing changed)", warm)
     b = summary("bare httpx HEAD loop", bare)
-    print(f"warm scan / bare loop throughput: {w['tags_per_s'] / b['tags_per_s']:.2f} "
-          "(the scan's wall time includes interpreter start-up and the database)")
+    print(
+        f"warm scan / bare loop throughput: {w['tags_per_s'] / b['tags_per_s']:.2f} "
+        "(the scan's wall time includes interpreter start-up and the database)"
+    )
 
 
 if __name__ == "__main__":
