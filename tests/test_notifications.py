@@ -99,6 +99,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _ready(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 def _moves(port: int, name: str) -> float:
     try:
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
@@ -152,9 +159,10 @@ def test_a_real_registry_notifies_the_daemon_which_checks_at_once(tmp_path: Path
         )
         name = f"{server.host}/deephaven/server"
         deadline = time.monotonic() + 20
-        while _moves(port, name) != 0.0:  # started, first check done
+        while not _ready(port):  # started, and the first check (the baseline) is done
             assert time.monotonic() < deadline, "daemon did not start"
             time.sleep(0.1)
+        assert _moves(port, name) == 0.0
         # a forged notification is refused and triggers nothing
         forged = httpx.post(
             f"http://127.0.0.1:{port}/hooks/registry",

@@ -49,6 +49,8 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.last_cycle: dict[str, float] = {}
         self.running: set[asyncio.Task[Any]] = set()
+        self.checking: set[str] = set()  # watches being checked now
+        self.recheck: set[str] = set()  # watches to check again when their check ends
         self.scheduler: AsyncIOScheduler | None = None
         self.store: store_repo.Store | None = None
         self.checker: service.Checker | None = None
@@ -131,14 +133,19 @@ class Daemon:
             log.info("stopped")
 
     async def on_registry_events(self, events: Sequence[notifications.RegistryEvent]) -> list[str]:
-        """Bring the check of every watch an event concerns forward to now (the job's usual
-        no-overlap rule still holds: a check already running is followed by one more)."""
+        """Bring the check of every watch an event concerns forward to now; a watch being checked
+        right now is checked once more when that check ends (never two at once)."""
         due = notifications.watches_to_check(events, self.settings.watches)
         if self.scheduler is None or self.stopping.is_set():
             return []
         now = dt.datetime.now(dt.UTC)
         for watch in due:
-            self.scheduler.modify_job(watch.name, next_run_time=now)
+            if watch.name in self.checking:
+                # APScheduler would skip a run while one is going (max_instances=1): ask the
+                # running check to go round once more instead.
+                self.recheck.add(watch.name)
+            else:
+                self.scheduler.modify_job(watch.name, next_run_time=now)
             log.info("check_triggered repository=%s by=registry_notification", watch.name)
         return [w.name for w in due]
 
@@ -154,13 +161,21 @@ class Daemon:
         task = asyncio.current_task()
         if task is not None:
             self.running.add(task)
+        self.checking.add(watch.name)
         try:
-            await self.checker.check_watch(watch)
-            self.last_cycle[watch.name] = time.monotonic()
+            # A notification that arrives while this watch is being checked asks for one more
+            # check: what it announced may have happened after our HEAD of that tag.
+            while True:
+                self.recheck.discard(watch.name)
+                await self.checker.check_watch(watch)
+                self.last_cycle[watch.name] = time.monotonic()
+                if watch.name not in self.recheck or self.stopping.is_set():
+                    break
         except Exception:
             # check_watch handles expected failures itself; this is a bug: log it, keep running.
             log.exception("check_crashed repository=%s", watch.name)
         finally:
+            self.checking.discard(watch.name)
             if task is not None:
                 self.running.discard(task)
 
