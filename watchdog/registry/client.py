@@ -48,6 +48,7 @@ IDEMPOTENT = frozenset({"GET", "HEAD"})
 # The registry error codes that make a 404 a definitive "it does not exist". TAG_INVALID is not
 # one: the spec uses it for a manifest PUT whose tag disagrees with the URL, not for absence.
 NOT_FOUND_CODES = ("MANIFEST_UNKNOWN", "NAME_UNKNOWN")
+BLOB_NOT_FOUND_CODES = ("BLOB_UNKNOWN", "NAME_UNKNOWN")
 
 _PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REPOSITORY_RE = re.compile(rf"^{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*$")
@@ -208,6 +209,26 @@ class RegistryClient:
             self._secrets.add(settings.password.reveal())
         if settings.push_password:
             self._secrets.add(settings.push_password.reveal())
+        # Pushes with their own credentials go through a client of their own: its token cache
+        # and challenge must never hand a pull identity's token to a push or the reverse.
+        self._push_client: RegistryClient | None = None
+        if settings.push_username:
+            self._push_client = RegistryClient(
+                dataclasses.replace(
+                    settings,
+                    username=settings.push_username,
+                    password=settings.push_password,
+                    push_username=None,
+                    push_password=None,
+                    use_docker_config=False,
+                ),
+                transport=transport,
+                sleep=sleep,
+                observer=observer,
+                retry=retry,
+                clock=clock,
+                env=env,
+            )
 
     async def __aenter__(self) -> RegistryClient:
         return self
@@ -223,6 +244,8 @@ class RegistryClient:
     async def aclose(self) -> None:
         """Close every connection pool. Idempotent; the client cannot be used afterwards."""
         self._closed = True
+        if self._push_client is not None:
+            await self._push_client.aclose()
         clients, self._clients = self._clients, []
         self._next_client = iter(())
         for client in clients:
@@ -404,6 +427,97 @@ class RegistryClient:
         if resp.status != 200:
             raise self._unexpected(what, resp)
         return self._verified_manifest(what, reference, expected_digest, resp)
+
+    async def manifest_exists(self, repository: str, digest: str) -> bool:
+        """True when the registry holds manifest ``digest`` of ``repository``; False only on a
+        definitive 404 (``MANIFEST_UNKNOWN``/``NAME_UNKNOWN``). Anything else raises."""
+        models.check_digest(digest)
+        try:
+            await self.head_manifest(repository, digest)
+        except errors.NotFound:
+            return False
+        return True
+
+    async def head_blob(self, repository: str, digest: str) -> bool:
+        """True when blob ``digest`` exists in ``repository``; False only on a definitive 404.
+
+        A HEAD has no body to say why it is 404, so a 404 is confirmed with a one-byte ranged GET
+        whose error code (``BLOB_UNKNOWN``, ``NAME_UNKNOWN``) is definitive; a bare 404 from
+        something in front of the registry raises RegistryUnavailable, as for manifests.
+        """
+        _check_repository(repository)
+        models.check_digest(digest)
+        what = f"HEAD blob {repository}@{digest}"
+        path = f"/v2/{repository}/blobs/{digest}"
+        resp = await self._request("HEAD", path, what=what, repository=repository, max_body=0)
+        if resp.status == 200:
+            return True
+        if resp.status != 404:
+            raise self._unexpected(what, resp)
+        what = f"{what}: 404, confirming by GET"
+        resp = await self._request(
+            "GET",
+            path,
+            what=what,
+            repository=repository,
+            headers={"Range": "bytes=0-0"},
+            max_body=MAX_ERROR_BODY_BYTES,
+        )
+        if resp.status in (200, 206):
+            return True
+        if resp.status == 404:
+            error = self._not_found(what, resp, allowed=BLOB_NOT_FOUND_CODES)
+            if isinstance(error, errors.NotFound):
+                return False
+            raise error
+        raise self._unexpected(what, resp)
+
+    async def put_manifest(
+        self, repository: str, reference: str, body: bytes, media_type: str
+    ) -> str:
+        """PUT ``body`` (exactly these bytes) as ``reference`` (a tag or its digest) with
+        Content-Type ``media_type``; return the digest the registry reports, which must be
+        sha256(body) (else ProtocolError).
+
+        Asks for a push-scoped token (``repository:NAME:pull,push``) and uses the registry's push
+        credentials when they are configured, the pull ones otherwise. A PUT of the same bytes is
+        idempotent, so it goes through the usual retry loop. A refusal (400 with registry codes
+        such as ``MANIFEST_BLOB_UNKNOWN``) raises ProtocolError naming the codes.
+        """
+        if self._push_client is not None:
+            return await self._push_client.put_manifest(repository, reference, body, media_type)
+        _check_repository(repository)
+        _check_reference(reference)
+        digest = models.sha256_digest(body)
+        if models.DIGEST_RE.match(reference) and reference != digest:
+            raise errors.InvalidReference(
+                f"refusing to PUT bytes hashing to {digest} as {repository}@{reference}"
+            )
+        what = f"PUT manifest {_ref_text(repository, reference)}"
+        resp = await self._request(
+            "PUT",
+            f"/v2/{repository}/manifests/{reference}",
+            what=what,
+            repository=repository,
+            actions=("pull", "push"),
+            headers={"Content-Type": media_type},
+            content=body,
+            idempotent=True,
+        )
+        if resp.status not in (200, 201):
+            codes = _error_codes(resp.body)
+            if codes:
+                raise self._protocol(
+                    what, f"HTTP {resp.status} {', '.join(codes)}: {self._body_text(resp)}"
+                )
+            raise self._unexpected(what, resp)
+        reported = (resp.headers.get("docker-content-digest") or "").strip() or digest
+        if reported != digest:
+            raise self._protocol(
+                what,
+                f"the registry reports {errors.truncate(reported, 80)}, the bytes are {digest}",
+            )
+        return reported
 
     # --- answers -----------------------------------------------------------------------------
 
