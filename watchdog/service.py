@@ -288,6 +288,9 @@ class Checker:
             )
         except errors.RegistryError as exc:
             return _TagOutcome(models.Observation.failed(str(exc)), [])
+        contradiction = _contradiction(head, manifest, record, listed)
+        if contradiction is not None:
+            return _TagOutcome(models.Observation.failed(contradiction), [])
         platforms: tuple[str, ...] = ()
         if (
             record is not None
@@ -320,6 +323,30 @@ class Checker:
         if not old_platforms and not new_platforms:
             return ()
         return detect.changed_platforms(old_platforms, new_platforms)
+
+
+def _contradiction(
+    head: models.ManifestHead,
+    manifest: models.Manifest,
+    record: models.TagRecord | None,
+    listed: bool,
+) -> str | None:
+    """Why a verified manifest is still no evidence of a change, or None when it is.
+
+    A GET-verified body proves only that the registry served those bytes, not that the tag
+    points at them: a confused cache or proxy can serve another image's valid manifest, with a
+    matching digest header. So the registry must agree with itself: the HEAD's digest (when it
+    sent one) is the GET's, and a tag missing from tags/list may confirm its recorded digest but
+    not announce another one.
+    """
+    if head.digest is not None and head.digest != manifest.digest:
+        return (
+            f"the registry contradicts itself: HEAD answered {head.digest}, "
+            f"GET served {manifest.digest}"
+        )
+    if not listed and (record is None or manifest.digest != record.current_digest):
+        return f"not in tags/list, yet the manifest answers {manifest.digest}"
+    return None
 
 
 def _platforms(manifest: models.Manifest) -> dict[str, str]:
