@@ -220,6 +220,8 @@ class EventKind(enum.Enum):
     ACCEPTED = "accepted"
     RESTORED = "restored"
     RESTORE_FAILED = "restore_failed"
+    # auto-restore gave up on a tag: something keeps pushing it (loop protection; alert loudly)
+    RESTORE_STOPPED = "restore_stopped"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
 
-from watchdog import config, detect, errors, metrics, models
+from watchdog import config, detect, errors, metrics, models, restore
 from watchdog.registry import client as registry_client
 from watchdog.registry import media
 from watchdog.store import repo as store_repo
@@ -204,8 +204,87 @@ class Checker:
             manifests=_dedupe(archive),
             error=summary,
         )
+        if watch.on_move == "restore":
+            restored = await self._auto_restore(watch, events)
+            changes.extend(c for c, _ in restored)
+            events = [*events, *(e for _, e in restored)]
         result.events = events
         self._account(ref.name, records, changes, events, result)
+
+    async def _auto_restore(
+        self, watch: config.WatchSettings, events: Sequence[models.Event]
+    ) -> list[tuple[models.Change, models.Event]]:
+        """Put back every tag that just moved (``on_move: restore``), within loop protection.
+
+        Runs after the check's ``moved`` events are persisted. A tag restored ``max_per_tag``
+        times within ``window`` is not restored again: one ``restore_stopped`` event (the loud
+        "something keeps pushing this tag") is written instead, once per window. Returns the
+        changes (a restored record) and events written, for the result and metrics.
+        """
+        ref = watch.repository
+        out: list[tuple[models.Change, models.Event]] = []
+        limits = self.settings.restore
+        restorer = restore.Restorer(self.store, self.clients.get(ref.host), clock=self.clock)
+        for moved in events:
+            if moved.kind is not models.EventKind.MOVED:
+                continue
+            tag_ref = ref.with_tag(moved.tag)
+            since = self.clock() - dt.timedelta(seconds=limits.window)
+            done = await asyncio.to_thread(
+                self.store.count_events, ref.name, moved.tag, [models.EventKind.RESTORED], since
+            )
+            if done >= limits.max_per_tag:
+                stopped = await self._stop_restoring(tag_ref, done, since)
+                if stopped is not None:
+                    out.append((models.Change(ref.name, moved.tag, None, stopped), stopped))
+                continue
+            outcome = await restorer.run(tag_ref)
+            result = "restored" if outcome.restored else "failed"
+            self.metrics.restores.labels(repository=ref.name, result=result).inc()
+            record = None
+            if outcome.restored:
+                record = await asyncio.to_thread(self.store.get_tag, ref.name, moved.tag)
+            out.append((models.Change(ref.name, moved.tag, record, outcome.event), outcome.event))
+        return out
+
+    async def _stop_restoring(
+        self, tag_ref: models.ImageRef, done: int, since: dt.datetime
+    ) -> models.Event | None:
+        """Write the one ``restore_stopped`` event of this window (None when already written)."""
+        assert tag_ref.tag is not None
+        already = await asyncio.to_thread(
+            self.store.count_events,
+            tag_ref.name,
+            tag_ref.tag,
+            [models.EventKind.RESTORE_STOPPED],
+            since,
+        )
+        log.error(
+            "restore_stopped ref=%s reason=%r",
+            tag_ref,
+            "something keeps pushing this tag",
+        )
+        if already:
+            return None
+        now = self.clock()
+        limits = self.settings.restore
+        event = models.Event(
+            tag_ref.name,
+            tag_ref.tag,
+            models.EventKind.RESTORE_STOPPED,
+            now,
+            detail={
+                "reason": "something keeps pushing this tag",
+                "restores": done,
+                "max_per_tag": limits.max_per_tag,
+                "window_seconds": limits.window,
+                "loud": True,
+            },
+            actor=restore.ACTOR_AUTO,
+        )
+        change = models.Change(tag_ref.name, tag_ref.tag, None, event)
+        (saved,) = await asyncio.to_thread(self.store.apply_changes, tag_ref.name, now, [change])
+        return saved
 
     def _account(
         self,

@@ -160,15 +160,7 @@ class Store:
         with db.translating(self.engine), self.engine.begin() as conn:
             if records:
                 conn.execute(self._upsert_tags(), [_record_row(r) for r in records])
-            saved: list[models.Event] = []
-            if new_events:
-                # Multi-row INSERT ... RETURNING, ids in parameter order (SQLAlchemy's
-                # "insertmanyvalues"): one round trip per batch instead of one per event.
-                ids = conn.execute(
-                    sa.insert(E).returning(E.c.id, sort_by_parameter_order=True),
-                    [_event_row(e) for e in new_events],
-                ).scalars()
-                saved = [dataclasses.replace(e, id=i) for e, i in zip(new_events, ids, strict=True)]
+            saved = self._insert_events(conn, new_events)
             if manifests:
                 conn.execute(
                     self._archive(), [_manifest_row(repository, m, now) for m in manifests]
@@ -191,6 +183,47 @@ class Store:
             )
         return saved
 
+    def apply_changes(
+        self, repository: str, now: dt.datetime, changes: Sequence[models.Change]
+    ) -> list[models.Event]:
+        """Persist changes made outside a check (restore, accept) atomically: all or nothing.
+
+        Upserts every change's record (as ``apply_check`` does, ``first_seen`` kept) and appends
+        every event in the order given; tags not named and the watch status are left alone.
+        Returns the events with their ids.
+        """
+        _require_aware(now)
+        for change in changes:
+            _check_change(repository, change)
+        latest = {c.record.tag: c.record for c in changes if c.record is not None}
+        new_events = [c.event for c in changes if c.event is not None]
+        with db.translating(self.engine), self.engine.begin() as conn:
+            if latest:
+                conn.execute(self._upsert_tags(), [_record_row(r) for r in latest.values()])
+            return self._insert_events(conn, new_events)
+
+    def count_events(
+        self,
+        repository: str,
+        tag: str,
+        kinds: Collection[models.EventKind],
+        since: dt.datetime,
+    ) -> int:
+        """How many events of ``kinds`` the tag has at or after ``since``."""
+        _require_aware(since)
+        query = (
+            sa.select(sa.func.count())
+            .select_from(E)
+            .where(
+                E.c.repository == repository,
+                E.c.tag == tag,
+                E.c.kind.in_([k.value for k in kinds]),
+                E.c.at >= since,
+            )
+        )
+        with db.translating(self.engine), self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
     def record_watch_error(self, repository: str, now: dt.datetime, error: str) -> None:
         """Note a failed (or partly failed) check of ``repository``: last attempt, the error (one
         line, truncated) and one more consecutive error. Tag records are left as they were."""
@@ -199,6 +232,24 @@ class Store:
             conn.execute(self._watch_error(repository, now, error))
 
     # --- statements ------------------------------------------------------------------------------
+
+    def _insert_events(
+        self, conn: sa.Connection, events: Sequence[models.Event]
+    ) -> list[models.Event]:
+        """Append ``events`` inside the caller's transaction; return them with their ids.
+
+        Every event of every write goes through here, so whatever must happen in the same
+        transaction as an event (the alerts outbox) has one place to hook in.
+        """
+        if not events:
+            return []
+        # Multi-row INSERT ... RETURNING, ids in parameter order (SQLAlchemy's
+        # "insertmanyvalues"): one round trip per batch instead of one per event.
+        ids = conn.execute(
+            sa.insert(E).returning(E.c.id, sort_by_parameter_order=True),
+            [_event_row(e) for e in events],
+        ).scalars()
+        return [dataclasses.replace(e, id=i) for e, i in zip(events, ids, strict=True)]
 
     def _insert(self, table: sa.Table) -> Any:
         # Both dialects spell upserts the same way (ON CONFLICT), through different Insert classes.

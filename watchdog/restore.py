@@ -1,0 +1,406 @@
+"""Put a release back: the restore procedure of DESIGN section 5.
+
+1. Take the recorded digest (or another digest that was once the tag's trusted one); fetch its
+   manifest by digest from the registry, else from the archive; verify sha256(bytes) == digest.
+   The bytes are the identity: JSON is never parsed-and-re-serialised on the way.
+2. For an index, check every child manifest exists (HEAD by digest); archived children that are
+   missing are re-PUT (by digest) first. Check the config and layer blobs exist. Anything gone
+   for good means ``restore_failed`` with the reason, and nothing in the registry is changed.
+3. PUT the bytes to the tag with Content-Type = their media type (push-scoped token).
+4. HEAD the tag: it must answer the digest; record ``restored`` (else ``restore_failed``).
+
+Loop protection (step 5) is the caller's policy (``service``): a person may always restore.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from watchdog import errors, models
+from watchdog.registry import client as registry_client
+from watchdog.registry import media
+from watchdog.store import repo as store_repo
+
+log = logging.getLogger("watchdog.restore")
+
+ACTOR_AUTO = "watchdog"
+
+K = models.EventKind
+
+# Events whose digests were, at that moment, the tag's trusted (recorded) digest.
+_TRUSTED_NEW = (K.FIRST_SEEN, K.ACCEPTED, K.RESTORED, K.REVERTED)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What a restore of one tag would do; computed without changing anything."""
+
+    repository: str  # ImageRef.name, e.g. "ghcr.io/deephaven/server"
+    path: str  # the repository path inside its registry, e.g. "deephaven/server"
+    tag: str
+    digest: str
+    manifest: models.Manifest | None  # None when the bytes are gone for good
+    source: str  # where the bytes come from: "registry", "archive" or "" (nowhere)
+    current_digest: str | None  # what the tag answered at the last check
+    children_present: tuple[str, ...] = ()
+    children_to_put: tuple[models.Manifest, ...] = ()
+    blobs_checked: tuple[str, ...] = ()
+    problems: tuple[str, ...] = ()  # things gone for good: the restore cannot be done
+
+    @property
+    def ok(self) -> bool:
+        return self.manifest is not None and not self.problems
+
+    def describe(self) -> list[str]:
+        """The plan as lines for a person (what ``restore --dry-run`` prints)."""
+        ref = f"{self.repository}:{self.tag}"
+        lines = [f"restore {ref} to {self.digest}"]
+        if self.current_digest == self.digest:
+            lines.append(f"  the tag already answers {self.digest} (the PUT changes nothing)")
+        elif self.current_digest:
+            lines.append(f"  the tag answered {self.current_digest} at the last check")
+        if self.manifest is not None:
+            lines.append(
+                f"  manifest: {self.manifest.media_type}, {len(self.manifest.body)} bytes, "
+                f"from the {self.source}"
+            )
+        for child in self.children_to_put:
+            lines.append(f"  re-PUT child {child.digest} ({child.media_type}) from the archive")
+        for digest in self.children_present:
+            lines.append(f"  child {digest}: present")
+        lines.append(f"  blobs checked: {len(self.blobs_checked)} present")
+        for problem in self.problems:
+            lines.append(f"  PROBLEM: {problem}")
+        if self.ok:
+            lines.append(f"  would PUT {self.manifest_size} bytes to {ref}, then HEAD it")
+        else:
+            lines.append("  cannot restore: nothing would be changed")
+        return lines
+
+    @property
+    def manifest_size(self) -> int:
+        return len(self.manifest.body) if self.manifest is not None else 0
+
+    def detail(self) -> dict[str, Any]:
+        """What an event records about this plan (JSON-ready)."""
+        return {
+            "source": self.source,
+            "media_type": self.manifest.media_type if self.manifest is not None else None,
+            "children_reput": [c.digest for c in self.children_to_put],
+            "blobs_checked": len(self.blobs_checked),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """The result of one restore: the event written (``restored`` or ``restore_failed``)."""
+
+    event: models.Event
+    plan: Plan | None
+
+    @property
+    def restored(self) -> bool:
+        return self.event.kind is K.RESTORED
+
+    @property
+    def reason(self) -> str | None:
+        reason = self.event.detail.get("reason")
+        return str(reason) if reason is not None else None
+
+
+def restorable_digests(record: models.TagRecord, history: list[models.Event]) -> set[str]:
+    """Every digest that was at some point the tag's trusted (recorded) digest."""
+    out = {record.recorded_digest}
+    for event in history:
+        if event.kind in _TRUSTED_NEW and event.new_digest:
+            out.add(event.new_digest)
+        if event.kind is K.ACCEPTED and event.old_digest:
+            out.add(event.old_digest)
+        recorded = event.detail.get("recorded_digest")
+        if isinstance(recorded, str):
+            out.add(recorded)
+    return out
+
+
+class Restorer:
+    """Restores tags of one registry. ``actor`` names who asked, in every event written."""
+
+    def __init__(
+        self,
+        store: store_repo.Store,
+        registry: registry_client.RegistryClient,
+        *,
+        clock: Callable[[], dt.datetime],
+        actor: str = ACTOR_AUTO,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.clock = clock
+        self.actor = actor
+
+    async def plan(self, ref: models.ImageRef, digest: str | None = None) -> Plan:
+        """Work out what restoring ``ref`` (a tagged reference) to ``digest`` (default: the
+        recorded digest) takes, changing nothing.
+
+        Raises UsageError when the tag was never recorded or ``digest`` was never its trusted
+        digest; RegistryError when the registry cannot be asked. Things gone for good are not
+        errors here: they are the plan's ``problems``.
+        """
+        if ref.tag is None:
+            raise errors.UsageError(f"restore needs a tagged reference, got {ref}")
+        record = await asyncio.to_thread(self.store.get_tag, ref.name, ref.tag)
+        if record is None:
+            raise errors.UsageError(
+                f"{ref.name}:{ref.tag} was never recorded: only a recorded digest can be restored"
+            )
+        target = record.recorded_digest
+        if digest is not None:
+            models.check_digest(digest)
+            history = await asyncio.to_thread(self.store.history, ref.name, ref.tag)
+            if digest not in restorable_digests(record, history):
+                raise errors.UsageError(
+                    f"{digest} was never recorded for {ref.name}:{ref.tag}; "
+                    f"only its recorded digests can be restored (now {record.recorded_digest})"
+                )
+            target = digest
+        path = ref.repository
+        manifest, source = await self._fetch(ref.name, path, target, archive_first=False)
+        base = Plan(
+            repository=ref.name,
+            path=path,
+            tag=ref.tag,
+            digest=target,
+            manifest=manifest,
+            source=source,
+            current_digest=record.current_digest,
+        )
+        if manifest is None:
+            return dataclasses.replace(
+                base,
+                problems=(
+                    f"manifest {target} is gone from the registry and is not in the archive",
+                ),
+            )
+        problems: list[str] = []
+        present: list[str] = []
+        to_put: list[models.Manifest] = []
+        images: list[models.Manifest] = []
+        if media.is_index(manifest.media_type):
+            for child_digest, _ in _children(manifest, problems):
+                if await self.registry.manifest_exists(path, child_digest):
+                    present.append(child_digest)
+                    child, _ = await self._fetch(ref.name, path, child_digest, archive_first=True)
+                else:
+                    child = await asyncio.to_thread(self.store.get_manifest, ref.name, child_digest)
+                    if child is None:
+                        problems.append(
+                            f"child manifest {child_digest} is gone from the registry "
+                            "and is not in the archive"
+                        )
+                        continue
+                    to_put.append(child)
+                if child is not None and not media.is_index(child.media_type):
+                    images.append(child)
+        else:
+            images.append(manifest)
+        blobs: list[str] = []
+        for image in images:
+            try:
+                digests = media.blobs(image.body)
+            except errors.ProtocolError as exc:
+                problems.append(f"manifest {image.digest}: {exc}")
+                continue
+            for blob in digests:
+                if blob in blobs:
+                    continue
+                blobs.append(blob)
+                if not await self.registry.head_blob(path, blob):
+                    problems.append(f"blob {blob} (of {image.digest}) is gone from the registry")
+        return dataclasses.replace(
+            base,
+            children_present=tuple(present),
+            children_to_put=tuple(to_put),
+            blobs_checked=tuple(blobs),
+            problems=tuple(problems),
+        )
+
+    async def run(self, ref: models.ImageRef, digest: str | None = None) -> Outcome:
+        """Restore ``ref`` to its recorded digest (or ``digest``) and record the outcome.
+
+        Writes exactly one event: ``restored`` (the record becomes state ok, current = recorded
+        = the digest) or ``restore_failed`` with ``detail.reason`` (the record untouched). A
+        registry failure is a ``restore_failed`` too; UsageError (not restorable) writes nothing.
+        """
+        plan: Plan | None = None
+        try:
+            plan = await self.plan(ref, digest)
+            if not plan.ok:
+                return await self._failed(ref, plan, "; ".join(plan.problems), plan.digest)
+            return await self._execute(plan)
+        except errors.RegistryError as exc:
+            target = plan.digest if plan is not None else digest
+            return await self._failed(ref, plan, f"could not complete: {exc}", target)
+
+    async def _execute(self, plan: Plan) -> Outcome:
+        assert plan.manifest is not None
+        for child in plan.children_to_put:
+            await self.registry.put_manifest(plan.path, child.digest, child.body, child.media_type)
+            log.info("restore_child_put ref=%s@%s", plan.repository, child.digest)
+        await self.registry.put_manifest(
+            plan.path, plan.tag, plan.manifest.body, plan.manifest.media_type
+        )
+        head = await self.registry.head_manifest(plan.path, plan.tag)
+        answered = head.digest
+        if answered is None:
+            answered = (await self.registry.get_manifest(plan.path, plan.tag)).digest
+        ref = models.ImageRef.parse(f"{plan.repository}:{plan.tag}")
+        if answered != plan.digest:
+            return await self._failed(
+                ref, plan, f"after the PUT the tag answers {answered}, not {plan.digest}", None
+            )
+        now = self.clock()
+        record = await asyncio.to_thread(self.store.get_tag, plan.repository, plan.tag)
+        assert record is not None  # plan() found it; records are never deleted
+        new_record = dataclasses.replace(
+            record,
+            recorded_digest=plan.digest,
+            current_digest=plan.digest,
+            media_type=plan.manifest.media_type,
+            state=models.TagState.OK,
+            missing_count=0,
+            last_checked=now,
+            last_changed=now,
+        )
+        event = models.Event(
+            plan.repository,
+            plan.tag,
+            K.RESTORED,
+            now,
+            old_digest=record.current_digest,
+            new_digest=plan.digest,
+            detail=plan.detail(),
+            actor=self.actor,
+        )
+        change = models.Change(plan.repository, plan.tag, new_record, event)
+        (saved,) = await asyncio.to_thread(self.store.apply_changes, plan.repository, now, [change])
+        log.warning(
+            "tag_restored ref=%s:%s digest=%s by=%s",
+            plan.repository,
+            plan.tag,
+            plan.digest,
+            self.actor,
+        )
+        return Outcome(saved, plan)
+
+    async def _failed(
+        self, ref: models.ImageRef, plan: Plan | None, reason: str, digest: str | None
+    ) -> Outcome:
+        assert ref.tag is not None
+        now = self.clock()
+        detail: dict[str, Any] = {"reason": errors.truncate(reason, 1000)}
+        if plan is not None:
+            detail.update(plan.detail())
+        event = models.Event(
+            ref.name,
+            ref.tag,
+            K.RESTORE_FAILED,
+            now,
+            old_digest=plan.current_digest if plan is not None else None,
+            new_digest=digest,
+            detail=detail,
+            actor=self.actor,
+        )
+        change = models.Change(ref.name, ref.tag, None, event)
+        (saved,) = await asyncio.to_thread(self.store.apply_changes, ref.name, now, [change])
+        log.warning(
+            "restore_failed ref=%s:%s by=%s reason=%r", ref.name, ref.tag, self.actor, reason
+        )
+        return Outcome(saved, plan)
+
+    async def _fetch(
+        self, name: str, path: str, digest: str, *, archive_first: bool
+    ) -> tuple[models.Manifest | None, str]:
+        """The verified bytes of manifest ``digest`` and where they came from, or (None, "")."""
+        if archive_first:
+            archived = await asyncio.to_thread(self.store.get_manifest, name, digest)
+            if archived is not None:
+                return _verified(archived), "archive"
+        try:
+            fetched = await self.registry.get_manifest(path, digest, expected_digest=digest)
+            return _verified(fetched), "registry"
+        except errors.NotFound:
+            pass
+        archived = await asyncio.to_thread(self.store.get_manifest, name, digest)
+        if archived is not None:
+            return _verified(archived), "archive"
+        return None, ""
+
+
+def _verified(manifest: models.Manifest) -> models.Manifest:
+    """``manifest`` when its bytes hash to its digest (the registry client and the store check
+    too; this is the last line before bytes are PUT); ProtocolError otherwise."""
+    actual = models.sha256_digest(manifest.body)
+    if actual != manifest.digest:
+        raise errors.ProtocolError(f"manifest {manifest.digest} hashes to {actual}: not restoring")
+    return manifest
+
+
+def _children(manifest: models.Manifest, problems: list[str]) -> list[tuple[str, str | None]]:
+    try:
+        return media.children(manifest.body)
+    except errors.ProtocolError as exc:
+        problems.append(f"index {manifest.digest}: {exc}")
+        return []
+
+
+def accept(
+    store: store_repo.Store,
+    ref: models.ImageRef,
+    *,
+    now: dt.datetime,
+    actor: str,
+    reason: str | None = None,
+) -> models.Event:
+    """Make the tag's current digest its recorded one (a deliberate re-release); return the
+    ``accepted`` event written with the record (state ok) in one transaction.
+
+    Raises UsageError when the tag was never recorded, is deleted, or already answers its
+    recorded digest (nothing to accept).
+    """
+    if ref.tag is None:
+        raise errors.UsageError(f"accept needs a tagged reference, got {ref}")
+    record = store.get_tag(ref.name, ref.tag)
+    if record is None:
+        raise errors.UsageError(f"{ref.name}:{ref.tag} was never recorded")
+    if record.state is models.TagState.DELETED or record.current_digest is None:
+        raise errors.UsageError(f"{record.ref} is deleted: there is no current digest to accept")
+    if record.current_digest == record.recorded_digest:
+        raise errors.UsageError(
+            f"{record.ref} already answers its recorded digest {record.recorded_digest}"
+        )
+    new_record = dataclasses.replace(
+        record,
+        recorded_digest=record.current_digest,
+        state=models.TagState.OK,
+        missing_count=0,
+        last_changed=now,
+    )
+    event = models.Event(
+        record.repository,
+        record.tag,
+        K.ACCEPTED,
+        now,
+        old_digest=record.recorded_digest,
+        new_digest=record.current_digest,
+        detail={"reason": reason or ""},
+        actor=actor,
+    )
+    (saved,) = store.apply_changes(
+        record.repository, now, [models.Change(record.repository, record.tag, new_record, event)]
+    )
+    return saved
