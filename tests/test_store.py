@@ -158,9 +158,9 @@ def test_an_older_revision_is_outdated_and_upgrade_fixes_it(
         db.ensure_schema(store.engine, migrate_empty=True)
     message = str(caught.value)
     assert "tag-watchdog db upgrade -c CONFIG" in message
-    assert "0001" in message and "0002" in message
+    assert "0002" in message and next_release in message
     db.upgrade(store.engine)
-    assert db.current(store.engine) == "0002"
+    assert db.current(store.engine) == next_release
     assert db.schema_status(store.engine) == "current"
 
 
@@ -349,7 +349,13 @@ def test_a_change_must_be_about_the_checked_repository_and_its_own_tag(
     for change in (elsewhere, wrong_record, wrong_event):
         with pytest.raises(ValueError):
             store.apply_check(REPO, T0, [change], manifests=[m])
-    assert count_rows(store.engine) == {"tags": 0, "events": 0, "manifests": 0, "watches": 0}
+    assert count_rows(store.engine) == {
+        "tags": 0,
+        "events": 0,
+        "manifests": 0,
+        "watches": 0,
+        "outbox": 0,
+    }
 
 
 def test_a_manifest_whose_bytes_are_not_its_digest_is_never_archived(store: repo.Store) -> None:
@@ -357,7 +363,13 @@ def test_a_manifest_whose_bytes_are_not_its_digest_is_never_archived(store: repo
     lie = models.Manifest(good.digest, good.media_type, other.body)
     with pytest.raises(errors.ProtocolError, match="refusing to archive"):
         store.apply_check(REPO, T0, [first_seen("1.0", good.digest)], manifests=[good, lie])
-    assert count_rows(store.engine) == {"tags": 0, "events": 0, "manifests": 0, "watches": 0}
+    assert count_rows(store.engine) == {
+        "tags": 0,
+        "events": 0,
+        "manifests": 0,
+        "watches": 0,
+        "outbox": 0,
+    }
     assert store.get_manifest(REPO, good.digest) is None
 
 

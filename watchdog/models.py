@@ -260,6 +260,26 @@ class Event:
 
 
 @dataclasses.dataclass(frozen=True)
+class OutboxItem:
+    """One alert to deliver on one channel, as the store hands it to the delivery worker.
+
+    Either ``event`` (an event of the log) or ``notice`` (an alert about the watchdog itself,
+    e.g. ``{"kind": "registry_unreachable", ...}``) is set. ``first_seen`` is when the event's tag
+    was first recorded; ``thread_id`` is the channel's id of the first message delivered about the
+    same tag (Slack's ``ts``), for follow-ups to go into its thread.
+    """
+
+    id: int
+    channel: str
+    attempts: int  # including the one this item was claimed for
+    created_at: dt.datetime
+    event: Event | None = None
+    notice: dict[str, Any] | None = None
+    first_seen: dt.datetime | None = None
+    thread_id: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Manifest:
     """A manifest exactly as the registry served it: the bytes are the identity."""
 

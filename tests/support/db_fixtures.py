@@ -119,15 +119,15 @@ def store(engine: sa.Engine) -> repo.Store:
 
 @pytest.fixture
 def next_release(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Pretend to be a release whose migrations have a revision 0002 after this one's head."""
+    """Pretend to be a release whose migrations have a revision ``9999`` after this one's head."""
     scripts = tmp_path / "migrations"
     shutil.copytree(db.script_location(), scripts, ignore=shutil.ignore_patterns("__pycache__"))
-    (scripts / "versions" / "0002_next.py").write_text(
+    (scripts / "versions" / "9999_next.py").write_text(
         f'''"""The next release's change."""
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
+revision = "9999"
 down_revision = "{db.head()}"
 branch_labels = None
 depends_on = None
@@ -142,4 +142,4 @@ def downgrade():
 '''
     )
     monkeypatch.setattr(db, "script_location", lambda: str(scripts))
-    return "0002"
+    return "9999"

@@ -28,6 +28,12 @@ T = tables.tags
 E = tables.events
 M = tables.manifests
 W = tables.watches
+OB = tables.outbox
+
+# Events that reach a person; first sight of a tag is a silent baseline, an accept was done by one.
+ALERTED_KINDS = frozenset(
+    k for k in models.EventKind if k not in (models.EventKind.FIRST_SEEN, models.EventKind.ACCEPTED)
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,8 +50,11 @@ class WatchStatus:
 class Store:
     """The tag records, the event log, the manifest archive and the watch status of one database."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, channels: Sequence[str] = ()) -> None:
+        """``channels``: the configured alert channels (e.g. ``("slack",)``); every alerted event
+        gets one outbox row per channel, in the event's own transaction."""
         self.engine = engine
+        self.channels = tuple(channels)
         self._dialect = engine.dialect.name
         if self._dialect not in ("sqlite", "postgresql"):
             raise errors.StoreError(f"unsupported database {self._dialect!r}")
@@ -183,53 +192,172 @@ class Store:
             )
         return saved
 
-    def apply_changes(
-        self, repository: str, now: dt.datetime, changes: Sequence[models.Change]
-    ) -> list[models.Event]:
-        """Persist changes made outside a check (restore, accept) atomically: all or nothing.
-
-        Upserts every change's record (as ``apply_check`` does, ``first_seen`` kept) and appends
-        every event in the order given; tags not named and the watch status are left alone.
-        Returns the events with their ids.
-        """
-        _require_aware(now)
-        for change in changes:
-            _check_change(repository, change)
-        latest = {c.record.tag: c.record for c in changes if c.record is not None}
-        new_events = [c.event for c in changes if c.event is not None]
-        with db.translating(self.engine), self.engine.begin() as conn:
-            if latest:
-                conn.execute(self._upsert_tags(), [_record_row(r) for r in latest.values()])
-            return self._insert_events(conn, new_events)
-
-    def count_events(
-        self,
-        repository: str,
-        tag: str,
-        kinds: Collection[models.EventKind],
-        since: dt.datetime,
-    ) -> int:
-        """How many events of ``kinds`` the tag has at or after ``since``."""
-        _require_aware(since)
-        query = (
-            sa.select(sa.func.count())
-            .select_from(E)
-            .where(
-                E.c.repository == repository,
-                E.c.tag == tag,
-                E.c.kind.in_([k.value for k in kinds]),
-                E.c.at >= since,
-            )
-        )
-        with db.translating(self.engine), self.engine.connect() as conn:
-            return int(conn.execute(query).scalar_one())
-
     def record_watch_error(self, repository: str, now: dt.datetime, error: str) -> None:
         """Note a failed (or partly failed) check of ``repository``: last attempt, the error (one
         line, truncated) and one more consecutive error. Tag records are left as they were."""
         _require_aware(now)
         with db.translating(self.engine), self.engine.begin() as conn:
             conn.execute(self._watch_error(repository, now, error))
+
+    # --- alert outbox ----------------------------------------------------------------------------
+
+    def enqueue_notice(self, notice: Mapping[str, Any], now: dt.datetime) -> None:
+        """Queue an alert about the watchdog itself (``notice["kind"]`` names it, e.g.
+        ``registry_unreachable``) on every configured channel, in one transaction."""
+        _require_aware(now)
+        if not self.channels:
+            return
+        rows = [_outbox_row(c, now, notice=dict(notice)) for c in self.channels]
+        with db.translating(self.engine), self.engine.begin() as conn:
+            conn.execute(sa.insert(OB), rows)
+
+    def claim_alerts(
+        self, now: dt.datetime, *, lease: float, limit: int = 50
+    ) -> list[models.OutboxItem]:
+        """Lease up to ``limit`` pending alerts that are due at ``now``, oldest first, for
+        ``lease`` seconds, and count one more attempt on each.
+
+        A row already leased by someone else (another worker, or one that crashed less than
+        ``lease`` ago) is not handed out; neither is a row queued after an undelivered one about
+        the same tag on the same channel (so that follow-ups keep their order and their thread).
+        Each claim is a conditional UPDATE: two workers never hold one row.
+        """
+        _require_aware(now)
+        until = now + dt.timedelta(seconds=lease)
+        query = (
+            sa.select(
+                OB.c.id, OB.c.channel, OB.c.repository, OB.c.tag, OB.c.next_try, OB.c.lease_until
+            )
+            .where(OB.c.status == "pending")
+            .order_by(OB.c.id)
+            .limit(limit * 4)
+        )
+        claimed: list[int] = []
+        with db.translating(self.engine), self.engine.begin() as conn:
+            blocked: set[tuple[str, str | None, str | None]] = set()
+            for row in conn.execute(query):
+                key = (row.channel, row.repository, row.tag)
+                busy = row.next_try > now or (row.lease_until is not None and row.lease_until > now)
+                if row.tag is not None and key in blocked:
+                    continue
+                if busy:
+                    blocked.add(key)
+                    continue
+                won = conn.execute(
+                    sa.update(OB)
+                    .where(
+                        OB.c.id == row.id,
+                        OB.c.status == "pending",
+                        sa.or_(OB.c.lease_until.is_(None), OB.c.lease_until <= now),
+                    )
+                    .values(lease_until=until, attempts=OB.c.attempts + 1)
+                ).rowcount
+                if won == 1:
+                    claimed.append(row.id)
+                blocked.add(key)
+                if len(claimed) >= limit:
+                    break
+            if not claimed:
+                return []
+            rows = conn.execute(
+                sa.select(OB, T.c.first_seen, *[E.c[c.name].label("e_" + c.name) for c in E.c])
+                .select_from(
+                    OB.outerjoin(E, E.c.id == OB.c.event_id).outerjoin(
+                        T, sa.and_(T.c.repository == OB.c.repository, T.c.tag == OB.c.tag)
+                    )
+                )
+                .where(OB.c.id.in_(claimed))
+                .order_by(OB.c.id)
+            ).mappings()
+            items = []
+            for m in rows:
+                thread = None
+                if m["tag"] is not None:
+                    thread = conn.execute(
+                        sa.select(OB.c.remote_id)
+                        .where(
+                            OB.c.channel == m["channel"],
+                            OB.c.repository == m["repository"],
+                            OB.c.tag == m["tag"],
+                            OB.c.status == "delivered",
+                            OB.c.remote_id.is_not(None),
+                        )
+                        .order_by(OB.c.id)
+                        .limit(1)
+                    ).scalar()
+                event = None
+                if m["event_id"] is not None:
+                    event = _event({c.name: m["e_" + c.name] for c in E.c})  # type: ignore[arg-type]
+                items.append(
+                    models.OutboxItem(
+                        id=m["id"],
+                        channel=m["channel"],
+                        attempts=m["attempts"],
+                        created_at=m["created_at"],
+                        event=event,
+                        notice=dict(m["notice"]) if m["notice"] is not None else None,
+                        first_seen=m["first_seen"],
+                        thread_id=thread,
+                    )
+                )
+            return items
+
+    def mark_delivered(self, item_id: int, now: dt.datetime, remote_id: str | None) -> None:
+        """Record that alert ``item_id`` reached its channel (``remote_id``: the channel's id of
+        the message, e.g. Slack's ts). Committed before this returns."""
+        _require_aware(now)
+        self._finish(item_id, status="delivered", delivered_at=now, remote_id=remote_id)
+
+    def mark_failed(self, item_id: int, now: dt.datetime, reason: str) -> None:
+        """Give up on alert ``item_id`` for good, keeping ``reason`` (one line, no secrets)."""
+        _require_aware(now)
+        self._finish(
+            item_id, status="failed", delivered_at=None, last_error=errors.truncate(reason, 500)
+        )
+
+    def retry_alert(self, item_id: int, next_try: dt.datetime, reason: str) -> None:
+        """Release alert ``item_id`` to be tried again at ``next_try``, keeping ``reason``."""
+        _require_aware(next_try)
+        with db.translating(self.engine), self.engine.begin() as conn:
+            conn.execute(
+                sa.update(OB)
+                .where(OB.c.id == item_id, OB.c.status == "pending")
+                .values(
+                    next_try=next_try, lease_until=None, last_error=errors.truncate(reason, 500)
+                )
+            )
+
+    def pending_alerts(self) -> int:
+        """How many alerts are queued and not yet delivered (nor given up on)."""
+        query = sa.select(sa.func.count()).select_from(OB).where(OB.c.status == "pending")
+        with db.translating(self.engine), self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def next_alert_due(self) -> dt.datetime | None:
+        """When the earliest pending alert is due (or its lease ends), or None with none pending."""
+        query = sa.select(sa.func.min(sa.func.coalesce(OB.c.lease_until, OB.c.next_try))).where(
+            OB.c.status == "pending"
+        )
+        with db.translating(self.engine), self.engine.connect() as conn:
+            value = conn.execute(query).scalar()
+        if value is None:
+            return None
+        if isinstance(value, str):  # SQLite's min() over a computed value loses the type
+            value = dt.datetime.fromisoformat(value)
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+    def outbox_rows(self) -> list[dict[str, Any]]:
+        """Every outbox row as plain data, oldest first (for ``alerts`` commands and tests)."""
+        with db.translating(self.engine), self.engine.connect() as conn:
+            return [dict(r) for r in conn.execute(sa.select(OB).order_by(OB.c.id)).mappings()]
+
+    def _finish(self, item_id: int, **values: Any) -> None:
+        with db.translating(self.engine), self.engine.begin() as conn:
+            conn.execute(
+                sa.update(OB)
+                .where(OB.c.id == item_id, OB.c.status == "pending")
+                .values(lease_until=None, **values)
+            )
 
     # --- statements ------------------------------------------------------------------------------
 
@@ -249,7 +377,16 @@ class Store:
             sa.insert(E).returning(E.c.id, sort_by_parameter_order=True),
             [_event_row(e) for e in events],
         ).scalars()
-        return [dataclasses.replace(e, id=i) for e, i in zip(events, ids, strict=True)]
+        saved = [dataclasses.replace(e, id=i) for e, i in zip(events, ids, strict=True)]
+        outbox = [
+            _outbox_row(channel, e.at, event=e)
+            for e in saved
+            if e.kind in ALERTED_KINDS
+            for channel in self.channels
+        ]
+        if outbox:
+            conn.execute(sa.insert(OB), outbox)
+        return saved
 
     def _insert(self, table: sa.Table) -> Any:
         # Both dialects spell upserts the same way (ON CONFLICT), through different Insert classes.
@@ -404,6 +541,26 @@ def _event_row(event: models.Event) -> dict[str, Any]:
         "new_digest": event.new_digest,
         "detail": event.detail,
         "actor": event.actor,
+    }
+
+
+def _outbox_row(
+    channel: str,
+    at: dt.datetime,
+    *,
+    event: models.Event | None = None,
+    notice: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "event_id": event.id if event is not None else None,
+        "notice": notice,
+        "channel": channel,
+        "repository": event.repository if event is not None else None,
+        "tag": event.tag if event is not None else None,
+        "status": "pending",
+        "attempts": 0,
+        "created_at": at,
+        "next_try": at,
     }
 
 

@@ -127,10 +127,32 @@ watches = sa.Table(
     sa.Column("consecutive_errors", sa.Integer, nullable=False, server_default="0"),
 )
 
-# Next: an ``outbox`` table (id, event_id -> events.id, channel, payload JSON, attempts, next_try,
-# delivered_at) that ``Store.apply_check`` fills in the same transaction as the events it alerts
-# about, so an alert is never lost nor sent for an event that was rolled back. It arrives as its
-# own migration (0002); nothing here needs to change for it, and it must be added to
-# APPLICATION_TABLES then.
+OUTBOX_STATUSES = ("pending", "delivered", "failed")
 
-APPLICATION_TABLES = ("tags", "events", "manifests", "watches")
+# The alert outbox: one row per (event, channel), inserted in the transaction of its event, so an
+# alert is never lost nor sent for an event that was rolled back. A row without an event carries a
+# ``notice`` (an alert about the watchdog itself). Rows are updated only by the delivery worker.
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", _BIG_ID, primary_key=True, autoincrement=True),
+    sa.Column("event_id", _BIG_ID, sa.ForeignKey("events.id"), nullable=True),
+    sa.Column("notice", sa.JSON(), nullable=True),
+    sa.Column("channel", sa.String(32), nullable=False),
+    sa.Column("repository", sa.String(REPOSITORY), nullable=True),
+    sa.Column("tag", sa.String(TAG), nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("next_try", UTCDateTime(), nullable=False),
+    sa.Column("lease_until", UTCDateTime(), nullable=True),
+    sa.Column("delivered_at", UTCDateTime(), nullable=True),
+    sa.Column("last_error", sa.Text(), nullable=True),
+    sa.Column("remote_id", sa.String(64), nullable=True),  # e.g. Slack's message ts, for threads
+    sa.UniqueConstraint("event_id", "channel"),
+    sa.CheckConstraint("status IN ('pending', 'delivered', 'failed')", name="status"),
+    sa.Index(None, "status", "next_try"),
+    sa.Index(None, "channel", "repository", "tag"),
+)
+
+APPLICATION_TABLES = ("tags", "events", "manifests", "watches", "outbox")
