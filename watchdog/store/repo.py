@@ -192,6 +192,47 @@ class Store:
             )
         return saved
 
+    def apply_changes(
+        self, repository: str, now: dt.datetime, changes: Sequence[models.Change]
+    ) -> list[models.Event]:
+        """Persist changes made outside a check (restore, accept) atomically: all or nothing.
+
+        Upserts every change's record (as ``apply_check`` does, ``first_seen`` kept) and appends
+        every event in the order given; tags not named and the watch status are left alone.
+        Returns the events with their ids.
+        """
+        _require_aware(now)
+        for change in changes:
+            _check_change(repository, change)
+        latest = {c.record.tag: c.record for c in changes if c.record is not None}
+        new_events = [c.event for c in changes if c.event is not None]
+        with db.translating(self.engine), self.engine.begin() as conn:
+            if latest:
+                conn.execute(self._upsert_tags(), [_record_row(r) for r in latest.values()])
+            return self._insert_events(conn, new_events)
+
+    def count_events(
+        self,
+        repository: str,
+        tag: str,
+        kinds: Collection[models.EventKind],
+        since: dt.datetime,
+    ) -> int:
+        """How many events of ``kinds`` the tag has at or after ``since``."""
+        _require_aware(since)
+        query = (
+            sa.select(sa.func.count())
+            .select_from(E)
+            .where(
+                E.c.repository == repository,
+                E.c.tag == tag,
+                E.c.kind.in_([k.value for k in kinds]),
+                E.c.at >= since,
+            )
+        )
+        with db.translating(self.engine), self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
     def record_watch_error(self, repository: str, now: dt.datetime, error: str) -> None:
         """Note a failed (or partly failed) check of ``repository``: last attempt, the error (one
         line, truncated) and one more consecutive error. Tag records are left as they were."""
