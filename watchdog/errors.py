@@ -13,6 +13,9 @@
     │   ├── NotFound                  a definitive 404 with a registry error code         [permanent]
     │   └── ProtocolError             the registry answered nonsense or lied (bad digest,
     │                                 malformed JSON, oversized body)                      [permanent]
+    ├── AlertError                    an alert channel (Slack) refused or could not be reached (exit 3);
+    │                                 ``temporary`` for 429/5xx/connection errors, with
+    │                                 ``retry_after`` seconds when the channel said
     └── StoreError                    the database (exit 3)
         ├── DatabaseUnavailable       cannot connect / connection lost                   [temporary]
         ├── SchemaMismatch            the schema is older or newer than this release      [permanent]
@@ -123,6 +126,24 @@ class NotFound(RegistryError):
 
 class ProtocolError(RegistryError):
     temporary = False
+
+
+class AlertError(WatchdogError):
+    """An alert could not be delivered. Messages never contain the webhook URL or token."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        channel: str = "",
+        status: int | None = None,
+        temporary: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, temporary=temporary)
+        self.channel = channel
+        self.status = status
+        self.retry_after = retry_after
 
 
 class StoreError(WatchdogError):

@@ -135,6 +135,13 @@ class Metrics:
     def on_ratelimit(self, registry: str, remaining: float) -> None:
         self.registry_ratelimit_remaining.labels(registry=registry).set(remaining)
 
+    # The alert worker reports through these (alerts must not import metrics).
+    def on_alert(self, channel: str, result: str) -> None:
+        self.alerts.labels(channel=channel, result=result).inc()
+
+    def on_outbox_pending(self, pending: int) -> None:
+        self.alert_outbox_pending.set(pending)
+
     def exposition(self) -> bytes:
         """The text exposition format of every metric."""
         return prom.generate_latest(self.registry)

@@ -1,0 +1,236 @@
+"""Slack rendering (pure: event + context -> payload) and sending through slack-sdk to a local
+stand-in for Slack: content of every message kind, escaping of hostile values, Block Kit limits,
+and the translation of Slack's answers into temporary or permanent errors."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.support.slack_standin import TOKEN, Answer, SlackStandIn
+from watchdog import config, errors, models
+from watchdog.alerts import slack
+
+K = models.EventKind
+REPO = "ghcr.io/deephaven/server"
+OLD = "sha256:" + "0123456789abcdef" * 4
+NEW = "sha256:" + "fedcba9876543210" * 4
+AT = dt.datetime(2026, 11, 28, 9, 30, tzinfo=dt.UTC)
+FIRST = dt.datetime(2025, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+
+
+def event(kind: K, *, repository: str = REPO, tag: str = "0.15.0", **kw: Any) -> models.Event:
+    fields: dict[str, Any] = {"old_digest": OLD, "new_digest": NEW, "id": 7, **kw}
+    return models.Event(repository, tag, kind, AT, **fields)
+
+
+def everything(message: slack.Message) -> str:
+    """All text a person could read in a message (fallback and every block)."""
+    return message.text + "\n" + json.dumps(message.blocks, ensure_ascii=False)
+
+
+def sections(message: slack.Message) -> list[str]:
+    return [b["text"]["text"] for b in message.blocks if b["type"] == "section" and "text" in b]
+
+
+def test_a_move_says_what_happened_and_how_to_put_it_back() -> None:
+    ev = event(K.MOVED, detail={"changed_platforms": ["linux/amd64", "linux/arm64/v8"]})
+    msg = slack.render_event(ev, slack.Context(on_move="alert", first_seen=FIRST))
+    text = everything(msg)
+    assert msg.blocks[0] == {
+        "type": "header",
+        "text": {"type": "plain_text", "text": f"Release tag moved: {REPO}:0.15.0", "emoji": False},
+    }
+    assert OLD in text and NEW in text  # full, for copying
+    assert models.short_digest(OLD) in text and models.short_digest(NEW) in text
+    assert "linux/amd64" in text and "linux/arm64/v8" in text
+    assert "2025-01-02 03:04:05 UTC" in text  # first recorded
+    assert "2026-11-28 09:30:00 UTC" in text  # move seen
+    assert "alerted only" in text
+    manual = next(s for s in sections(msg) if "Put it back by hand" in s)
+    assert f"tag-watchdog restore {REPO}:0.15.0" in manual
+    assert f"crane tag {REPO}@{OLD} 0.15.0" in manual
+    # the fallback stands alone (notifications): what moved, both digests, the restore command
+    assert msg.text.startswith(f"tag-watchdog: {REPO}:0.15.0 moved")
+    assert models.short_digest(OLD) in msg.text and models.short_digest(NEW) in msg.text
+    assert f"tag-watchdog restore {REPO}:0.15.0" in msg.text
+    restoring = slack.render_event(ev, slack.Context(on_move="restore"))
+    assert "restoring the recorded digest" in everything(restoring)
+
+
+@pytest.mark.parametrize(
+    ("kind", "kw", "expected", "manual"),
+    [
+        (K.DELETED, {"new_digest": None}, ["Release tag deleted", "MANIFEST_UNKNOWN"], True),
+        (K.REAPPEARED, {"detail": {"recorded_digest": OLD}}, ["reappeared", "answers again"], True),
+        (
+            K.REVERTED,
+            {"old_digest": None, "new_digest": OLD},
+            ["back at its recorded digest"],
+            False,
+        ),
+        (K.RESTORED, {}, ["Release tag restored", "restored the recorded digest"], False),
+        (
+            K.RESTORE_FAILED,
+            {"detail": {"reason": "layer blob sha256:abc is gone"}},
+            ["Restore FAILED", "layer blob sha256:abc is gone", "Nothing was changed"],
+            True,
+        ),
+        (K.RESTORE_STOPPED, {}, ["Something keeps pushing", "loop protection"], True),
+    ],
+)
+def test_every_event_kind_has_its_message(
+    kind: K, kw: dict[str, Any], expected: list[str], manual: bool
+) -> None:
+    msg = slack.render_event(event(kind, **kw), slack.Context(on_move="restore", first_seen=FIRST))
+    text = everything(msg)
+    for needle in expected:
+        assert needle in text, needle
+    assert REPO in msg.text and "0.15.0" in msg.text
+    assert ("tag-watchdog restore" in text) is manual
+    if manual:
+        assert f"crane tag {REPO}@{OLD} 0.15.0" in text
+
+
+def test_registry_notices_one_down_one_recovered() -> None:
+    down = slack.render_notice(
+        {
+            "kind": "registry_unreachable",
+            "registry": "ghcr.io",
+            "since": "2026-11-28 09:00:00 UTC",
+            "error": "connection refused",
+        }
+    )
+    assert "Registry unreachable: ghcr.io" in everything(down)
+    assert "connection refused" in down.text and "since 2026-11-28 09:00:00 UTC" in down.text
+    up = slack.render_notice(
+        {"kind": "registry_recovered", "registry": "ghcr.io", "down_for": "12m"}
+    )
+    assert "reachable again" in up.text and "12m" in everything(up)
+
+
+def test_hostile_values_are_escaped_everywhere_and_nothing_else_is() -> None:
+    hostile = "<!channel> & <https://evil.example|click> >"
+    ev = event(
+        K.RESTORE_FAILED,
+        repository="evil.example/<!channel>&co",
+        actor="<@U123> & friends",
+        detail={"reason": hostile, "changed_platforms": ["linux/<!here>"]},
+    )
+    msg = slack.render_event(ev)
+    for block in msg.blocks:
+        if block["type"] == "header":
+            continue  # plain_text: Slack never parses it
+        raw = json.dumps(block)
+        assert "<!channel>" not in raw and "<!here>" not in raw and "<@U123>" not in raw
+        assert "<https://" not in raw
+    text = everything(msg)
+    assert "&lt;!channel&gt; &amp; &lt;https://evil.example|click&gt; &gt;" in text
+    assert "&lt;@U123&gt; &amp; friends" in text
+    assert "<!channel>" not in msg.text and "&amp;co" in msg.text
+    assert slack.escape("a*b_c~`d") == "a*b_c~`d"  # only &, <, > are Slack's to escape
+    notice = slack.render_notice(
+        {"kind": "registry_unreachable", "registry": "r", "error": hostile}
+    )
+    assert "<!channel>" not in everything(notice)
+
+
+def test_block_kit_limits_hold_for_huge_values() -> None:
+    platforms = [f"linux/arch{i}" + "&" * 50 for i in range(400)]
+    ev = event(K.MOVED, detail={"changed_platforms": platforms}, actor="x" * 10_000)
+    msg = slack.render_event(ev)
+    assert len(msg.blocks) <= slack.MAX_BLOCKS
+    for block in msg.blocks:
+        if block["type"] == "section" and "text" in block:
+            text = block["text"]["text"]
+            assert len(text) <= slack.MAX_SECTION
+            assert text.count("```") % 2 == 0
+            tail = text[text.rfind("&") :] if "&" in text else ""
+            assert not tail or ";" in tail  # no half an entity
+        if block["type"] == "header":
+            assert len(block["text"]["text"]) <= slack.MAX_HEADER
+    long_code = "```" + "&amp;" * 1000 + "```"
+    cut = slack.truncate_mrkdwn(long_code, 100)
+    assert len(cut) <= 100 and cut.endswith("```") and "&am…" not in cut
+
+
+# --- sending through slack-sdk -------------------------------------------------------------------
+
+
+@pytest.fixture
+def standin() -> Iterator[SlackStandIn]:
+    with SlackStandIn() as s:
+        yield s
+
+
+def bot(standin: SlackStandIn, token: str = TOKEN) -> slack.BotSender:
+    return slack.BotSender(config.Secret(token), "#releases", standin.base_url, timeout=2)
+
+
+def hook(standin: SlackStandIn) -> slack.WebhookSender:
+    return slack.WebhookSender(config.Secret(standin.webhook_url), timeout=2)
+
+
+def test_webhook_and_bot_deliver_blocks_and_fallback_and_bot_threads(
+    standin: SlackStandIn,
+) -> None:
+    msg = slack.render_event(event(K.MOVED), slack.Context(first_seen=FIRST))
+    assert hook(standin).send(msg) is None  # webhooks cannot thread
+    ts = bot(standin).send(msg)
+    assert ts == "1700000000.000001"
+    bot(standin).send(slack.render_event(event(K.RESTORED)), thread_id=ts)
+    webhook_body, first, follow_up = standin.messages()
+    assert webhook_body["text"] == msg.text and webhook_body["blocks"] == msg.blocks
+    assert first["channel"] == "#releases" and first["blocks"] == msg.blocks
+    assert "thread_ts" not in first
+    assert follow_up["thread_ts"] == ts
+    assert standin.requests[1].path == "/api/chat.postMessage"
+    assert standin.requests[1].headers["authorization"] == f"Bearer {TOKEN}"
+
+
+@pytest.mark.parametrize("mode", ["webhook", "bot"])
+def test_slack_answers_become_temporary_or_permanent_errors_without_secrets(
+    standin: SlackStandIn, mode: str
+) -> None:
+    sender = hook(standin) if mode == "webhook" else bot(standin)
+    msg = slack.render_test()
+    cases = [
+        (Answer(500, "oops"), True, None),
+        (Answer(503, {"ok": False, "error": "service_unavailable"}), True, None),
+        (Answer(429, "", (("Retry-After", "7"),)), True, 7.0),
+        (Answer(404, "channel_not_found"), False, None),
+        (Answer(403, "action_prohibited"), False, None),
+    ]
+    if mode == "bot":
+        cases.append((Answer(200, {"ok": False, "error": "invalid_auth"}), False, None))
+        cases.append((Answer(200, {"ok": False, "error": "ratelimited"}), True, None))
+    for answer, temporary, retry_after in cases:
+        standin.fail_next(answer)
+        with pytest.raises(errors.AlertError) as caught:
+            sender.send(msg)
+        exc = caught.value
+        assert exc.temporary is temporary, (answer, str(exc))
+        assert exc.retry_after == retry_after
+        assert TOKEN not in str(exc) and "standin-webhook-secret" not in str(exc)
+    standin.stop()
+    with pytest.raises(errors.AlertError) as down:
+        sender.send(msg)
+    assert down.value.temporary and "unreachable" in str(down.value)
+    assert "standin-webhook-secret" not in str(down.value) and TOKEN not in str(down.value)
+
+
+def test_a_wrong_token_is_a_permanent_invalid_auth(standin: SlackStandIn) -> None:
+    with pytest.raises(errors.AlertError) as caught:
+        bot(standin, token="xoxb-wrong").send(slack.render_test())
+    assert not caught.value.temporary and "invalid_auth" in str(caught.value)
+    assert "xoxb-wrong" not in str(caught.value)
+
+
+def test_retry_after_may_be_an_http_date() -> None:
+    assert slack.parse_retry_after("Thu, 01 Jan 1970 00:01:40 GMT", now=40.0) == 60.0
+    assert slack.parse_retry_after("3") == 3.0
+    assert slack.parse_retry_after("soon") is None

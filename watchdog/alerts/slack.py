@@ -1,0 +1,467 @@
+"""Slack: Block Kit rendering (pure) and sending through slack-sdk (Incoming Webhook or bot token).
+
+Rendering turns an event (or a notice about the watchdog itself) and its context into a
+``Message``: Block Kit ``blocks`` plus a plain-text fallback ``text``. It does no I/O, escapes
+every value that came from outside (``&``, ``<``, ``>``: Slack's only control characters in
+mrkdwn, so a label like ``<!channel>`` cannot ping anyone) and keeps within Block Kit's limits
+(50 blocks, 3,000 characters a section, 150 a header).
+
+Sending translates slack-sdk's outcomes into ``errors.AlertError`` once, here: 429 (with
+``Retry-After``), 5xx and connection errors are temporary; anything else (``invalid_auth``,
+``channel_not_found``, a 404 from a deleted webhook) is permanent. slack-sdk's own retry handlers
+are switched off: the outbox worker owns the one retry loop. The webhook URL and the token never
+appear in an error, a log line or a stored reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import email.utils
+import logging
+from typing import Any, Protocol
+
+from slack_sdk import errors as slack_errors
+from slack_sdk import web, webhook
+
+from watchdog import config, errors, models
+
+CHANNEL = "slack"
+MAX_BLOCKS = 50
+MAX_SECTION = 3000
+MAX_HEADER = 150
+MAX_FALLBACK = 3000
+DEFAULT_BASE_URL = "https://slack.com/api/"
+
+# slack-sdk logs request URLs and headers at DEBUG (the webhook URL is the secret itself) and
+# errors of its own: it gets a logger of its own that says nothing.
+_sdk_log = logging.getLogger("watchdog.alerts.slack_sdk")
+_sdk_log.disabled = True  # we log (and redact) every outcome ourselves
+
+# Web API errors worth trying again; every other ``error`` is a permanent refusal.
+_TEMPORARY_API_ERRORS = frozenset(
+    {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Message:
+    """What is sent: the fallback ``text`` (notifications, screen readers) and the ``blocks``."""
+
+    text: str
+    blocks: list[dict[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What rendering knows beyond the event: the watch's policy and when the tag was recorded."""
+
+    on_move: str | None = None  # "alert" | "restore" | None (repository no longer watched)
+    first_seen: dt.datetime | None = None
+
+
+# --- escaping and limits -------------------------------------------------------------------------
+
+
+def escape(value: object) -> str:
+    """``value`` as mrkdwn-safe text: ``&``, ``<`` and ``>`` become entities; nothing else changes."""
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _code(value: object) -> str:
+    # Inside `code` a backtick would end the span early: outside values lose theirs.
+    return "`" + escape(str(value).replace("`", "'")) + "`"
+
+
+def truncate_mrkdwn(text: str, limit: int = MAX_SECTION) -> str:
+    """``text`` cut to at most ``limit`` characters without splitting an ``&..;`` entity and with
+    a code block it opened closed again."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 5]
+    amp, semi = cut.rfind("&"), cut.rfind(";")
+    if amp > semi:
+        cut = cut[:amp]
+    cut += "…"
+    if cut.count("```") % 2:
+        cut += "```"
+    return cut
+
+
+def _section(text: str) -> dict[str, Any]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": truncate_mrkdwn(text)}}
+
+
+def _header(text: str) -> dict[str, Any]:
+    plain = " ".join(text.split())
+    if len(plain) > MAX_HEADER:
+        plain = plain[: MAX_HEADER - 1] + "…"
+    return {"type": "header", "text": {"type": "plain_text", "text": plain, "emoji": False}}
+
+
+def _context(text: str) -> dict[str, Any]:
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": truncate_mrkdwn(text)}]}
+
+
+def _message(fallback: str, blocks: list[dict[str, Any]]) -> Message:
+    if len(blocks) > MAX_BLOCKS:
+        blocks = [*blocks[: MAX_BLOCKS - 1], _context("(more details left out)")]
+    return Message(text=truncate_mrkdwn(fallback, MAX_FALLBACK), blocks=blocks)
+
+
+def _when(value: dt.datetime | None) -> str:
+    if value is None:
+        return "unknown"
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+# --- rendering -----------------------------------------------------------------------------------
+
+_TITLES = {
+    models.EventKind.MOVED: "Release tag moved",
+    models.EventKind.DELETED: "Release tag deleted",
+    models.EventKind.REAPPEARED: "Release tag reappeared",
+    models.EventKind.REVERTED: "Release tag back at its recorded digest",
+    models.EventKind.RESTORED: "Release tag restored",
+    models.EventKind.RESTORE_FAILED: "Restore FAILED",
+    models.EventKind.ACCEPTED: "New digest accepted",
+    models.EventKind.FIRST_SEEN: "Release tag recorded",
+}
+
+
+# Events after which a person may want to put the tag back by hand.
+_MANUAL_RESTORE_KINDS = frozenset(
+    {"moved", "deleted", "reappeared", "restore_failed", "restore_stopped"}
+)
+
+
+def restore_commands(event: models.Event, recorded: str | None) -> list[str]:
+    """The commands that put the tag back at ``recorded`` by hand (empty when unknown)."""
+    if not recorded:
+        return []
+    return [
+        f"tag-watchdog restore {event.repository}:{event.tag}",
+        f"crane tag {event.repository}@{recorded} {event.tag}",
+    ]
+
+
+def _recorded(event: models.Event) -> str | None:
+    """The trusted digest an event is about: what a restore would put back."""
+    if event.kind in (models.EventKind.MOVED, models.EventKind.DELETED):
+        return event.old_digest
+    if event.kind is models.EventKind.REAPPEARED:
+        return str(event.detail.get("recorded_digest") or event.old_digest or "") or None
+    return event.old_digest or event.new_digest
+
+
+def render_event(event: models.Event, context: Context = Context()) -> Message:
+    """The Slack message about ``event``. Pure: the same event and context give the same message."""
+    kind = event.kind
+    ref = f"{event.repository}:{event.tag}"
+    title = _TITLES.get(kind, kind.value.replace("_", " ").capitalize())
+    blocks: list[dict[str, Any]] = [_header(f"{title}: {ref}")]
+    old, new = event.old_digest, event.new_digest
+    recorded = _recorded(event)
+    lines: list[str] = []
+    if kind is models.EventKind.MOVED:
+        lines.append(
+            f"*{_code(ref)}* now answers another digest. The recorded digest stays the trusted one."
+        )
+        fallback = (
+            f"tag-watchdog: {ref} moved {models.short_digest(old or '')} -> "
+            f"{models.short_digest(new or '')}"
+        )
+    elif kind is models.EventKind.DELETED:
+        lines.append(
+            f"*{_code(ref)}* is gone: absent from the tag list and the registry answers "
+            "`MANIFEST_UNKNOWN`, twice in a row."
+        )
+        fallback = f"tag-watchdog: {ref} was deleted (was {models.short_digest(old or '')})"
+    elif kind is models.EventKind.REAPPEARED:
+        lines.append(f"*{_code(ref)}* answers again, after it was deleted.")
+        fallback = f"tag-watchdog: {ref} reappeared at {models.short_digest(new or '')}"
+    elif kind is models.EventKind.REVERTED:
+        lines.append(f"*{_code(ref)}* is back at its recorded digest (put back by someone else).")
+        fallback = f"tag-watchdog: {ref} is back at its recorded digest"
+    elif kind is models.EventKind.RESTORED:
+        lines.append(f"The watchdog put *{_code(ref)}* back at its recorded digest.")
+        fallback = f"tag-watchdog: {ref} restored to {models.short_digest(recorded or '')}"
+    elif kind is models.EventKind.RESTORE_FAILED:
+        reason = event.detail.get("reason") or event.detail.get("error") or "unknown reason"
+        lines.append(
+            f"The watchdog could *not* put *{_code(ref)}* back: {escape(reason)}. "
+            "Nothing was changed."
+        )
+        fallback = f"tag-watchdog: restoring {ref} FAILED: {reason}"
+    elif kind.value == "restore_stopped":
+        lines.append(
+            f"*Something keeps pushing {_code(ref)}*: automatic restores of this tag are stopped "
+            "(loop protection). Find the pipeline that pushes it."
+        )
+        fallback = f"tag-watchdog: auto-restore of {ref} stopped: something keeps pushing it"
+    else:
+        lines.append(f"*{_code(ref)}*: {escape(kind.value)}.")
+        fallback = f"tag-watchdog: {ref} {kind.value}"
+    blocks.append(_section("\n".join(lines)))
+
+    fields: list[str] = []
+    if old:
+        fields.append(f"*Old digest*\n{_code(models.short_digest(old))}")
+    if new:
+        fields.append(f"*New digest*\n{_code(models.short_digest(new))}")
+    if context.first_seen is not None:
+        fields.append(f"*Recorded since*\n{_when(context.first_seen)}")
+    fields.append(f"*Seen*\n{_when(event.at)}")
+    blocks.append(
+        {"type": "section", "fields": [{"type": "mrkdwn", "text": f[:2000]} for f in fields]}
+    )
+    digests = []
+    if old:
+        digests.append(f"old: {escape(old)}")
+    if new:
+        digests.append(f"new: {escape(new)}")
+    if digests:
+        blocks.append(_section("*Full digests*\n```" + "\n".join(digests) + "```"))
+
+    platforms = event.detail.get("changed_platforms") or []
+    if platforms:
+        blocks.append(
+            _section("*Platforms changed:* " + ", ".join(_code(p) for p in platforms[:100]))
+        )
+
+    action = _action(event, context)
+    if action:
+        blocks.append(_section(f"*What the watchdog did:* {action}"))
+    commands = restore_commands(event, recorded)
+    if commands and kind.value in _MANUAL_RESTORE_KINDS:
+        blocks.append(_section("*Put it back by hand:*\n```" + escape("\n".join(commands)) + "```"))
+        fallback += f". Put it back: {commands[0]}"
+    if event.actor and event.actor != "watchdog":
+        blocks.append(_context(f"by {escape(event.actor)}"))
+    blocks.append(_context(f"tag-watchdog · event {event.id or '-'} · {escape(kind.value)}"))
+    return _message(escape(fallback), blocks)
+
+
+def _action(event: models.Event, context: Context) -> str:
+    if event.kind in (models.EventKind.MOVED, models.EventKind.DELETED):
+        if context.on_move == "restore" and event.kind is models.EventKind.MOVED:
+            return "restoring the recorded digest (`on_move: restore`); the outcome follows in the thread."
+        return "alerted only (`on_move: alert`): the tag still answers the new digest."
+    if event.kind is models.EventKind.RESTORED:
+        return "restored the recorded digest."
+    if event.kind is models.EventKind.RESTORE_FAILED:
+        return "tried to restore and failed; the tag was left as it was."
+    return ""
+
+
+def render_notice(notice: dict[str, Any]) -> Message:
+    """The Slack message about the watchdog itself (``registry_unreachable``, ``registry_recovered``)."""
+    kind = str(notice.get("kind", "notice"))
+    registry = str(notice.get("registry", "?"))
+    if kind == "registry_unreachable":
+        since = notice.get("since")
+        error = notice.get("error") or "unknown error"
+        blocks = [
+            _header(f"Registry unreachable: {registry}"),
+            _section(
+                f"tag-watchdog cannot check {_code(registry)} since {escape(since or '?')}: "
+                f"{escape(error)}\nMoves there go unnoticed until it answers again. "
+                "One message follows when it recovers."
+            ),
+        ]
+        fallback = f"tag-watchdog: registry {registry} unreachable since {since}: {error}"
+    elif kind == "registry_recovered":
+        blocks = [
+            _header(f"Registry reachable again: {registry}"),
+            _section(
+                f"{_code(registry)} answers again (unreachable for "
+                f"{escape(notice.get('down_for', '?'))}); checks are back to normal."
+            ),
+        ]
+        fallback = f"tag-watchdog: registry {registry} reachable again"
+    else:
+        blocks = [_section(escape(notice.get("text") or kind))]
+        fallback = str(notice.get("text") or kind)
+    return _message(escape(fallback), blocks)
+
+
+def render_test() -> Message:
+    """The message of ``tag-watchdog alerts test``."""
+    text = "tag-watchdog test alert: this channel receives release-tag alerts."
+    return _message(text, [_section(f"*{text}*"), _context("sent by `tag-watchdog alerts test`")])
+
+
+def render_item(item: models.OutboxItem, settings: config.Settings) -> Message:
+    """The message for one outbox item: its event with the watch's context, or its notice."""
+    if item.event is not None:
+        on_move = next(
+            (w.on_move for w in settings.watches if w.name == item.event.repository), None
+        )
+        return render_event(item.event, Context(on_move=on_move, first_seen=item.first_seen))
+    return render_notice(item.notice or {})
+
+
+# --- sending -------------------------------------------------------------------------------------
+
+
+class Sender(Protocol):
+    """Delivers a message on one channel; returns the channel's message id (for threads)."""
+
+    name: str
+
+    def send(self, message: Message, thread_id: str | None = None) -> str | None: ...
+
+
+def configured(settings: config.SlackSettings) -> bool:
+    """True when Slack alerts are configured (a webhook URL, or a token and a channel)."""
+    return bool(settings.webhook_url) or bool(settings.token and settings.channel)
+
+
+def sender(settings: config.SlackSettings, *, timeout: float = 10.0) -> Sender | None:
+    """The configured Slack sender: bot mode when a token is given (threads), else the webhook."""
+    if settings.token and settings.channel:
+        return BotSender(settings.token, settings.channel, settings.base_url, timeout=timeout)
+    if settings.webhook_url:
+        return WebhookSender(settings.webhook_url, timeout=timeout)
+    return None
+
+
+class WebhookSender:
+    """An Incoming Webhook. Webhooks cannot thread: every message stands alone."""
+
+    name = CHANNEL
+
+    def __init__(self, url: config.Secret, *, timeout: float = 10.0) -> None:
+        self._url = url
+        self._timeout = timeout
+
+    def send(self, message: Message, thread_id: str | None = None) -> str | None:
+        """Post ``message``; return None (webhooks give no message id). Raises AlertError."""
+        client = webhook.WebhookClient(
+            self._url.reveal(),
+            timeout=max(1, int(self._timeout)),
+            logger=_sdk_log,
+            retry_handlers=[],
+        )
+        try:
+            resp = client.send(text=message.text, blocks=message.blocks, unfurl_links=False)
+        except Exception as exc:
+            raise _unreachable("webhook", exc, self._url.reveal()) from None
+        if resp.status_code == 200:
+            return None
+        raise _refused(
+            "webhook",
+            resp.status_code,
+            str(resp.body or "").strip(),
+            resp.headers or {},
+            self._url.reveal(),
+        )
+
+
+class BotSender:
+    """A bot token posting with ``chat.postMessage``; follow-ups go into the first alert's thread."""
+
+    name = CHANNEL
+
+    def __init__(
+        self,
+        token: config.Secret,
+        channel: str,
+        base_url: str | None = None,
+        *,
+        timeout: float = 10.0,
+    ) -> None:
+        self._token = token
+        self._channel = channel
+        base = base_url or DEFAULT_BASE_URL
+        self._base_url = base if base.endswith("/") else base + "/"
+        self._timeout = timeout
+
+    def send(self, message: Message, thread_id: str | None = None) -> str | None:
+        """Post ``message`` (into ``thread_id``'s thread when given); return its ``ts``.
+        Raises AlertError."""
+        client = web.WebClient(
+            token=self._token.reveal(),
+            base_url=self._base_url,
+            timeout=max(1, int(self._timeout)),
+            logger=_sdk_log,
+            retry_handlers=[],
+        )
+        secret = self._token.reveal()
+        try:
+            resp = client.chat_postMessage(
+                channel=self._channel,
+                text=message.text,
+                blocks=message.blocks,
+                thread_ts=thread_id,
+                unfurl_links=False,
+                unfurl_media=False,
+            )
+        except slack_errors.SlackApiError as exc:
+            r = exc.response
+            data = r.data if isinstance(r.data, dict) else {}
+            error = str(data.get("error") or "") or str(r.data or "")[:200]
+            status = int(r.status_code)
+            if status == 200 and error in _TEMPORARY_API_ERRORS:
+                status = 503
+            raise _refused("chat.postMessage", status, error, r.headers or {}, secret) from None
+        except Exception as exc:
+            raise _unreachable("chat.postMessage", exc, secret) from None
+        ts = resp.get("ts")
+        return str(ts) if ts else None
+
+
+def _header_value(headers: Any, name: str) -> str | None:
+    for key, value in dict(headers).items():
+        if str(key).lower() == name.lower():
+            return str(value[0] if isinstance(value, list) and value else value)
+    return None
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` in seconds: a number of seconds or an HTTP date; None when absent or bad."""
+    if value is None:
+        return None
+    text = value.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    base = now if now is not None else dt.datetime.now(dt.UTC).timestamp()
+    return max(0.0, when.timestamp() - base)
+
+
+def _redact(text: str, secret: str) -> str:
+    return text.replace(secret, "***") if secret else text
+
+
+def _refused(what: str, status: int, body: str, headers: Any, secret: str) -> errors.AlertError:
+    detail = _redact(errors.truncate(body or "no body", 200), secret)
+    if status == 429:
+        retry_after = parse_retry_after(_header_value(headers, "Retry-After"))
+        return errors.AlertError(
+            f"slack {what}: rate limited (429, retry after {retry_after}s)",
+            channel=CHANNEL,
+            status=429,
+            temporary=True,
+            retry_after=retry_after,
+        )
+    temporary = status >= 500 or status == 408
+    return errors.AlertError(
+        f"slack {what}: HTTP {status}: {detail}",
+        channel=CHANNEL,
+        status=status,
+        temporary=temporary,
+    )
+
+
+def _unreachable(what: str, exc: BaseException, secret: str) -> errors.AlertError:
+    reason = getattr(exc, "reason", None) or exc
+    text = _redact(errors.truncate(f"{type(exc).__name__}: {reason}", 200), secret)
+    return errors.AlertError(f"slack {what} unreachable: {text}", channel=CHANNEL, temporary=True)
