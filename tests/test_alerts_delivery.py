@@ -1,0 +1,159 @@
+"""Exactly-once delivery through the outbox: a Slack outage (500s, then 429 with Retry-After,
+then OK) on both stores, permanent refusals, and the worker's metrics. The clock is injected and
+sleeping only moves it: nothing here waits for real."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.slack_standin import TOKEN, Answer, SlackStandIn
+from watchdog import config, metrics, models
+from watchdog.alerts import outbox, slack
+from watchdog.store import repo
+
+K = models.EventKind
+REPO = "ghcr.io/deephaven/server"
+T0 = dt.datetime(2026, 11, 28, 9, 0, tzinfo=dt.UTC)
+OLD = "sha256:" + "a" * 64
+NEW = "sha256:" + "b" * 64
+
+
+class FakeTime:
+    """A clock that only moves when slept on."""
+
+    def __init__(self) -> None:
+        self.now = T0
+        self.slept: list[float] = []
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += dt.timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def standin() -> Iterator[SlackStandIn]:
+    with SlackStandIn() as s:
+        yield s
+
+
+@pytest.fixture
+def alerting(store: repo.Store) -> repo.Store:
+    return repo.Store(store.engine, channels=("slack",))
+
+
+def moved(store: repo.Store, *tags: str) -> list[models.Event]:
+    changes = []
+    for tag in tags:
+        record = models.TagRecord(REPO, tag, OLD, NEW, None, models.TagState.DRIFTED, T0, T0, T0)
+        event = models.Event(REPO, tag, K.MOVED, T0, old_digest=OLD, new_digest=NEW)
+        changes.append(models.Change(REPO, tag, record, event))
+    return store.apply_check(REPO, T0, changes)
+
+
+def worker(
+    store: repo.Store, standin: SlackStandIn, time: FakeTime, m: metrics.Metrics
+) -> outbox.Worker:
+    sender = slack.BotSender(config.Secret(TOKEN), "#releases", standin.base_url, timeout=2)
+    return outbox.Worker(
+        store,
+        {"slack": sender},
+        config.Settings(),
+        observer=m,
+        clock=time,
+        sleep=time.sleep,
+        policy=outbox.RetryPolicy(base=1.0, factor=2.0, cap=60.0),
+    )
+
+
+def sample(m: metrics.Metrics, name: str, **labels: str) -> float | None:
+    return m.registry.get_sample_value(name, labels)
+
+
+async def test_an_outage_then_recovery_delivers_every_alert_exactly_once(
+    alerting: repo.Store, standin: SlackStandIn
+) -> None:
+    moved(alerting, "1.0.0", "1.1.0", "1.2.0")
+    standin.fail_next(
+        Answer(500, "boom"),
+        Answer(502, "bad gateway"),
+        Answer(503, "unavailable"),
+        Answer(429, "", (("Retry-After", "30"),)),
+    )
+    time, m = FakeTime(), metrics.Metrics()
+    assert await worker(alerting, standin, time, m).drain(3600) == 0
+
+    texts = [msg["text"] for msg in standin.messages()]
+    assert len(texts) == 3
+    for tag in ("1.0.0", "1.1.0", "1.2.0"):
+        assert sum(f"{REPO}:{tag} moved" in t for t in texts) == 1
+    assert len(standin.requests) == 7  # 4 refused + 3 delivered
+    # the 429 said 30 s: its alert was not tried again before that
+    assert sum(time.slept) >= 30 and max(time.slept) >= 29
+    rows = alerting.outbox_rows()
+    assert {r["status"] for r in rows} == {"delivered"}
+    assert sorted(r["attempts"] for r in rows) == [2, 2, 3]
+    assert all(r["remote_id"] for r in rows)
+    assert sample(m, "tag_watchdog_alerts_total", channel="slack", result="delivered") == 3
+    assert sample(m, "tag_watchdog_alerts_total", channel="slack", result="retry") == 4
+    assert sample(m, "tag_watchdog_alert_outbox_pending") == 0
+    # nothing is sent twice, however often the worker runs again
+    assert await worker(alerting, standin, time, m).run_once() == 0
+    assert len(standin.messages()) == 3
+
+
+async def test_a_permanent_refusal_is_marked_failed_with_its_reason_and_counted(
+    alerting: repo.Store, standin: SlackStandIn
+) -> None:
+    moved(alerting, "2.0.0")
+    standin.fail_next(Answer(200, {"ok": False, "error": "channel_not_found"}))
+    time, m = FakeTime(), metrics.Metrics()
+    assert await worker(alerting, standin, time, m).drain(60) == 0
+    (row,) = alerting.outbox_rows()
+    assert row["status"] == "failed" and row["attempts"] == 1
+    assert "channel_not_found" in row["last_error"] and TOKEN not in row["last_error"]
+    assert sample(m, "tag_watchdog_alerts_total", channel="slack", result="failed") == 1
+    assert standin.messages() == [] and time.slept == []
+
+
+async def test_drain_gives_up_at_its_deadline_and_leaves_the_alert_queued(
+    alerting: repo.Store, standin: SlackStandIn
+) -> None:
+    moved(alerting, "3.0.0")
+    standin.stop()
+    time, m = FakeTime(), metrics.Metrics()
+    assert await worker(alerting, standin, time, m).drain(10) == 1
+    assert time.now - T0 <= dt.timedelta(seconds=10)
+    (row,) = alerting.outbox_rows()
+    assert row["status"] == "pending" and "unreachable" in row["last_error"]
+    assert sample(m, "tag_watchdog_alert_outbox_pending") == 1
+    standin.start()
+    time.now += dt.timedelta(minutes=5)
+    assert await worker(alerting, standin, time, m).drain(10) == 0
+    assert len(standin.messages()) == 1
+
+
+async def test_follow_ups_go_into_the_first_alert_s_thread(
+    alerting: repo.Store, standin: SlackStandIn
+) -> None:
+    moved(alerting, "4.0.0")
+    record = models.TagRecord(REPO, "4.0.0", OLD, OLD, None, models.TagState.OK, T0, T0, T0)
+    restored = models.Event(REPO, "4.0.0", K.RESTORED, T0, old_digest=NEW, new_digest=OLD)
+    alerting.apply_check(REPO, T0, [models.Change(REPO, "4.0.0", record, restored)])
+    time, m = FakeTime(), metrics.Metrics()
+    assert await worker(alerting, standin, time, m).drain(60) == 0
+    head, follow_up = standin.messages()
+    assert "thread_ts" not in head and follow_up["thread_ts"] == "1700000000.000001"
+    assert "restored" in follow_up["text"]
+
+
+def test_retry_policy_is_data() -> None:
+    policy = outbox.RetryPolicy(base=2.0, factor=3.0, cap=100.0)
+    assert [policy.delay(n) for n in (1, 2, 3, 4, 5)] == [2.0, 6.0, 18.0, 54.0, 100.0]
+    assert policy.delay(1, retry_after=42.0) == 42.0
+    assert policy.delay(1, retry_after=10**6) == policy.max_retry_after
