@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
+    _add_release_commands(sub, common)
+
     db = sub.add_parser("db", parents=[common], help="database schema (Alembic)")
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", parser_class=_Parser)
     db_sub.required = True
@@ -84,6 +86,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = cfg_sub.add_parser("check", parents=[common], help="validate, print with secrets masked")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
+
+
+def _add_release_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    ref_help = "image reference with a tag, e.g. ghcr.io/deephaven/server:0.15.0"
+    p = sub.add_parser(
+        "restore", parents=[common], help="put the recorded (or a given, recorded) digest back"
+    )
+    p.add_argument("ref", metavar="REF", help=ref_help)
+    p.add_argument("--digest", help="restore this digest (one the tag once had as its record)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser(
+        "accept", parents=[common], help="make the tag's current digest the record (re-release)"
+    )
+    p.add_argument("ref", metavar="REF", help=ref_help)
+    p.add_argument("--reason", help="why (kept in the event log)")
+    p = sub.add_parser(
+        "guard",
+        parents=[common],
+        help="release guard for CI: exit 1 if the tag already exists, 3 when unsure",
+        epilog="Exit codes: 0 the tag does not exist (or is the allowed digest), 1 it exists, "
+        "2 usage error, 3 the registry could not be asked or refused access.",
+    )
+    p.add_argument("ref", metavar="REF", help=ref_help)
+    p.add_argument(
+        "--allow-digest", metavar="D", help="exit 0 when the tag already is this digest (a re-run)"
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -165,6 +195,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _status(args)
     if command == "history":
         return _history(args)
+    if command == "restore":
+        return _restore(args)
+    if command == "accept":
+        return _accept(args)
+    if command == "guard":
+        return _guard(args)
     if command == "db":
         return _db(args)
     if command == "config":
@@ -325,6 +361,162 @@ def _history(args: argparse.Namespace) -> int:
         )
     _print_table(("WHEN", "EVENT", "OLD DIGEST", "NEW DIGEST", "PLATFORMS", "BY"), rows)
     return EXIT_OK
+
+
+# --- restore / accept / guard ---------------------------------------------------------------------
+
+
+def _actor() -> str:
+    """Who a manual restore or accept is recorded as: ``cli:<OS user>`` (``cli`` if unknown)."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _restore(args: argparse.Namespace) -> int:
+    import asyncio
+    import datetime as dt
+
+    from watchdog import models, restore
+    from watchdog.registry import client as registry_client
+
+    ref = models.ImageRef.parse(args.ref, require_tag=True)
+    digest = models.check_digest(args.digest) if args.digest else None
+    settings = _load(args)
+    store = _open_store(settings)
+
+    async def go() -> restore.Plan | restore.Outcome:
+        async with registry_client.RegistryClient(settings.registry(ref.host)) as rc:
+            restorer = restore.Restorer(
+                store, rc, clock=lambda: dt.datetime.now(dt.UTC), actor=_actor()
+            )
+            if args.dry_run:
+                return await restorer.plan(ref, digest)
+            return await restorer.run(ref, digest)
+
+    result = asyncio.run(go())
+    if isinstance(result, restore.Plan):
+        code = EXIT_OK if result.ok else EXIT_FAILED
+        if args.json:
+            _print_json({"exit_code": code, "dry_run": True, **_plan_json(result)})
+        else:
+            print("\n".join(result.describe()))
+        return code
+    code = EXIT_OK if result.restored else EXIT_FAILED
+    if args.json:
+        _print_json({"exit_code": code, "event": _event_json(result.event)})
+    elif result.restored:
+        print(f"restored {ref.name}:{ref.tag} to {result.event.new_digest}")
+    else:
+        print(
+            f"tag-watchdog: restore of {ref.name}:{ref.tag} failed: {result.reason}",
+            file=sys.stderr,
+        )
+    return code
+
+
+def _plan_json(plan: Any) -> dict[str, Any]:
+    return {
+        "ref": f"{plan.repository}:{plan.tag}",
+        "digest": plan.digest,
+        "current_digest": plan.current_digest,
+        "source": plan.source,
+        "media_type": plan.manifest.media_type if plan.manifest is not None else None,
+        "children_present": list(plan.children_present),
+        "children_to_put": [c.digest for c in plan.children_to_put],
+        "blobs_checked": list(plan.blobs_checked),
+        "problems": list(plan.problems),
+    }
+
+
+def _accept(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from watchdog import models, restore
+
+    ref = models.ImageRef.parse(args.ref, require_tag=True)
+    settings = _load(args)
+    store = _open_store(settings)
+    event = restore.accept(
+        store, ref, now=dt.datetime.now(dt.UTC), actor=_actor(), reason=args.reason
+    )
+    print(
+        f"accepted {event.repository}:{event.tag}: {event.new_digest} is the recorded digest now "
+        f"(was {event.old_digest})"
+    )
+    return EXIT_OK
+
+
+def _guard(args: argparse.Namespace) -> int:
+    """Fails closed: 0 only on a definitive "no such tag" or the allowed digest."""
+    import asyncio
+
+    from watchdog import models
+    from watchdog.registry import client as registry_client
+
+    ref = models.ImageRef.parse(args.ref, require_tag=True)
+    allowed = models.check_digest(args.allow_digest) if args.allow_digest else None
+    assert ref.tag is not None
+    settings = _load(args)
+
+    async def ask() -> str | None:
+        async with registry_client.RegistryClient(settings.registry(ref.host)) as rc:
+            try:
+                head = await rc.head_manifest(ref.repository, ref.tag or "")
+            except errors.NotFound:
+                return None
+            if head.digest is not None:
+                return head.digest
+            return (await rc.get_manifest(ref.repository, ref.tag or "")).digest
+
+    digest = asyncio.run(ask())
+    shown = f"{ref.name}:{ref.tag}"
+    first_seen = _first_recorded(args, settings, ref) if digest is not None else None
+    if digest is None:
+        code, text = EXIT_OK, f"{shown} does not exist: go ahead"
+    elif allowed is not None and digest == allowed:
+        code, text = EXIT_OK, f"{shown} already is {digest} (allowed: a re-run)"
+    else:
+        code = EXIT_DRIFT
+        text = f"{shown} is already released: {digest}"
+        if first_seen:
+            text += f" (first recorded {first_seen})"
+        text += "; refusing to overwrite a release"
+    if args.json:
+        _print_json(
+            {
+                "exit_code": code,
+                "ref": shown,
+                "exists": digest is not None,
+                "digest": digest,
+                "allowed": code == EXIT_OK and digest is not None,
+                "first_recorded": first_seen,
+            }
+        )
+    else:
+        print(text)
+    return code
+
+
+def _first_recorded(args: argparse.Namespace, settings: config.Settings, ref: Any) -> str | None:
+    """When the tag was first recorded, from the DB of a given config; None without one (or when
+    the DB cannot say: the guard's answer comes from the registry alone)."""
+    if _config_path(args) is None:
+        return None
+    from watchdog.store import db
+    from watchdog.store import repo as store_repo
+
+    try:
+        record = store_repo.Store(db.create_engine(settings.database_url.reveal())).get_tag(
+            ref.name, ref.tag
+        )
+    except errors.StoreError as exc:
+        print(f"tag-watchdog: note: the database cannot say: {exc}", file=sys.stderr)
+        return None
+    return _when(record.first_seen) if record is not None else None
 
 
 # --- db / config ---------------------------------------------------------------------------------

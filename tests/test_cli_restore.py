@@ -1,0 +1,130 @@
+"""`tag-watchdog restore / accept / guard` as a user or a CI job runs them (subprocess, real
+registry, SQLite file)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+
+from tests.support import images
+from tests.support import registry as support_registry
+from tests.support.cli import run
+from watchdog.registry import media
+
+
+def write_config(path: Path, host: str, repository: str, db: Path) -> Path:
+    path.write_text(
+        f"database_url: sqlite:///{db}\n"
+        f"watches:\n  - repository: {host}/{repository}\n    on_move: alert\n"
+    )
+    return path
+
+
+def tag_digest(server: support_registry.RegistryServer, repository: str, tag: str) -> str:
+    resp = httpx.head(
+        f"{server.url}/v2/{repository}/manifests/{tag}", headers={"Accept": media.ACCEPT}
+    )
+    return resp.headers["docker-content-digest"]
+
+
+def test_manual_restore_dry_run_refusal_and_accept(
+    tmp_path: Path, registry: support_registry.RegistryServer, repo: str, pusher: images.Pusher
+) -> None:
+    release = pusher.index(repo, "0.15.0", seed="release")
+    cfg = str(write_config(tmp_path / "c.yaml", registry.host, repo, tmp_path / "w.db"))
+    ref = f"{registry.host}/{repo}:0.15.0"
+    assert run("scan", "-c", cfg).returncode == 0
+    rebuilt = pusher.index(repo, "0.15.0", seed="rebuild")
+    assert run("scan", "-c", cfg).returncode == 1
+
+    # --dry-run prints the plan and changes nothing
+    dry = run("restore", ref, "--dry-run", "-c", cfg)
+    assert dry.returncode == 0, dry.stderr
+    assert f"restore {ref} to {release.digest}" in dry.stdout
+    assert "blobs checked: 4 present" in dry.stdout
+    assert tag_digest(registry, repo, "0.15.0") == rebuilt.digest
+    history = json.loads(run("history", ref, "--json", "-c", cfg).stdout)
+    assert [e["kind"] for e in history] == ["first_seen", "moved"]
+
+    # a digest that was never the tag's record is refused with a clear message
+    refused = run("restore", ref, "--digest", rebuilt.digest, "-c", cfg)
+    assert refused.returncode == 2
+    assert f"{rebuilt.digest} was never recorded for {ref}" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+    # the real thing
+    done = run("restore", ref, "-c", cfg)
+    assert done.returncode == 0, done.stderr
+    assert f"restored {ref} to {release.digest}" in done.stdout
+    assert tag_digest(registry, repo, "0.15.0") == release.digest
+    history = json.loads(run("history", ref, "--json", "-c", cfg).stdout)
+    assert history[-1]["kind"] == "restored" and history[-1]["actor"].startswith("cli")
+    assert run("scan", "-c", cfg).returncode == 0  # quiet again
+
+    # a deliberate re-release: accept makes the new digest the record; later scans are quiet
+    again = pusher.index(repo, "0.15.0", seed="re-release")
+    assert run("scan", "-c", cfg).returncode == 1
+    accepted = run("accept", ref, "--reason", "hotfix re-release", "-c", cfg)
+    assert accepted.returncode == 0, accepted.stderr
+    assert again.digest in accepted.stdout
+    status = {r["tag"]: r for r in json.loads(run("status", "--json", "-c", cfg).stdout)}
+    assert status["0.15.0"]["recorded_digest"] == again.digest
+    assert status["0.15.0"]["state"] == "ok"
+    assert run("scan", "-c", cfg).returncode == 0
+    history = json.loads(run("history", ref, "--json", "-c", cfg).stdout)
+    assert history[-1]["kind"] == "accepted"
+    assert history[-1]["detail"]["reason"] == "hotfix re-release"
+    # nothing left to accept
+    assert run("accept", ref, "-c", cfg).returncode == 2
+
+
+def test_guard_exit_codes(
+    tmp_path: Path,
+    registry: support_registry.RegistryServer,
+    repo: str,
+    pusher: images.Pusher,
+    make_fault_proxy,
+) -> None:
+    ref = f"{registry.host}/{repo}:0.15.0"
+    # no config, no DB: absent -> 0 (a definitive 404 NAME_UNKNOWN)
+    absent = run("guard", ref, cwd=tmp_path)
+    assert absent.returncode == 0, absent.stderr
+    assert "does not exist" in absent.stdout
+    release = pusher.index(repo, "0.15.0", seed="release")
+    pusher.image(repo, "0.14.0", seed="old")
+    # the repository exists, the tag does not: MANIFEST_UNKNOWN -> 0
+    assert run("guard", f"{registry.host}/{repo}:0.16.0", cwd=tmp_path).returncode == 0
+    present = run("guard", ref, cwd=tmp_path)
+    assert present.returncode == 1
+    assert release.digest in present.stdout and "already released" in present.stdout
+    allowed = run("guard", ref, "--allow-digest", release.digest, "--json", cwd=tmp_path)
+    assert allowed.returncode == 0
+    assert json.loads(allowed.stdout)["allowed"] is True
+    other = run("guard", ref, "--allow-digest", "sha256:" + "0" * 64, cwd=tmp_path)
+    assert other.returncode == 1
+
+    # with a config and its DB: when it was first recorded
+    cfg = str(write_config(tmp_path / "c.yaml", registry.host, repo, tmp_path / "w.db"))
+    assert run("scan", "-c", cfg).returncode == 0
+    recorded = run("guard", ref, "-c", cfg, "--json")
+    assert recorded.returncode == 1
+    assert json.loads(recorded.stdout)["first_recorded"]
+
+    # unsure is never 0: refused access, a broken registry, nobody listening
+    proxy = make_fault_proxy(registry)
+    proxied = f"{proxy.host}/{repo}:0.15.0"
+    for status in (401, 403, 500):
+        proxy.reset()
+        proxy.fail(None, "/v2/", status, body=b'{"errors":[{"code":"DENIED"}]}')
+        for candidate in (proxied, f"{proxy.host}/{repo}:9.9.9"):
+            result = run("guard", candidate, cwd=tmp_path)
+            assert result.returncode == 3, (status, result.stdout, result.stderr)
+            assert "Traceback" not in result.stderr
+    proxy.reset()
+    proxy.fail(None, f"/v2/{repo}/manifests/", 404, body=b"404 page not found")
+    assert run("guard", proxied, cwd=tmp_path).returncode == 3  # a proxy's bare 404 is no answer
+    proxy.stop()
+    assert run("guard", proxied, cwd=tmp_path).returncode == 3
+    assert run("guard", "not a ref", cwd=tmp_path).returncode == 2
