@@ -428,6 +428,9 @@ class FaultProxy:
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
             timeout = 10  # an idle keep-alive connection does not hold a thread for long
+            # Headers and body go out in separate writes: with Nagle's algorithm on, the body
+            # waits for the client's delayed ACK (~40 ms per keep-alive request).
+            disable_nagle_algorithm = True
 
             def _handle(self) -> None:
                 with proxy._lock:
