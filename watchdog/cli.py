@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from watchdog.store import repo as store_repo
 
 EXIT_OK, EXIT_DRIFT, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
+SCAN_ALERT_SECONDS = 20.0  # how long `scan` keeps retrying the alerts it queued before exiting
 
 
 class _Parser(argparse.ArgumentParser):
@@ -85,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     cfg_sub.required = True
     p = cfg_sub.add_parser("check", parents=[common], help="validate, print with secrets masked")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    al = sub.add_parser("alerts", parents=[common], help="alert channels (Slack)")
+    al_sub = al.add_subparsers(dest="alerts_command", metavar="ACTION", parser_class=_Parser)
+    al_sub.required = True
+    al_sub.add_parser(
+        "test", parents=[common], help="send a test alert through every configured channel"
+    )
     return parser
 
 
@@ -175,12 +183,14 @@ def _load(args: argparse.Namespace, *, need_watches: bool = False) -> config.Set
 
 def _open_store(settings: config.Settings) -> store_repo.Store:
     """The store, its schema created first when the database is empty (never silently upgraded)."""
+    from watchdog.alerts import outbox
     from watchdog.store import db
     from watchdog.store import repo as store_repo
 
     engine = db.create_engine(settings.database_url.reveal())
     db.ensure_schema(engine, migrate_empty=True)
-    return store_repo.Store(engine)
+    # Events written by any command queue their alerts in the same transaction.
+    return store_repo.Store(engine, channels=outbox.channel_names(settings))
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -205,6 +215,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _db(args)
     if command == "config":
         return _config_check(args)
+    if command == "alerts":
+        return _alerts_test(args)
     raise errors.UsageError(f"unknown command {command!r}")  # argparse prevents this
 
 
@@ -218,16 +230,35 @@ def _scan(args: argparse.Namespace) -> int:
     import asyncio
 
     from watchdog import metrics, service
+    from watchdog.alerts import outbox
+
+    undelivered = 0
 
     async def scan_all() -> list[service.CheckResult]:
+        nonlocal undelivered
         clients = service.Clients(settings)
         checker = service.Checker(settings, store, clients, metrics.Metrics())
         try:
-            return list(await asyncio.gather(*(checker.check_watch(w) for w in settings.watches)))
+            results = list(
+                await asyncio.gather(*(checker.check_watch(w) for w in settings.watches))
+            )
         finally:
             await clients.aclose()
+        # Deliver what this scan queued (and anything left over), for a bounded time.
+        worker = outbox.Worker(store, outbox.senders(settings), settings)
+        try:
+            undelivered = await worker.drain(SCAN_ALERT_SECONDS)
+        except errors.StoreError as exc:
+            print(f"tag-watchdog: alerts not delivered: {exc}", file=sys.stderr)
+        return results
 
     results = asyncio.run(scan_all())
+    if undelivered:
+        print(
+            f"tag-watchdog: {undelivered} alert(s) not delivered yet (see the log); "
+            "they stay queued for `tag-watchdog run` or the next scan",
+            file=sys.stderr,
+        )
     drift = any(r.drifted for r in results)
     failed = any(not r.ok for r in results)
     # Drift found is a definite answer even when some other watch failed; say both.
@@ -556,6 +587,28 @@ def _config_check(args: argparse.Namespace) -> int:
         print(f"# {settings.source or '(no file: defaults and environment)'}: valid")
         print(yaml.safe_dump(data, sort_keys=False).rstrip())
     return EXIT_OK
+
+
+# --- alerts --------------------------------------------------------------------------------------
+
+
+def _alerts_test(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from watchdog.alerts import outbox
+
+    settings = _load(args)
+    results = asyncio.run(outbox.send_test(settings))
+    if not results:
+        print(
+            "tag-watchdog: no alert channel configured "
+            "(set slack.webhook_url, or slack.token and slack.channel)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    for channel, error in sorted(results.items()):
+        print(f"{channel}: {'sent' if error is None else 'FAILED: ' + error}")
+    return EXIT_FAILED if any(e is not None for e in results.values()) else EXIT_OK
 
 
 # --- output helpers ------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from watchdog import __version__, config, errors, http, metrics, notifications, service
+from watchdog.alerts import outbox
 from watchdog.store import db, lock
 from watchdog.store import repo as store_repo
 
@@ -54,6 +55,7 @@ class Daemon:
         self.scheduler: AsyncIOScheduler | None = None
         self.store: store_repo.Store | None = None
         self.checker: service.Checker | None = None
+        self.alerts: outbox.Worker | None = None
 
     async def run(self) -> int:
         """Run until a stop signal. Raises WatchdogError for start-up failures (bad DB, port in use)."""
@@ -62,7 +64,14 @@ class Daemon:
         try:
             daemon_lock.acquire()
             await asyncio.to_thread(db.ensure_schema, engine, migrate_empty=True)
-            self.store = store_repo.Store(engine)
+            self.store = store_repo.Store(engine, channels=outbox.channel_names(self.settings))
+            self.alerts = outbox.Worker(
+                self.store,
+                outbox.senders(self.settings),
+                self.settings,
+                observer=self.metrics,
+                clock=self.clock,
+            )
             sock = _bind(self.settings.http)
             clients = service.Clients(self.settings, observer=self.metrics)
             self.checker = service.Checker(
@@ -107,6 +116,9 @@ class Daemon:
                 next_run_time=now,
             )
         self.scheduler.start()
+        # The outbox worker: alerts queued by checks (or left by an earlier run) go out from here.
+        alerts_stop = asyncio.Event()
+        alerts_task = asyncio.create_task(self.alerts.run(alerts_stop)) if self.alerts else None
         host, port = sock.getsockname()[:2]
         log.info(
             "started version=%s watches=%d interval=%ss http=%s:%s database=%s",
@@ -125,6 +137,13 @@ class Daemon:
             if self.running:
                 _, pending = await asyncio.wait(set(self.running), timeout=SHUTDOWN_GRACE)
                 for task in pending:
+                    task.cancel()
+            if alerts_task is not None:
+                # After the checks: what they queued is tried once more; a send under way is
+                # recorded before the worker returns.
+                alerts_stop.set()
+                _, late = await asyncio.wait({alerts_task}, timeout=SHUTDOWN_GRACE)
+                for task in late:
                     task.cancel()
             server.should_exit = True
             await server_task
