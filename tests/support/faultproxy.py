@@ -31,6 +31,7 @@ import json
 import re
 import socket
 import struct
+import sys
 import threading
 import time
 import urllib.parse
@@ -121,6 +122,14 @@ class Rule:
         return self.path.search(path) is not None
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client hanging up mid-answer is what many faults provoke: not worth a traceback.
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        super().handle_error(request, client_address)
+
+
 class FaultProxy:
     """Forwards to ``upstream`` (``host:port``, plain HTTP) unless a rule says otherwise."""
 
@@ -132,7 +141,7 @@ class FaultProxy:
         self.in_flight = 0
         self.max_in_flight = 0  # the most requests it was handling at once (since reset)
         self._stopping = threading.Event()
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server = _Server(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self.port = int(self._server.server_address[1])
         self._thread: threading.Thread | None = None
