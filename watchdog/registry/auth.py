@@ -24,6 +24,9 @@ from watchdog import config, errors, models
 DOCKER_HUB_CONFIG_KEY = "https://index.docker.io/v1/"
 HELPER_TIMEOUT = 10.0
 DEFAULT_TOKEN_LIFETIME = 60.0
+# A bearer token travels in an Authorization header on every request: real ones are a few KiB,
+# and servers refuse headers much beyond 8-64 KiB (a 600 KB token came back as HTTP 431).
+MAX_TOKEN_LENGTH = 64 * 1024
 # A token is used at most until this share of its lifetime has passed (capped below), so that a
 # request never leaves with a token that expires on the way.
 _EARLY_FRACTION = 0.2
@@ -448,6 +451,11 @@ def parse_token_response(body: bytes) -> tuple[str, float | None]:
     token = value.get("token") or value.get("access_token")
     if not isinstance(token, str) or not token:
         raise errors.ProtocolError("token service answered no token")
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise errors.ProtocolError(
+            f"token service answered a token of {len(token)} bytes "
+            f"(over the {MAX_TOKEN_LENGTH}-byte limit for an Authorization header)"
+        )
     expires_in = value.get("expires_in")
     if isinstance(expires_in, bool) or not isinstance(expires_in, int | float):
         expires_in = None
