@@ -124,6 +124,18 @@ async def test_absurd_tag_lists_fail_that_watch_only(
     assert {t.tag for t in store.all_tags(sane.name)} == {"1.0.0", "2.0.0"}
 
 
+@SQLITE_ONLY
+async def test_huge_headers_fail_that_tag_only(store, registry, repo, two_images, fault_proxy):
+    fault_proxy.rewrite_header("HEAD", r"/manifests/1\.0\.0", "X-Padding", "a" * 200_000)
+    checker, (watch,) = checker_for(store, registry.settings(host=fault_proxy.host), repo)
+    result = await checker.check_watch(watch)
+    assert list(result.tag_errors) == ["1.0.0"]
+    message = result.tag_errors["1.0.0"]
+    wanted = f"the response headers are over the {registry_client.MAX_HEADER_BYTES}-byte limit"
+    assert message.endswith(wanted) and one_line(message), message
+    assert store.get_tag(watch.name, "2.0.0") is not None
+
+
 @pytest.fixture
 def issuer_proxy(token_registry) -> Iterator[faultproxy.FaultProxy]:
     """A fault proxy in front of the token issuer (the registry's realm is pointed at it)."""

@@ -36,6 +36,10 @@ MAX_TAGS_BODY_BYTES = 16 * 1024 * 1024
 MAX_TOKEN_BODY_BYTES = 1024 * 1024
 # Error bodies are only read for the message (and for the error code of a 404).
 MAX_ERROR_BODY_BYTES = 64 * 1024
+# httpcore refuses a response whose header block exceeds this (its h11 receive buffer limit),
+# saying only "Receive buffer too long": that is a registry answering nonsense, not an outage.
+MAX_HEADER_BYTES = 100 * 1024
+_HEADERS_TOO_LARGE = "Receive buffer too long"
 DEFAULT_PAGE_SIZE = 1000
 # Several small pools rather than one big one: one 32-connection pool was measured spending
 # ~2 ms CPU per request in pool bookkeeping; 4-connection pools were 2-3x cheaper.
@@ -916,6 +920,11 @@ class RegistryClient:
                 detail = "TLS handshake failed" if code == "tls_error" else "cannot connect"
                 raise self._unavailable(what, detail, exc) from exc
             except httpx.RemoteProtocolError as exc:
+                if _HEADERS_TOO_LARGE in str(exc):
+                    code = "headers_too_large"
+                    raise self._protocol(
+                        what, f"the response headers are over the {MAX_HEADER_BYTES}-byte limit"
+                    ) from exc
                 code = "protocol_error"
                 raise self._unavailable(what, "connection broken", exc) from exc
             except httpx.NetworkError as exc:
