@@ -44,9 +44,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_outbox"),
         sa.ForeignKeyConstraint(["event_id"], ["events.id"], name="fk_outbox_event_id_events"),
         sa.UniqueConstraint("event_id", "channel", name="uq_outbox_event_id_channel"),
-        sa.CheckConstraint(
-            "status IN ('pending', 'delivered', 'failed')", name="ck_outbox_status"
-        ),
+        sa.CheckConstraint("status IN ('pending', 'delivered', 'failed')", name="ck_outbox_status"),
     )
     op.create_index("ix_outbox_status_next_try", "outbox", ["status", "next_try"])
     op.create_index("ix_outbox_channel_repository_tag", "outbox", ["channel", "repository", "tag"])
