@@ -124,3 +124,20 @@ async def test_put_over_token_auth_without_push_rights_is_an_auth_error(
     async with make_client(token_registry.settings()) as rc:
         with pytest.raises(errors.AuthError):
             await rc.put_manifest(repo, "4.0.0", image.body, image.media_type)
+
+
+async def test_head_blob_takes_a_redirect_as_present_without_following_it(
+    registry, repo, pusher, make_fault_proxy
+):
+    image = pusher.image(repo, "1.0.0", seed="h")
+    blob = media.blobs(image.body)[0]
+    proxy = make_fault_proxy(registry)
+    # object storage behind a registry: a URL signed for GET, where a HEAD would be refused
+    proxy.fail(
+        "HEAD",
+        f"/v2/{repo}/blobs/",
+        307,
+        headers={"Location": "http://127.0.0.1:9/signed-for-get-only"},
+    )
+    async with make_client(registry.settings(host=proxy.host)) as rc:
+        assert await rc.head_blob(repo, blob) is True

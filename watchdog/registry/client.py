@@ -53,6 +53,7 @@ IDEMPOTENT = frozenset({"GET", "HEAD"})
 # one: the spec uses it for a manifest PUT whose tag disagrees with the URL, not for absence.
 NOT_FOUND_CODES = ("MANIFEST_UNKNOWN", "NAME_UNKNOWN")
 BLOB_NOT_FOUND_CODES = ("BLOB_UNKNOWN", "NAME_UNKNOWN")
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 _PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _REPOSITORY_RE = re.compile(rf"^{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*$")
@@ -453,8 +454,12 @@ class RegistryClient:
         models.check_digest(digest)
         what = f"HEAD blob {repository}@{digest}"
         path = f"/v2/{repository}/blobs/{digest}"
-        resp = await self._request("HEAD", path, what=what, repository=repository, max_body=0)
-        if resp.status == 200:
+        # Not followed: registries on object storage redirect blob requests to a URL signed for
+        # GET, where a HEAD is refused (403). A registry only redirects to a blob it has.
+        resp = await self._request(
+            "HEAD", path, what=what, repository=repository, max_body=0, follow_redirects=False
+        )
+        if resp.status == 200 or resp.status in REDIRECTS:
             return True
         if resp.status != 404:
             raise self._unexpected(what, resp)
@@ -631,6 +636,7 @@ class RegistryClient:
         content: bytes | None = None,
         max_body: int = MAX_ERROR_BODY_BYTES,
         idempotent: bool | None = None,
+        follow_redirects: bool = True,
     ) -> _Response:
         """One logical request: auth, then the one retry loop around temporary failures.
 
@@ -654,6 +660,7 @@ class RegistryClient:
                     headers=headers or {},
                     content=content,
                     max_body=max_body,
+                    follow_redirects=follow_redirects,
                 )
             except (errors.RegistryUnavailable, errors.RateLimited) as exc:
                 # transport failures, and 429/5xx from the token service
@@ -683,6 +690,7 @@ class RegistryClient:
         headers: Mapping[str, str],
         content: bytes | None,
         max_body: int,
+        follow_redirects: bool = True,
     ) -> _Response:
         sent: str | None = None
         if self._challenge is not None:
@@ -694,6 +702,7 @@ class RegistryClient:
             content=content,
             max_body=max_body,
             what=what,
+            follow_redirects=follow_redirects,
         )
         if resp.status == 401:
             challenge = auth.pick_challenge(
@@ -731,6 +740,7 @@ class RegistryClient:
                     content=content,
                     max_body=max_body,
                     what=what,
+                    follow_redirects=follow_redirects,
                 )
         if resp.status in (401, 403):
             creds = await self._get_credentials() if self._challenge is not None else None
@@ -888,6 +898,7 @@ class RegistryClient:
         content: bytes | None,
         max_body: int,
         what: str,
+        follow_redirects: bool = True,
     ) -> _Response:
         """One HTTP exchange, read within limits; transport failures become RegistryUnavailable."""
         client = self._pool()
@@ -897,7 +908,9 @@ class RegistryClient:
             try:
                 async with asyncio.timeout(self._deadline):
                     request = client.build_request(method, url, headers=headers, content=content)
-                    response = await client.send(request, stream=True)
+                    response = await client.send(
+                        request, stream=True, follow_redirects=follow_redirects
+                    )
                     code = str(response.status_code)
                     try:
                         body = await self._read(what, method, response, max_body)
