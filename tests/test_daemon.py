@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from pathlib import Path
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from watchdog import config, daemon, notifications
+from watchdog.store import claims, db
 
 
 class SlowChecker:
@@ -24,17 +26,18 @@ class SlowChecker:
         await self.release.wait()
 
 
-async def test_a_notification_during_a_check_asks_for_one_more_check() -> None:
+async def test_a_notification_during_a_check_asks_for_one_more_check(tmp_path: Path) -> None:
     settings = config.from_mapping({"watches": ["ghcr.io/deephaven/server"]}, {})
     d = daemon.Daemon(settings)
     checker = SlowChecker()
     d.checker = checker  # type: ignore[assignment]
+    d.claims = claims.Claims(db.create_engine(f"sqlite:///{tmp_path / 'w.db'}"))
     d.scheduler = AsyncIOScheduler(timezone=dt.UTC)
     d.scheduler.start(paused=True)
     try:
         (watch,) = settings.watches
         running = asyncio.create_task(d._check(watch))
-        await checker.started.wait()
+        await asyncio.wait_for(checker.started.wait(), 5)
         push = notifications.RegistryEvent("push", "deephaven/server", "0.15.0", "ghcr.io")
         assert await d.on_registry_events([push, push]) == [watch.name]
         assert watch.name in d.recheck

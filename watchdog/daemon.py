@@ -23,15 +23,18 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from watchdog import __version__, config, errors, http, metrics, notifications, service
 from watchdog.alerts import outbox
-from watchdog.store import db, lock
+from watchdog.store import claims, db, lock
 from watchdog.store import repo as store_repo
 
 log = logging.getLogger("watchdog.daemon")
 
 SHUTDOWN_GRACE = 30.0  # seconds given to running checks on shutdown
-STALE_AFTER_INTERVALS = (
-    3  # /readyz turns false when a watch has not completed a cycle for this long
-)
+# /readyz turns false when a watch has not completed a cycle for this many intervals
+STALE_AFTER_INTERVALS = 3
+MAX_CONCURRENT_CHECKS = 8  # watches checked at once (each holds database connections)
+# A scheduled check runs only if the watch's last attempt (by any replica) is older than this
+# fraction of its interval: with several replicas, the first timer to fire wins the interval.
+CLAIM_MIN_AGE = 0.8
 
 
 class _Server(uvicorn.Server):
@@ -52,6 +55,9 @@ class Daemon:
         self.running: set[asyncio.Task[Any]] = set()
         self.checking: set[str] = set()  # watches being checked now
         self.recheck: set[str] = set()  # watches to check again when their check ends
+        self.triggered: set[str] = set()  # watches a notification asked to check now
+        self.slots = asyncio.Semaphore(MAX_CONCURRENT_CHECKS)
+        self.claims: claims.Claims | None = None
         self.scheduler: AsyncIOScheduler | None = None
         self.store: store_repo.Store | None = None
         self.checker: service.Checker | None = None
@@ -72,6 +78,7 @@ class Daemon:
                 observer=self.metrics,
                 clock=self.clock,
             )
+            self.claims = claims.Claims(engine)
             sock = _bind(self.settings.http)
             clients = service.Clients(self.settings, observer=self.metrics)
             self.checker = service.Checker(
@@ -159,6 +166,7 @@ class Daemon:
             return []
         now = dt.datetime.now(dt.UTC)
         for watch in due:
+            self.triggered.add(watch.name)
             if watch.name in self.checking:
                 # APScheduler would skip a run while one is going (max_instances=1): ask the
                 # running check to go round once more instead.
@@ -175,21 +183,41 @@ class Daemon:
         self.stopping.set()
 
     async def _check(self, watch: config.WatchSettings) -> None:
-        if self.stopping.is_set() or self.checker is None:
+        if self.stopping.is_set() or self.checker is None or self.claims is None:
             return
         task = asyncio.current_task()
         if task is not None:
             self.running.add(task)
         self.checking.add(watch.name)
+        interval = watch.interval or self.settings.interval
         try:
             # A notification that arrives while this watch is being checked asks for one more
             # check: what it announced may have happened after our HEAD of that tag.
             while True:
                 self.recheck.discard(watch.name)
-                await self.checker.check_watch(watch)
+                # Scheduled runs of replicas sharing PostgreSQL: the first whose timer fires
+                # checks the watch, the others see a recent attempt and skip. Notified runs go now.
+                urgent = watch.name in self.triggered
+                self.triggered.discard(watch.name)
+                min_age = None if urgent else CLAIM_MIN_AGE * interval
+                async with self.slots:
+                    claim = await asyncio.to_thread(
+                        self.claims.acquire, watch.name, self.clock(), min_age=min_age
+                    )
+                    if claim is None:
+                        log.debug(
+                            "check_skipped repository=%s reason=claimed_elsewhere", watch.name
+                        )
+                    else:
+                        try:
+                            await self.checker.check_watch(watch)
+                        finally:
+                            await asyncio.to_thread(claim.release)
                 self.last_cycle[watch.name] = time.monotonic()
                 if watch.name not in self.recheck or self.stopping.is_set():
                     break
+        except errors.StoreError as exc:
+            log.warning("check_not_claimed repository=%s error=%r", watch.name, str(exc))
         except Exception:
             # check_watch handles expected failures itself; this is a bug: log it, keep running.
             log.exception("check_crashed repository=%s", watch.name)

@@ -1,0 +1,124 @@
+"""Several daemons on one PostgreSQL database split the work; a dead one's watches go on.
+
+Three real `tag-watchdog run` processes share a real PostgreSQL database and a real registry
+(behind a counting proxy). Each watch must be checked about once per interval in total, not once
+per replica; a replica killed with SIGKILL changes nothing for the watches; an overwrite is
+recorded once.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support import faultproxy, images
+from tests.support import registry as support_registry
+from tests.support.cli import clean_env, run
+
+INTERVAL = 2.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ready(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@pytest.mark.postgres
+def test_three_replicas_check_each_watch_once_per_interval(
+    tmp_path: Path,
+    pg_url: str,
+    registry: support_registry.RegistryServer,
+    repo: str,
+    pusher: images.Pusher,
+    make_fault_proxy: Any,
+) -> None:
+    repos = [f"{repo}-a", f"{repo}-b"]
+    releases = {r: pusher.image(r, "1.0.0", seed=r) for r in repos}
+    proxy: faultproxy.FaultProxy = make_fault_proxy(registry)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"database_url: '{pg_url}'\ninterval: {INTERVAL}s\njitter: 0.4s\n"
+        "watches:\n" + "".join(f"  - {proxy.host}/{r}\n" for r in repos)
+    )
+    ports = [_free_port() for _ in range(3)]
+    replicas = [
+        subprocess.Popen(
+            [sys.executable, "-m", "watchdog", "run", "-c", str(cfg)],
+            cwd=tmp_path,
+            env=clean_env({"WATCHDOG_HTTP_LISTEN": f"127.0.0.1:{port}"}),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for port in ports
+    ]
+
+    def listings(r: str) -> int:
+        return proxy.count("GET", f"/v2/{r}/tags/list")
+
+    def window(seconds: float) -> dict[str, int]:
+        before = {r: listings(r) for r in repos}
+        time.sleep(seconds)
+        return {r: listings(r) - before[r] for r in repos}
+
+    try:
+        deadline = time.monotonic() + 30
+        while not all(_ready(p) for p in ports):
+            assert time.monotonic() < deadline, "replicas did not become ready"
+            time.sleep(0.2)
+        span = 5 * INTERVAL
+        counts = window(span)
+        # about one check per interval in total; three replicas checking on their own would
+        # make about three per interval
+        for r, n in counts.items():
+            assert 0.6 * span / INTERVAL <= n <= 1.3 * span / INTERVAL + 1, (r, counts)
+
+        replicas[0].kill()  # SIGKILL: its connections, and so its claims, die with it
+        replicas[0].wait(timeout=10)
+        counts = window(span)
+        for r, n in counts.items():
+            assert 0.6 * span / INTERVAL <= n <= 1.3 * span / INTERVAL + 1, (r, counts)
+
+        # an overwrite is recorded once, whichever replica sees it
+        moved_to = pusher.image(repos[0], "1.0.0", seed="rebuilt")
+        time.sleep(3 * INTERVAL)
+    finally:
+        for proc in replicas:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        errs = [proc.communicate(timeout=30)[1] for proc in replicas]
+    assert [p.returncode for p in replicas[1:]] == [0, 0], errs
+    history = run(
+        "history",
+        f"{proxy.host}/{repos[0]}:1.0.0",
+        "--json",
+        env={"WATCHDOG_DATABASE_URL": pg_url},
+        cwd=tmp_path,
+    )
+    kinds = [(e["kind"], e["new_digest"]) for e in json.loads(history.stdout)]
+    assert kinds == [("first_seen", releases[repos[0]].digest), ("moved", moved_to.digest)], kinds
+    other = run(
+        "history",
+        f"{proxy.host}/{repos[1]}:1.0.0",
+        "--json",
+        env={"WATCHDOG_DATABASE_URL": pg_url},
+        cwd=tmp_path,
+    )
+    assert [e["kind"] for e in json.loads(other.stdout)] == ["first_seen"]
