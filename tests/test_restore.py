@@ -245,3 +245,44 @@ def test_apply_changes_and_count_events(store: store_repo.Store) -> None:
         store.apply_changes(
             "r.example/b", now, [models.Change("r.example/a", "1.0.0", None, first)]
         )
+
+
+async def test_a_deleted_release_is_put_back_by_a_manual_restore(store, registry, repo, pusher):
+    release = pusher.index(repo, "0.15.0", seed="release")
+    checker, watch = make_checker(store, registry, repo, on_move="alert")
+    await checker.check_watch(watch)
+    pusher.delete_manifest(repo, release.digest)  # the tag and the index are gone
+    await checker.check_watch(watch)
+    await checker.check_watch(watch)  # the second definitive answer confirms
+    record = store.get_tag(watch.name, "0.15.0")
+    assert record is not None and record.state is S.DELETED
+    async with registry_client.RegistryClient(registry.settings()) as rc:
+        outcome = await restore.Restorer(store, rc, clock=Clock(), actor="cli:test").run(
+            models.ImageRef.parse(f"{registry.host}/{repo}:0.15.0")
+        )
+    assert outcome.restored, outcome.reason
+    assert outcome.event.detail["source"] == "archive"
+    assert fetch(registry, repo, "0.15.0").content == release.index.body
+    quiet = await checker.check_watch(watch)
+    assert quiet.ok and quiet.events == [] and quiet.drifted == []
+
+
+async def test_a_tag_that_does_not_answer_the_digest_after_the_put_is_restore_failed(
+    store, registry, repo, pusher, make_fault_proxy
+):
+    release = pusher.image(repo, "0.15.0", seed="release")
+    checker, watch = make_checker(store, registry, repo, on_move="alert")
+    await checker.check_watch(watch)
+    pusher.image(repo, "0.15.0", seed="rebuild")
+    await checker.check_watch(watch)
+    proxy = make_fault_proxy(registry)
+    liar = "sha256:" + "e" * 64
+    proxy.rewrite_header("HEAD", f"/v2/{repo}/manifests/0.15.0", "Docker-Content-Digest", liar)
+    async with registry_client.RegistryClient(registry.settings(host=proxy.host)) as rc:
+        outcome = await restore.Restorer(store, rc, clock=Clock(), actor="cli:test").run(
+            models.ImageRef.parse(f"{registry.host}/{repo}:0.15.0")
+        )
+    assert not outcome.restored
+    assert outcome.reason == f"after the PUT the tag answers {liar}, not {release.digest}"
+    record = store.get_tag(watch.name, "0.15.0")
+    assert record is not None and record.state is S.DRIFTED
