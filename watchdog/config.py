@@ -140,6 +140,8 @@ class SlackSettings:
     signing_secret: Secret | None = None
     allowed_users: tuple[str, ...] = ()
     base_url: str | None = None  # Web API base (tests point it at a local stand-in)
+    # one alert when no check of a registry succeeded for this long, one when it answers again
+    unreachable_after: float = 600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -486,7 +488,15 @@ def from_mapping(
     slack_raw = r.mapping(
         top.get("slack"),
         "slack",
-        {"webhook_url", "token", "channel", "signing_secret", "allowed_users", "base_url"},
+        {
+            "webhook_url",
+            "token",
+            "channel",
+            "signing_secret",
+            "allowed_users",
+            "base_url",
+            "unreachable_after",
+        },
     )
     slack = SlackSettings(
         webhook_url=r.secret(slack_raw, "webhook_url", "slack."),
@@ -495,6 +505,7 @@ def from_mapping(
         signing_secret=r.secret(slack_raw, "signing_secret", "slack."),
         allowed_users=r.string_list(slack_raw, "allowed_users", "slack.") or (),
         base_url=r.string(slack_raw, "base_url", "slack.", None) or None,
+        unreachable_after=r.duration(slack_raw, "unreachable_after", "slack.", 600.0),
     )
     if slack.webhook_url and not slack.webhook_url.reveal().startswith(("https://", "http://")):
         r.problem("slack.webhook_url", "must be an http(s) URL")

@@ -95,6 +95,14 @@ class CheckResult:
 
 
 @dataclasses.dataclass
+class _Outage:
+    """A registry no check has reached since ``since``; ``alerted`` once the alert is queued."""
+
+    since: dt.datetime
+    alerted: bool = False
+
+
+@dataclasses.dataclass
 class _TagOutcome:
     observation: models.Observation
     manifests: list[models.Manifest]
@@ -119,6 +127,8 @@ class Checker:
         self.metrics = metrics_
         self.clock = clock
         self.policy = policy
+        # registry host -> the outage under way; in memory: a restart starts counting again
+        self.outages: dict[str, _Outage] = {}
         for watch in settings.watches:
             metrics_.watch(watch.name, watch.repository.host)
 
@@ -131,10 +141,13 @@ class Checker:
         ref = watch.repository
         result = CheckResult(repository=ref.name, registry=ref.host)
         started = time.monotonic()
+        unreachable: str | None = None
         try:
             await self._check(watch, result)
         except errors.WatchdogError as exc:
             result.error = str(exc)
+            if isinstance(exc, errors.RegistryError) and exc.temporary:
+                unreachable = str(exc)
             log.warning("check_failed repository=%s error=%r", ref.name, str(exc))
             try:
                 await asyncio.to_thread(
@@ -147,7 +160,45 @@ class Checker:
         self.metrics.checks.labels(registry=ref.host, result="ok" if result.ok else "error").inc()
         if result.ok:
             self.metrics.last_successful_poll.labels(repository=ref.name).set(time.time())
+        await self._note_reachability(ref.host, unreachable, answered=result.error is None)
         return result
+
+    async def _note_reachability(self, host: str, error: str | None, *, answered: bool) -> None:
+        """Queue ONE alert when no check of ``host`` has reached it for
+        ``slack.unreachable_after``, and ONE when a check reaches it again; nothing in between."""
+        now = self.clock()
+        outage = self.outages.get(host)
+        notice: dict[str, str] | None = None
+        if error is not None:
+            if outage is None:
+                outage = self.outages[host] = _Outage(since=now)
+            down_for = (now - outage.since).total_seconds()
+            if not outage.alerted and down_for >= self.settings.slack.unreachable_after:
+                outage.alerted = True
+                notice = {
+                    "kind": "registry_unreachable",
+                    "registry": host,
+                    "since": outage.since.strftime("%Y-%m-%d %H:%M:%S UTC"),
+                    "error": errors.truncate(error, 300),
+                }
+        elif answered and outage is not None:
+            del self.outages[host]
+            if outage.alerted:
+                minutes = (now - outage.since).total_seconds() / 60
+                notice = {
+                    "kind": "registry_recovered",
+                    "registry": host,
+                    "down_for": f"{minutes:.0f} min" if minutes >= 1 else "under a minute",
+                }
+        if notice is None:
+            return
+        log.warning("%s registry=%s", notice["kind"], host)
+        try:
+            await asyncio.to_thread(self.store.enqueue_notice, notice, now)
+        except errors.StoreError as exc:
+            log.warning("notice_not_queued registry=%s error=%r", host, str(exc))
+            if outage is not None and notice["kind"] == "registry_unreachable":
+                outage.alerted = False  # try again on the next failed check
 
     async def _check(self, watch: config.WatchSettings, result: CheckResult) -> None:
         ref = watch.repository
