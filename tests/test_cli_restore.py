@@ -45,6 +45,10 @@ def test_manual_restore_dry_run_refusal_and_accept(
     assert f"restore {ref} to {release.digest}" in dry.stdout
     assert "blobs checked: 4 present" in dry.stdout
     assert tag_digest(registry, repo, "0.15.0") == rebuilt.digest
+    plan = json.loads(run("restore", ref, "--dry-run", "--json", "-c", cfg).stdout)
+    assert plan["dry_run"] is True and plan["digest"] == release.digest
+    assert plan["current_digest"] == rebuilt.digest and plan["problems"] == []
+    assert sorted(plan["children_present"]) == sorted(c.digest for c in release.children.values())
     history = json.loads(run("history", ref, "--json", "-c", cfg).stdout)
     assert [e["kind"] for e in history] == ["first_seen", "moved"]
 
