@@ -79,6 +79,8 @@ class Daemon:
                 clock=self.clock,
             )
             self.claims = claims.Claims(engine)
+            for channel in outbox.channel_names(self.settings):
+                self.metrics.alert_channel(channel)
             sock = _bind(self.settings.http)
             clients = service.Clients(self.settings, observer=self.metrics)
             self.checker = service.Checker(

@@ -13,6 +13,7 @@ from watchdog import __version__
 PREFIX = "tag_watchdog_"
 RESTORE_RESULTS = ("restored", "failed")
 CHECK_RESULTS = ("ok", "error")
+ALERT_RESULTS = ("delivered", "retry", "failed")
 
 
 class Metrics:
@@ -117,6 +118,11 @@ class Metrics:
             self.restores.labels(repository=repository, result=result)
         for result in CHECK_RESULTS:
             self.checks.labels(registry=registry, result=result)
+
+    def alert_channel(self, channel: str) -> None:
+        """Create a configured alert channel's delivery series at zero (see ``watch``)."""
+        for result in ALERT_RESULTS:
+            self.alerts.labels(channel=channel, result=result)
 
     def set_drifted_tags(self, repository: str, tags: list[tuple[str, str]]) -> None:
         """Replace the drifted-tag series of ``repository`` with ``tags`` ((tag, state) pairs)."""
