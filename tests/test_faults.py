@@ -5,8 +5,9 @@ then, with the fault active, one release tag really moves and another is really 
 check runs three times (more than the two confirmations a deletion needs). Nothing false may be
 concluded: no event the registry's real state does not justify, every check under a blocking
 fault counted as an error (result, metric, log line, the watch's consecutive errors) and every
-record as it was. Once the fault is gone the record must be exactly right: the move seen once, the
-deletion confirmed on the second clean check, and every archived manifest hashing to its digest.
+record as it was, no alert queued. Once the fault is gone the record must be exactly right: the
+move seen once, the deletion confirmed on the second clean check, one alert queued per real event,
+and every archived manifest hashing to its digest.
 
 Faults that only corrupt *successful* answers (lies about a digest) leave the registry's
 definitive 404s intact, so the real deletion may be confirmed while they are active: that is a
@@ -47,7 +48,8 @@ TIMEOUT = 0.2
 HEAD = ("HEAD", r"/manifests/")
 GET = ("GET", r"/manifests/")
 LIST = ("GET", r"/tags/list")
-ROUTES = {"HEAD": HEAD, "GET": GET, "LIST": LIST}
+BY_DIGEST = ("GET", r"/manifests/sha256:")  # the children of an index, fetched by digest
+ROUTES = {"HEAD": HEAD, "GET": GET, "LIST": LIST, "GET-by-digest": BY_DIGEST}
 
 
 @dataclasses.dataclass
@@ -79,11 +81,12 @@ def _status(code: int) -> Install:
 
 
 FAULTS = [
-    # every 5xx is the same to the client (tests/test_registry_client.py checks 500/502/503):
-    # 500 on every route, 502 and 503 on one route each
-    Fault("http-500", "HTTP 500 with an HTML body", _status(500), ("HEAD", "GET", "LIST")),
-    Fault("http-502", "HTTP 502 with an HTML body", _status(502), ("GET",)),
-    Fault("http-503", "HTTP 503 with an HTML body", _status(503), ("LIST",)),
+    *(
+        Fault(
+            f"http-{code}", f"HTTP {code} with an HTML body", _status(code), ("HEAD", "GET", "LIST")
+        )
+        for code in (500, 502, 503)
+    ),
     Fault(
         "429-seconds",
         "429 with Retry-After: 1 (seconds)",
@@ -112,7 +115,7 @@ FAULTS = [
         "drop",
         "connection closed without an answer",
         lambda p, m, path, s: p.add(m, path, drop=True),
-        ("HEAD",),
+        ("HEAD", "GET", "LIST"),
     ),
     Fault(
         "truncated",
@@ -155,6 +158,14 @@ FAULTS = [
         ("GET",),
     ),
     Fault(
+        "another-manifest-by-digest",
+        "another image's valid manifest for a GET by digest (an index's child)",
+        lambda p, m, path, s: p.serve_instead(m, path, s.other.body, s.other.media_type),
+        ("GET-by-digest",),
+        blocking=False,  # the deleted tag's answers are all by tag: truthful 404s
+        frozen=("0.15.0",),
+    ),
+    Fault(
         "huge-body",
         "a 6 MiB body (20 MiB for tags/list), with its Content-Length",
         lambda p, m, path, s: p.huge(m, path, (20 if "tags" in path else 6) * 1024 * 1024),
@@ -191,7 +202,7 @@ FAULTS = [
 ]
 
 # Every fault on every route on SQLite; on PostgreSQL every fault on its first route (the store
-# only sees the outcome of a check, and the whole matrix twice would double the time).
+# only sees what a check concluded, and the whole matrix twice would double the time).
 CASES = [
     pytest.param("sqlite", fault, route, id=f"sqlite-{fault.id}-{route}")
     for fault in FAULTS
@@ -296,6 +307,8 @@ async def test_no_false_events_under_fault(
     pusher.tag(name_in_registry, "0.16.0", doomed)  # (re)created: an earlier case deleted it
     proxy = make_fault_proxy(registry)
     settings = registry.settings(host=proxy.host, timeout=TIMEOUT)
+    # the same database, with an alert channel: every alerted event queues one outbox row
+    store = repo.Store(store.engine, channels=("slack",))
     checker, watch = make_checker(store, settings, repository=name_in_registry)
     name = watch.name
 
@@ -328,6 +341,7 @@ async def test_no_false_events_under_fault(
         if fault.errors:
             assert not result.ok, f"a check under {fault.id} passed as ok"
     under_fault_errors = errors_counted(checker, proxy.host) - errors_before
+    alerts_under_fault = len(store.outbox_rows())
     after_fault = {t.tag: t for t in store.all_tags(name)}
     status = {w.repository: w for w in store.watch_status()}[name]
     logged = [r for r in caplog.records if r.levelno >= logging.WARNING]
@@ -345,6 +359,10 @@ async def test_no_false_events_under_fault(
         extra = [k for k in keys if k[1] is not K.FIRST_SEEN and k not in truth]
         false_events += len(extra)
         assert keys[0][1] is K.FIRST_SEEN, (tag, keys)
+    # one alert per true event, never two for the same event
+    alerted = [(row["tag"], row["event_id"]) for row in store.outbox_rows()]
+    duplicate_alerts = len(alerted) - len(set(alerted))
+    lost_alerts = len(truth) - len(set(alerted))
 
     _figures.append(
         {
@@ -356,12 +374,16 @@ async def test_no_false_events_under_fault(
             "errors_counted": int(under_fault_errors),
             "false_events": false_events,
             "lost_events": lost_events,
+            "alerts_under_fault": alerts_under_fault,
+            "duplicate_alerts": duplicate_alerts,
+            "lost_alerts": lost_alerts,
             "blocking": fault.blocking,
         }
     )
 
     assert false_events == 0, (fault.id, route, seen, history)
     assert lost_events == 0, (fault.id, route, history)
+    assert duplicate_alerts == 0 and lost_alerts == 0, alerted
     if fault.errors:
         assert under_fault_errors == CHECKS_UNDER_FAULT
         assert status.consecutive_errors >= CHECKS_UNDER_FAULT and status.last_error
@@ -373,7 +395,7 @@ async def test_no_false_events_under_fault(
             == (before[tag])
         ), tag
     if fault.blocking:
-        assert seen == []
+        assert seen == [] and alerts_under_fault == 0
         assert checker.metrics.tag_moves.labels(repository=name)._value.get() == 1
         # the move is seen on the first clean check, the deletion confirmed on the second
         assert [_event_key(e) for e in clean[0].events] == [
