@@ -97,11 +97,15 @@ def test_scan_delivers_the_alert_it_queued_once(
     repo: str,
     pusher: images.Pusher,
 ) -> None:
-    release = pusher.image(repo, "1.0.0", seed="release")
+    release = pusher.image(
+        repo, "1.0.0", seed="release", revision="1111111", source="https://git.example/<!channel>"
+    )
     cfg = bot_config(tmp_path / "c.yaml", standin, watch=f"{registry.host}/{repo}")
     assert run("scan", "-c", str(cfg), cwd=tmp_path, env=ENV).returncode == 0
     assert standin.messages() == []  # first sight is silent
-    rebuilt = pusher.image(repo, "1.0.0", seed="rebuild")
+    rebuilt = pusher.image(
+        repo, "1.0.0", seed="rebuild", revision="2222222", created="2026-11-28T08:00:00Z"
+    )
     moved = run("scan", "-c", str(cfg), cwd=tmp_path, env=ENV)
     assert moved.returncode == 1, moved.stderr
     (msg,) = standin.messages()
@@ -109,6 +113,9 @@ def test_scan_delivers_the_alert_it_queued_once(
     assert release.digest in text and rebuilt.digest in text
     assert f"tag-watchdog restore {registry.host}/{repo}:1.0.0" in text
     assert f"crane tag {registry.host}/{repo}@{release.digest} 1.0.0" in text
+    # both images as their config blobs describe them, hostile label escaped
+    assert "`1111111`" in text and "`2222222`" in text and "2026-11-28T08:00:00Z" in text
+    assert "https://git.example/&lt;!channel&gt;" in text and "<!channel>" not in text
     again = run("scan", "-c", str(cfg), cwd=tmp_path, env=ENV)
     assert again.returncode == 1 and len(standin.messages()) == 1
 

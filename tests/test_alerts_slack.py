@@ -139,6 +139,21 @@ def test_hostile_values_are_escaped_everywhere_and_nothing_else_is() -> None:
     assert "<!channel>" not in everything(notice)
 
 
+def test_a_move_shows_both_images_created_time_and_labels_escaped() -> None:
+    images = {
+        "old": {"created": "2024-01-01T00:00:00Z", "revision": "abc123", "source": "https://x/a"},
+        "new": {"revision": "<!channel> & `rm`", "source": "https://x/b"},
+    }
+    msg = slack.render_event(event(K.MOVED, detail={"images": images}))
+    block = next(s for s in sections(msg) if "Old image" in s)
+    assert (
+        "*Old image:* created `2024-01-01T00:00:00Z`, revision `abc123`, source `https://x/a`"
+        in block
+    )
+    assert "*New image:* revision `&lt;!channel&gt; &amp; 'rm'`, source `https://x/b`" in block
+    assert "Old image" not in everything(slack.render_event(event(K.MOVED)))
+
+
 def test_block_kit_limits_hold_for_huge_values() -> None:
     platforms = [f"linux/arch{i}" + "&" * 50 for i in range(400)]
     ev = event(K.MOVED, detail={"changed_platforms": platforms}, actor="x" * 10_000)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -42,6 +43,8 @@ class Registry(Protocol):
     async def get_manifest(
         self, repository: str, reference: str, *, expected_digest: str | None = None
     ) -> models.Manifest: ...
+
+    async def get_blob(self, repository: str, digest: str) -> bytes: ...
 
     async def aclose(self) -> None: ...
 
@@ -106,6 +109,8 @@ class _Outage:
 class _TagOutcome:
     observation: models.Observation
     manifests: list[models.Manifest]
+    # for a move: created time and revision/source labels of the "old" and "new" image
+    images: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
 
 
 class Checker:
@@ -237,6 +242,15 @@ class Checker:
             change = detect.classify(
                 records.get(tag), obs, now, repository=ref.name, tag=tag, policy=self.policy
             )
+            if (
+                outcome.images
+                and change.event is not None
+                and change.event.kind is models.EventKind.MOVED
+            ):
+                detail = {**change.event.detail, "images": outcome.images}
+                change = dataclasses.replace(
+                    change, event=dataclasses.replace(change.event, detail=detail)
+                )
             if change.record is not None or change.event is not None:
                 changes.append(change)
             archive.extend(outcome.manifests)
@@ -422,14 +436,56 @@ class Checker:
         if contradiction is not None:
             return _TagOutcome(models.Observation.failed(contradiction), [])
         platforms: tuple[str, ...] = ()
+        images: dict[str, dict[str, str]] = {}
         if (
             record is not None
             and record.current_digest
             and manifest.digest != record.current_digest
         ):
             platforms = await self._changed_platforms(ref.name, record.current_digest, manifest)
+            images = await self._images(registry, ref, record.current_digest, manifests)
         obs = models.Observation.present(manifest.digest, manifest.media_type, platforms)
-        return _TagOutcome(obs, manifests)
+        return _TagOutcome(obs, manifests, images)
+
+    async def _images(
+        self,
+        registry: Registry,
+        ref: models.ImageRef,
+        old_digest: str,
+        new: Sequence[models.Manifest],
+    ) -> dict[str, dict[str, str]]:
+        """The created time and ``org.opencontainers.image.revision``/``source`` labels of the old
+        and the new image (of an index: its linux/amd64 child, else its first platform), for the
+        move alert. Best effort: a side whose manifest or config blob is gone is left out; never
+        raises for registry or store failures."""
+        fetched = {m.digest: m for m in new}
+
+        async def manifest(digest: str) -> models.Manifest | None:
+            found = fetched.get(digest)
+            if found is None:
+                found = await asyncio.to_thread(self.store.get_manifest, ref.name, digest)
+            return found
+
+        out: dict[str, dict[str, str]] = {}
+        for side, digest in (("old", old_digest), ("new", new[0].digest)):
+            try:
+                top = await manifest(digest)
+                if top is not None and media.is_index(top.media_type):
+                    children = media.platforms(top.body)
+                    child = children.get("linux/amd64") or next(iter(children.values()), None)
+                    top = await manifest(child) if child else None
+                if top is None:
+                    continue
+                config_desc = media.parse_manifest(top.body).get("config")
+                if not isinstance(config_desc, dict) or not isinstance(
+                    config_desc.get("digest"), str
+                ):
+                    continue
+                blob = await registry.get_blob(ref.repository, config_desc["digest"])
+                out[side] = _image_info(blob)
+            except (errors.WatchdogError, ValueError) as exc:
+                log.info("image_info_unavailable ref=%s side=%s error=%r", ref.name, side, str(exc))
+        return {side: info for side, info in out.items() if info}
 
     async def _children(
         self, registry: Registry, ref: models.ImageRef, manifest: models.Manifest
@@ -477,6 +533,24 @@ def _contradiction(
     if not listed and (record is None or manifest.digest != record.current_digest):
         return f"not in tags/list, yet the manifest answers {manifest.digest}"
     return None
+
+
+def _image_info(config_blob: bytes) -> dict[str, str]:
+    """``created``, ``revision`` and ``source`` of an image config blob, those it has."""
+    doc = json.loads(config_blob)
+    if not isinstance(doc, dict):
+        return {}
+    out: dict[str, str] = {}
+    if isinstance(doc.get("created"), str):
+        out["created"] = doc["created"]
+    inner = doc.get("config")
+    labels = inner.get("Labels") if isinstance(inner, dict) else None
+    if isinstance(labels, dict):
+        for key in ("revision", "source"):
+            value = labels.get(f"org.opencontainers.image.{key}")
+            if isinstance(value, str) and value:
+                out[key] = value[:500]
+    return out
 
 
 def _platforms(manifest: models.Manifest) -> dict[str, str]:

@@ -229,6 +229,21 @@ def render_event(event: models.Event, context: Context = Context()) -> Message:
             _section("*Platforms changed:* " + ", ".join(_code(p) for p in platforms[:100]))
         )
 
+    images = event.detail.get("images") or {}
+    image_lines = []
+    for side in ("old", "new"):
+        info = images.get(side) if isinstance(images, dict) else None
+        if not isinstance(info, dict) or not info:
+            continue
+        parts = [
+            f"{name} {_code(info[name])}"
+            for name in ("created", "revision", "source")
+            if info.get(name)
+        ]
+        image_lines.append(f"*{side.capitalize()} image:* " + ", ".join(parts))
+    if image_lines:
+        blocks.append(_section("\n".join(image_lines)))
+
     action = _action(event, context)
     if action:
         blocks.append(_section(f"*What the watchdog did:* {action}"))

@@ -36,6 +36,7 @@ MAX_TAGS_BODY_BYTES = 16 * 1024 * 1024
 MAX_TOKEN_BODY_BYTES = 1024 * 1024
 # Error bodies are only read for the message (and for the error code of a 404).
 MAX_ERROR_BODY_BYTES = 64 * 1024
+MAX_CONFIG_BYTES = 4 * 1024 * 1024  # an image config blob (JSON); layers are never fetched
 # httpcore refuses a response whose header block exceeds this (its h11 receive buffer limit),
 # saying only "Receive buffer too long": that is a registry answering nonsense, not an outage.
 MAX_HEADER_BYTES = 100 * 1024
@@ -480,6 +481,32 @@ class RegistryClient:
                 return False
             raise error
         raise self._unexpected(what, resp)
+
+    async def get_blob(
+        self, repository: str, digest: str, *, max_bytes: int = MAX_CONFIG_BYTES
+    ) -> bytes:
+        """The bytes of the small blob ``digest`` (an image config), verified against the digest.
+
+        A definitive 404 (``BLOB_UNKNOWN``/``NAME_UNKNOWN``) raises NotFound; a body over
+        ``max_bytes`` or one that does not hash to ``digest`` raises ProtocolError.
+        """
+        _check_repository(repository)
+        models.check_digest(digest)
+        what = f"GET blob {repository}@{digest}"
+        resp = await self._request(
+            "GET",
+            f"/v2/{repository}/blobs/{digest}",
+            what=what,
+            repository=repository,
+            max_body=max_bytes,
+        )
+        if resp.status == 404:
+            raise self._not_found(what, resp, allowed=BLOB_NOT_FOUND_CODES)
+        if resp.status != 200:
+            raise self._unexpected(what, resp)
+        if models.sha256_digest(resp.body) != digest:
+            raise self._protocol(what, f"the body hashes to {models.sha256_digest(resp.body)}")
+        return resp.body
 
     async def put_manifest(
         self, repository: str, reference: str, body: bytes, media_type: str
