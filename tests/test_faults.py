@@ -81,12 +81,11 @@ def _status(code: int) -> Install:
 
 
 FAULTS = [
-    *(
-        Fault(
-            f"http-{code}", f"HTTP {code} with an HTML body", _status(code), ("HEAD", "GET", "LIST")
-        )
-        for code in (500, 502, 503)
-    ),
+    # every 5xx is the same to the client (tests/test_registry_client.py checks 500/502/503):
+    # 500 on every route, 502 and 503 on one route each
+    Fault("http-500", "HTTP 500 with an HTML body", _status(500), ("HEAD", "GET", "LIST")),
+    Fault("http-502", "HTTP 502 with an HTML body", _status(502), ("GET",)),
+    Fault("http-503", "HTTP 503 with an HTML body", _status(503), ("LIST",)),
     Fault(
         "429-seconds",
         "429 with Retry-After: 1 (seconds)",
