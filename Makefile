@@ -1,7 +1,7 @@
 # Developer shortcuts. The README's two commands need none of this.
 PY ?= .venv/bin/python
 
-.PHONY: help venv test lint fmt bench run clean
+.PHONY: help venv test lint fmt bench run demo clean
 
 help:
 	@echo "make venv   - create .venv with tag-watchdog and its test dependencies"
@@ -10,6 +10,7 @@ help:
 	@echo "make fmt    - ruff format + ruff check --fix"
 	@echo "make bench  - scan benchmarks against a local registry (bench/, docs/PERFORMANCE.md)"
 	@echo "make run    - run the daemon on config.example.yaml"
+	@echo "make demo   - replay the overwritten-release story offline and watch it put back"
 
 venv:
 	test -x $(PY) || python3 -m venv .venv
@@ -34,6 +35,9 @@ bench: venv
 
 run: venv
 	.venv/bin/tag-watchdog run -c config.example.yaml
+
+demo: venv
+	$(PY) scripts/demo.py
 
 clean:
 	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

@@ -76,11 +76,21 @@ def test_a_move_says_what_happened_and_how_to_put_it_back() -> None:
         (K.RESTORED, {}, ["Release tag restored", "restored the recorded digest"], False),
         (
             K.RESTORE_FAILED,
-            {"detail": {"reason": "layer blob sha256:abc is gone"}},
+            # a restore goes from the overwritten digest (old) to the recorded one (new)
+            {
+                "old_digest": NEW,
+                "new_digest": OLD,
+                "detail": {"reason": "layer blob sha256:abc is gone"},
+            },
             ["Restore FAILED", "layer blob sha256:abc is gone", "Nothing was changed"],
             True,
         ),
-        (K.RESTORE_STOPPED, {}, ["Something keeps pushing", "loop protection"], True),
+        (
+            K.RESTORE_STOPPED,
+            {"old_digest": None, "new_digest": None, "detail": {"recorded_digest": OLD}},
+            ["Something keeps pushing", "loop protection"],
+            True,
+        ),
     ],
 )
 def test_every_event_kind_has_its_message(
@@ -249,3 +259,21 @@ def test_retry_after_may_be_an_http_date() -> None:
     assert slack.parse_retry_after("Thu, 01 Jan 1970 00:01:40 GMT", now=40.0) == 60.0
     assert slack.parse_retry_after("3") == 3.0
     assert slack.parse_retry_after("soon") is None
+
+
+def test_a_second_move_points_back_at_the_record_not_the_first_intruder() -> None:
+    third = "sha256:" + "ab" * 32
+    msg = slack.render_event(
+        event(K.MOVED, old_digest=NEW, new_digest=third, detail={"recorded_digest": OLD})
+    )
+    text = msg.text + json.dumps(msg.blocks)
+    assert f"crane tag {REPO}@{OLD} 0.15.0" in text
+    assert f"crane tag {REPO}@{NEW} 0.15.0" not in text
+
+
+def test_restore_messages_name_the_digest_put_back() -> None:
+    # a restore's event goes from the overwritten digest (old) to the recorded one (new)
+    failed = slack.render_event(event(K.RESTORE_FAILED, old_digest=NEW, new_digest=OLD))
+    assert f"crane tag {REPO}@{OLD} 0.15.0" in failed.text + json.dumps(failed.blocks)
+    restored = slack.render_event(event(K.RESTORED, old_digest=NEW, new_digest=OLD))
+    assert restored.text.endswith(models.short_digest(OLD))

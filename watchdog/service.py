@@ -299,7 +299,8 @@ class Checker:
                 self.store.count_events, ref.name, moved.tag, [models.EventKind.RESTORED], since
             )
             if done >= limits.max_per_tag:
-                stopped = await self._stop_restoring(tag_ref, done, since)
+                recorded = moved.detail.get("recorded_digest")
+                stopped = await self._stop_restoring(tag_ref, done, since, recorded)
                 if stopped is not None:
                     out.append((models.Change(ref.name, moved.tag, None, stopped), stopped))
                 continue
@@ -313,7 +314,7 @@ class Checker:
         return out
 
     async def _stop_restoring(
-        self, tag_ref: models.ImageRef, done: int, since: dt.datetime
+        self, tag_ref: models.ImageRef, done: int, since: dt.datetime, recorded: object
     ) -> models.Event | None:
         """Write the one ``restore_stopped`` event of this window (None when already written)."""
         assert tag_ref.tag is not None
@@ -340,6 +341,7 @@ class Checker:
             now,
             detail={
                 "reason": "something keeps pushing this tag",
+                "recorded_digest": recorded,
                 "restores": done,
                 "max_per_tag": limits.max_per_tag,
                 "window_seconds": limits.window,

@@ -147,10 +147,17 @@ def restore_commands(event: models.Event, recorded: str | None) -> list[str]:
 
 def _recorded(event: models.Event) -> str | None:
     """The trusted digest an event is about: what a restore would put back."""
+    recorded = event.detail.get("recorded_digest")
+    if isinstance(recorded, str) and recorded:
+        # The record itself, when the event carries it: after two moves, the old digest of the
+        # second one is the first intruder, not the release.
+        return recorded
     if event.kind in (models.EventKind.MOVED, models.EventKind.DELETED):
         return event.old_digest
     if event.kind is models.EventKind.REAPPEARED:
         return str(event.detail.get("recorded_digest") or event.old_digest or "") or None
+    if event.kind in (models.EventKind.RESTORED, models.EventKind.RESTORE_FAILED):
+        return event.new_digest  # the digest put back (or that could not be): the record
     return event.old_digest or event.new_digest
 
 
