@@ -281,14 +281,16 @@ def _scan(args: argparse.Namespace) -> int:
 
 
 def _result_json(r: Any) -> dict[str, Any]:
+    from watchdog import views
+
     return {
         "repository": r.repository,
         "registry": r.registry,
         "tags_checked": r.tags_checked,
         "error": r.error,
         "tag_errors": r.tag_errors,
-        "events": [_event_json(e) for e in r.events],
-        "drifted": [_record_json(t) for t in r.drifted],
+        "events": [views.event_json(e) for e in r.events],
+        "drifted": [views.record_json(t) for t in r.drifted],
         "seconds": round(r.seconds, 3),
     }
 
@@ -335,7 +337,7 @@ def _event_line(e: models.Event) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from watchdog import models
+    from watchdog import models, views
 
     settings = _load(args)
     store = _open_store(settings)
@@ -344,7 +346,7 @@ def _status(args: argparse.Namespace) -> int:
         repository = models.ImageRef.parse(args.repository, allow_tag=False).name
     tags = store.all_tags(repository)
     if args.json:
-        _print_json([_record_json(t) for t in tags])
+        _print_json([views.record_json(t) for t in tags])
         return EXIT_OK
     if not tags:
         print("no tags recorded yet (run `tag-watchdog scan` or `tag-watchdog run`)")
@@ -364,7 +366,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _history(args: argparse.Namespace) -> int:
-    from watchdog import models
+    from watchdog import models, views
 
     ref = models.ImageRef.parse(args.ref, require_tag=True)
     settings = _load(args)
@@ -372,7 +374,7 @@ def _history(args: argparse.Namespace) -> int:
     assert ref.tag is not None
     events = store.history(ref.name, ref.tag)
     if args.json:
-        _print_json([_event_json(e) for e in events])
+        _print_json([views.event_json(e) for e in events])
         return EXIT_OK
     if not events:
         print(f"no events recorded for {ref.name}:{ref.tag}")
@@ -411,7 +413,7 @@ def _restore(args: argparse.Namespace) -> int:
     import asyncio
     import datetime as dt
 
-    from watchdog import models, restore
+    from watchdog import models, restore, views
     from watchdog.registry import client as registry_client
 
     ref = models.ImageRef.parse(args.ref, require_tag=True)
@@ -432,13 +434,13 @@ def _restore(args: argparse.Namespace) -> int:
     if isinstance(result, restore.Plan):
         code = EXIT_OK if result.ok else EXIT_FAILED
         if args.json:
-            _print_json({"exit_code": code, "dry_run": True, **_plan_json(result)})
+            _print_json({"exit_code": code, "dry_run": True, **views.plan_json(result)})
         else:
             print("\n".join(result.describe()))
         return code
     code = EXIT_OK if result.restored else EXIT_FAILED
     if args.json:
-        _print_json({"exit_code": code, "event": _event_json(result.event)})
+        _print_json({"exit_code": code, "event": views.event_json(result.event)})
     elif result.restored:
         print(f"restored {ref.name}:{ref.tag} to {result.event.new_digest}")
     else:
@@ -447,20 +449,6 @@ def _restore(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return code
-
-
-def _plan_json(plan: Any) -> dict[str, Any]:
-    return {
-        "ref": f"{plan.repository}:{plan.tag}",
-        "digest": plan.digest,
-        "current_digest": plan.current_digest,
-        "source": plan.source,
-        "media_type": plan.manifest.media_type if plan.manifest is not None else None,
-        "children_present": list(plan.children_present),
-        "children_to_put": [c.digest for c in plan.children_to_put],
-        "blobs_checked": list(plan.blobs_checked),
-        "problems": list(plan.problems),
-    }
 
 
 def _accept(args: argparse.Namespace) -> int:
@@ -616,39 +604,6 @@ def _alerts_test(args: argparse.Namespace) -> int:
 
 def _when(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%SZ") if value is not None else "-"
-
-
-def _iso(value: Any) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value is not None else None
-
-
-def _record_json(t: models.TagRecord) -> dict[str, Any]:
-    return {
-        "repository": t.repository,
-        "tag": t.tag,
-        "ref": t.ref,
-        "state": t.state.value,
-        "recorded_digest": t.recorded_digest,
-        "current_digest": t.current_digest,
-        "media_type": t.media_type,
-        "first_seen": _iso(t.first_seen),
-        "last_checked": _iso(t.last_checked),
-        "last_changed": _iso(t.last_changed),
-    }
-
-
-def _event_json(e: models.Event) -> dict[str, Any]:
-    return {
-        "id": e.id,
-        "repository": e.repository,
-        "tag": e.tag,
-        "kind": e.kind.value,
-        "at": _iso(e.at),
-        "old_digest": e.old_digest,
-        "new_digest": e.new_digest,
-        "detail": e.detail,
-        "actor": e.actor,
-    }
 
 
 def _print_json(data: Any) -> None:
