@@ -157,3 +157,40 @@ def test_retry_policy_is_data() -> None:
     assert [policy.delay(n) for n in (1, 2, 3, 4, 5)] == [2.0, 6.0, 18.0, 54.0, 100.0]
     assert policy.delay(1, retry_after=42.0) == 42.0
     assert policy.delay(1, retry_after=10**6) == policy.max_retry_after
+
+
+class Flaky:
+    """A sender whose first send fails with a bug (not an AlertError), then works."""
+
+    name = "slack"
+
+    def __init__(self) -> None:
+        self.sent: list[slack.Message] = []
+        self.calls = 0
+
+    def send(self, message: slack.Message, thread_id: str | None = None) -> str | None:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("a bug in a sender")
+        self.sent.append(message)
+        return None
+
+
+async def test_the_running_worker_survives_a_bug_and_stops_when_asked(
+    alerting: repo.Store,
+) -> None:
+    import asyncio
+
+    moved(alerting, "5.0.0")
+    sender = Flaky()
+    w = outbox.Worker(alerting, {"slack": sender}, config.Settings(), lease=0.05, poll=0.01)
+    stop = asyncio.Event()
+    task = asyncio.create_task(w.run(stop))
+    for _ in range(300):
+        if sender.sent:
+            break
+        await asyncio.sleep(0.01)
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert len(sender.sent) == 1 and sender.calls == 2
+    assert alerting.pending_alerts() == 0

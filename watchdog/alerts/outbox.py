@@ -152,6 +152,10 @@ class Worker:
                 await self.run_once()
             except errors.StoreError as exc:
                 log.warning("alerts_outbox_unavailable error=%r", str(exc))
+            except Exception:
+                # A bug, not an expected failure: the worker must outlive it. The row it was
+                # sending stays leased and is tried again when the lease runs out.
+                log.exception("alerts_worker_crashed")
             self._wake.clear()
             waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())}
             try:
