@@ -189,6 +189,9 @@ def test_the_daemon_alerts_once_per_move_even_across_sigkill_while_slack_is_down
         assert first_release.digest in body and rebuilt.digest in body
         assert f"tag-watchdog restore {ref}:0.15.0" in body
         assert "linux/amd64" in body  # the platforms that changed
+        scraped = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        assert 'tag_watchdog_alerts_total{channel="slack",result="delivered"} 1.0' in scraped
+        assert TOKEN not in scraped
 
         # Slack goes down; the next move is queued, tried, and the daemon is killed outright
         standin.stop()
@@ -219,3 +222,33 @@ def test_the_daemon_alerts_once_per_move_even_across_sigkill_while_slack_is_down
     for text in logs:
         assert TOKEN not in text and "Traceback" not in text
     assert TOKEN.encode() not in db_file.read_bytes()
+
+
+def test_the_webhook_url_is_in_no_output_and_not_in_the_database(
+    tmp_path: Path,
+    standin: SlackStandIn,
+    registry: support_registry.RegistryServer,
+    repo: str,
+    pusher: images.Pusher,
+) -> None:
+    pusher.image(repo, "1.0.0", seed="a")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"database_url: sqlite:///{tmp_path / 'w.db'}\n"
+        "slack: {webhook_url: '${HOOK}'}\n"
+        f"watches: ['{registry.host}/{repo}']\n"
+    )
+    env = {"HOOK": standin.webhook_url}
+    outputs = []
+    for args in (("scan",), ("config", "check"), ("alerts", "test")):
+        done = run(*args, "-c", str(cfg), "--log-level", "debug", cwd=tmp_path, env=env)
+        outputs.append(done.stdout + done.stderr)
+    pusher.image(repo, "1.0.0", seed="b")
+    standin.fail_next(Answer(429, "", (("Retry-After", "0"),)))  # a retry shows in the log
+    moved = run("scan", "-c", str(cfg), "--log-level", "debug", cwd=tmp_path, env=env)
+    outputs.append(moved.stdout + moved.stderr)
+    assert moved.returncode == 1 and "alert_retry" in moved.stderr
+    assert _count(standin.messages(), f"{registry.host}/{repo}:1.0.0 moved") == 1
+    for text in outputs:
+        assert "standin-webhook-secret" not in text and "Traceback" not in text
+    assert b"standin-webhook-secret" not in (tmp_path / "w.db").read_bytes()
