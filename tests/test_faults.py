@@ -13,6 +13,8 @@ Faults that only corrupt *successful* answers (lies about a digest) leave the re
 definitive 404s intact, so the real deletion may be confirmed while they are active: that is a
 true event, allowed; the lied-about tag itself must never change.
 
+A restore through a lying registry never PUTs bytes that are not their digest (last test).
+
 Set ``WATCHDOG_RELIABILITY_OUT=path.json`` to collect, per fault and backend, how many checks ran
 under the fault, and how many false and lost events there were (docs/RELIABILITY.md is filled
 from that file).
@@ -412,5 +414,66 @@ async def test_no_false_events_under_fault(
 
     honest = {release.digest, moved.digest, doomed.digest}
     honest |= {c.digest for c in release.children.values()}
+    honest |= {c.digest for c in moved.children.values()}
+    assert_archive_is_honest(store, honest)
+
+
+# --- restores never put bytes that are not their digest -----------------------------------------
+
+
+def _puts_are_honest(proxy: faultproxy.FaultProxy, recorded: str) -> list[str]:
+    """Every manifest PUT the proxy saw: by digest, the body hashes to it; by tag, to ``recorded``."""
+    puts = [s for s in proxy.seen if s.method == "PUT" and "/manifests/" in s.path]
+    for put in puts:
+        reference = put.path.rsplit("/manifests/", 1)[1]
+        wanted = reference if reference.startswith("sha256:") else recorded
+        assert models.sha256_digest(put.body) == wanted, f"PUT {put.path} of other bytes"
+    return [p.path for p in puts]
+
+
+@pytest.mark.parametrize(("db_url"), ["sqlite"], indirect=True)
+@pytest.mark.parametrize(
+    "lie", ["another-manifest", "another-manifest-lying-header", "digest-lie-on-head"]
+)
+async def test_a_restore_through_a_lying_registry_never_puts_other_bytes(
+    store: repo.Store,
+    registry: support_registry.RegistryServer,
+    content: Content,
+    pusher: images.Pusher,
+    make_fault_proxy: Callable[[support_registry.RegistryServer], faultproxy.FaultProxy],
+    lie: str,
+) -> None:
+    name_in_registry, release, moved = content.repo, content.release, content.moved
+    pusher.tag(name_in_registry, "0.15.0", release.index)
+    proxy = make_fault_proxy(registry)
+    settings = registry.settings(host=proxy.host, timeout=TIMEOUT)
+    checker, watch = make_checker(store, settings, repository=name_in_registry, on_move="restore")
+    assert (await checker.check_watch(watch)).ok
+    pusher.tag(name_in_registry, "0.15.0", moved.index)
+    # the lie hits only the restore: its GET of the recorded digest, or its HEAD after the PUT
+    if lie == "digest-lie-on-head":
+        proxy.add("HEAD", r"/manifests/0\.15\.0", times=1)  # the check's own HEAD goes through
+        proxy.lie_digest("HEAD", r"/manifests/0\.15\.0")
+    else:
+        header = "lie" if lie.endswith("lying-header") else "match"
+        proxy.serve_instead(
+            "GET",
+            rf"/manifests/{release.digest}",
+            content.other.body,
+            content.other.media_type,
+            header=header,
+        )
+    result = await checker.check_watch(watch)
+    assert [e.kind for e in result.events] == [K.MOVED, K.RESTORE_FAILED]
+    puts = _puts_are_honest(proxy, release.digest)
+    if lie == "digest-lie-on-head":
+        # the right bytes went up, but a HEAD that lies afterwards is no proof they took
+        assert puts == [f"/v2/{name_in_registry}/manifests/0.15.0"]
+    else:
+        assert puts == []  # the lie was caught before anything was put
+    record = store.get_tag(watch.name, "0.15.0")
+    assert record is not None and record.recorded_digest == release.digest
+    assert record.current_digest == moved.digest  # nothing concluded from the lie
+    honest = {release.digest, moved.digest} | {c.digest for c in release.children.values()}
     honest |= {c.digest for c in moved.children.values()}
     assert_archive_is_honest(store, honest)

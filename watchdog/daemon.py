@@ -21,7 +21,18 @@ import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from watchdog import __version__, config, errors, http, metrics, notifications, service
+from watchdog import (
+    __version__,
+    api,
+    config,
+    errors,
+    http,
+    metrics,
+    models,
+    notifications,
+    restore,
+    service,
+)
 from watchdog.alerts import outbox
 from watchdog.store import claims, db, lock
 from watchdog.store import repo as store_repo
@@ -104,6 +115,9 @@ class Daemon:
             self.readiness,
             hook_token=self.settings.hooks.registry_token,
             on_registry_events=self.on_registry_events,
+            api_routes=api.routes(self.store, self.settings.http.api_token, _Actions(self))
+            if self.store is not None
+            else (),
         )
         server = _Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
         server_task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -249,6 +263,35 @@ class Daemon:
             elif now - last > limit:
                 problems.append(f"{watch.name}: last check {now - last:.0f}s ago")
         return (not problems, {"problems": problems})
+
+
+class _Actions:
+    """The HTTP API's restore and accept: the same code as the CLI's, with the daemon's clients."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+
+    async def restore(
+        self, ref: models.ImageRef, digest: str | None, dry_run: bool, actor: str
+    ) -> restore.Plan | restore.Outcome:
+        d = self.daemon
+        assert d.store is not None and d.checker is not None
+        restorer = restore.Restorer(
+            d.store, d.checker.clients.get(ref.host), clock=d.clock, actor=actor
+        )
+        if dry_run:
+            return await restorer.plan(ref, digest)
+        outcome = await restorer.run(ref, digest)
+        result = "restored" if outcome.restored else "failed"
+        d.metrics.restores.labels(repository=ref.name, result=result).inc()
+        return outcome
+
+    async def accept(self, ref: models.ImageRef, reason: str | None, actor: str) -> models.Event:
+        d = self.daemon
+        assert d.store is not None
+        return await asyncio.to_thread(
+            restore.accept, d.store, ref, now=d.clock(), actor=actor, reason=reason
+        )
 
 
 def _bind(settings: config.HttpSettings) -> socket.socket:

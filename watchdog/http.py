@@ -6,7 +6,6 @@ answers, the scheduler runs and every watch completed a cycle recently.
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -16,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from watchdog import config, errors, metrics, notifications
+from watchdog import api, config, errors, metrics, notifications
 
 log = logging.getLogger("watchdog.http")
 
@@ -25,22 +24,13 @@ ReadinessProbe = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
 EventSink = Callable[[Sequence[notifications.RegistryEvent]], Awaitable[list[str]]]
 
 
-def bearer_matches(header: str | None, secret: config.Secret | None) -> bool:
-    """``Authorization: Bearer <secret>``, compared in constant time; False when no secret is set."""
-    if secret is None or not header:
-        return False
-    scheme, _, value = header.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(
-        value.strip().encode(), secret.reveal().encode()
-    )
-
-
 def build_app(
     metrics_: metrics.Metrics,
     readiness: ReadinessProbe,
     *,
     hook_token: config.Secret | None = None,
     on_registry_events: EventSink | None = None,
+    api_routes: Sequence[Route] = (),
 ) -> Starlette:
     """The ASGI app: metrics exposition, liveness, readiness (with its reasons as JSON), and the
     registry notification endpoint (refused unless ``hooks.registry_token`` is configured)."""
@@ -65,7 +55,7 @@ def build_app(
             return JSONResponse(
                 {"error": "hooks.registry_token is not configured"}, status_code=403
             )
-        if not bearer_matches(request.headers.get("authorization"), hook_token):
+        if not api.bearer_matches(request.headers.get("authorization"), hook_token):
             log.warning("hook_refused reason=bad_token client=%s", _client(request))
             return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
         declared = request.headers.get("content-length", "")
@@ -84,6 +74,7 @@ def build_app(
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/hooks/registry", registry_hook, methods=["POST"]),
+            *api_routes,
         ]
     )
 

@@ -84,6 +84,7 @@ class Seen:
     path: str  # path and query
     status: int | None  # None when the connection was dropped (or an action answered)
     headers: dict[str, str]
+    body: bytes = b""  # the request body (what a client PUT or POSTed)
 
     @property
     def query(self) -> dict[str, list[str]]:
@@ -403,9 +404,16 @@ class FaultProxy:
                     return rule
         return None
 
-    def _log(self, method: str, path: str, status: int | None, headers: dict[str, str]) -> None:
+    def _log(
+        self,
+        method: str,
+        path: str,
+        status: int | None,
+        headers: dict[str, str],
+        body: bytes = b"",
+    ) -> None:
         with self._lock:
-            self.seen.append(Seen(method, path, status, headers))
+            self.seen.append(Seen(method, path, status, headers, body))
 
     # --- serving -------------------------------------------------------------------------------
 
@@ -500,7 +508,7 @@ class FaultProxy:
                             answer = rule.transform(
                                 answer, Seen(method, self.path, None, plain_headers)
                             )
-                proxy._log(method, self.path, answer.status, plain_headers)
+                proxy._log(method, self.path, answer.status, plain_headers, body)
                 self._write(method, answer)
 
             def _write(self, method: str, answer: Answer) -> None:
