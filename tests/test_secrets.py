@@ -17,6 +17,7 @@ import httpx
 from tests.support import images
 from tests.support import registry as support_registry
 from tests.support.cli import clean_env, run
+from tests.support.slack_standin import SlackStandIn
 
 API_TOKEN = "api-token-MARKER-7f3a"
 HOOK_TOKEN = "hook-token-MARKER-9c1d"
@@ -47,13 +48,17 @@ def test_no_secret_in_any_output_or_the_database(
             f"registries:\n  - host: {basic_registry.host}\n    username: {basic_registry.username}\n"
             f"    password: '${{REG_PW}}'\n"
             f"watches: ['{basic_registry.host}/{repo}']\n"
+            "slack: {webhook_url: '${SLACK_URL}'}\n"
         )
         return path
 
     good, bad_pw = config(password), "wrong-MARKER-" + password[::-1]
     bad = config(bad_pw)
-    env = {"API_TOKEN": API_TOKEN, "HOOK_TOKEN": HOOK_TOKEN}
-    markers = [password, bad_pw, API_TOKEN, HOOK_TOKEN]
+    slack = SlackStandIn().start()
+    # the path of an incoming-webhook URL is its secret
+    env = {"API_TOKEN": API_TOKEN, "HOOK_TOKEN": HOOK_TOKEN, "SLACK_URL": slack.webhook_url}
+    webhook_secret = slack.webhook_url.rsplit("/", 1)[1]
+    markers = [password, bad_pw, API_TOKEN, HOOK_TOKEN, webhook_secret]
     outputs: list[str] = []
 
     def cli(*args: str, pw: str) -> subprocess.CompletedProcess[str]:
@@ -62,6 +67,12 @@ def test_no_secret_in_any_output_or_the_database(
         return proc
 
     assert cli("scan", "-c", str(good), pw=password).returncode == 0
+    pusher.index(repo, "1.0.0", seed="b")  # a move: an alert goes to Slack
+    assert cli("scan", "-c", str(good), pw=password).returncode == 1
+    assert any("moved" in m.get("text", "") for m in slack.messages())
+    slack.stop()  # Slack down: delivery errors must not show the URL either
+    pusher.index(repo, "1.0.0", seed="c")
+    assert cli("scan", "-c", str(good), pw=password).returncode == 1
     denied = cli("scan", "-c", str(bad), pw=bad_pw)
     assert denied.returncode == 3 and "could not check" in denied.stdout
     for args in (
