@@ -8,7 +8,7 @@ from pathlib import Path
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from watchdog import config, daemon, notifications
+from watchdog import config, daemon, notifications, service
 from watchdog.store import claims, db
 
 
@@ -20,10 +20,11 @@ class SlowChecker:
         self.release = asyncio.Event()
         self.started = asyncio.Event()
 
-    async def check_watch(self, watch: config.WatchSettings) -> None:
+    async def check_watch(self, watch: config.WatchSettings) -> service.CheckResult:
         self.calls += 1
         self.started.set()
         await self.release.wait()
+        return service.CheckResult(repository=watch.name, registry=watch.repository.host)
 
 
 async def test_a_notification_during_a_check_asks_for_one_more_check(tmp_path: Path) -> None:

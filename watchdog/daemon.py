@@ -46,6 +46,7 @@ MAX_CONCURRENT_CHECKS = 8  # watches checked at once (each holds database connec
 # A scheduled check runs only if the watch's last attempt (by any replica) is older than this
 # fraction of its interval: with several replicas, the first timer to fire wins the interval.
 CLAIM_MIN_AGE = 0.8
+NOTIFIED_RECHECK_DELAY = 1.0  # seconds: the second look after a registry notification
 
 
 class _Server(uvicorn.Server):
@@ -175,22 +176,30 @@ class Daemon:
             log.info("stopped")
 
     async def on_registry_events(self, events: Sequence[notifications.RegistryEvent]) -> list[str]:
-        """Bring the check of every watch an event concerns forward to now; a watch being checked
-        right now is checked once more when that check ends (never two at once)."""
+        """Bring the check of every watch an event concerns forward to now, and once more a moment
+        later; a watch being checked right now is checked once more when that check ends."""
         due = notifications.watches_to_check(events, self.settings.watches)
         if self.scheduler is None or self.stopping.is_set():
             return []
-        now = dt.datetime.now(dt.UTC)
+        loop = asyncio.get_running_loop()
         for watch in due:
-            self.triggered.add(watch.name)
-            if watch.name in self.checking:
-                # APScheduler would skip a run while one is going (max_instances=1): ask the
-                # running check to go round once more instead.
-                self.recheck.add(watch.name)
-            else:
-                self.scheduler.modify_job(watch.name, next_run_time=now)
+            self._trigger(watch.name)
+            # distribution sends the push event before it writes the tag link, so the first check
+            # can still see the old digest: look again shortly after (measured: 1 push in ~20).
+            loop.call_later(NOTIFIED_RECHECK_DELAY, self._trigger, watch.name)
             log.info("check_triggered repository=%s by=registry_notification", watch.name)
         return [w.name for w in due]
+
+    def _trigger(self, name: str) -> None:
+        if self.scheduler is None or self.stopping.is_set():
+            return
+        self.triggered.add(name)
+        if name in self.checking:
+            # APScheduler would skip a run while one is going (max_instances=1): ask the
+            # running check to go round once more instead.
+            self.recheck.add(name)
+        else:
+            self.scheduler.modify_job(name, next_run_time=dt.datetime.now(dt.UTC))
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if self.stopping.is_set():
@@ -226,7 +235,9 @@ class Daemon:
                         )
                     else:
                         try:
-                            await self.checker.check_watch(watch)
+                            result = await self.checker.check_watch(watch)
+                            if result.events and self.alerts is not None:
+                                self.alerts.wake()  # deliver now, not at the worker's next round
                         finally:
                             await asyncio.to_thread(claim.release)
                 self.last_cycle[watch.name] = time.monotonic()
@@ -284,14 +295,19 @@ class _Actions:
         outcome = await restorer.run(ref, digest)
         result = "restored" if outcome.restored else "failed"
         d.metrics.restores.labels(repository=ref.name, result=result).inc()
+        if d.alerts is not None:
+            d.alerts.wake()
         return outcome
 
     async def accept(self, ref: models.ImageRef, reason: str | None, actor: str) -> models.Event:
         d = self.daemon
         assert d.store is not None
-        return await asyncio.to_thread(
+        event = await asyncio.to_thread(
             restore.accept, d.store, ref, now=d.clock(), actor=actor, reason=reason
         )
+        if d.alerts is not None:
+            d.alerts.wake()
+        return event
 
 
 def _bind(settings: config.HttpSettings) -> socket.socket:
