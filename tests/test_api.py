@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,28 +14,13 @@ import pytest
 
 from tests.support import images
 from tests.support import registry as support_registry
-from tests.support.cli import clean_env
+from tests.support.cli import clean_env, wait_for
+from tests.support.registry import free_port
 from watchdog import api, config, models
 from watchdog.registry import media
 from watchdog.store import repo
 
 TOKEN = "api-token-for-tests"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(predicate: Any, timeout: float = 20) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
 
 
 def test_openapi_document_is_valid_and_matches_the_routes() -> None:
@@ -99,7 +82,7 @@ def test_api_against_a_real_daemon(
     tmp_path: Path, registry: support_registry.RegistryServer, repo: str, pusher: images.Pusher
 ) -> None:
     release = pusher.index(repo, "0.15.0", seed="release")
-    port = _free_port()
+    port = free_port()
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
         f"database_url: sqlite:///{tmp_path / 'w.db'}\ninterval: 1s\njitter: 0s\n"
@@ -125,13 +108,13 @@ def test_api_against_a_real_daemon(
                 except httpx.TransportError:
                     return False
 
-            _wait(ready)
+            wait_for(ready)
             tags = c.get("/api/v1/tags", params={"repository": f"{registry.host}/{repo}"}).json()
             assert [(t["tag"], t["recorded_digest"]) for t in tags["tags"]] == [
                 ("0.15.0", release.digest)
             ]
             rebuilt = pusher.index(repo, "0.15.0", seed="rebuilt")
-            drifted = _wait(
+            drifted = wait_for(
                 lambda: c.get("/api/v1/tags", params={"state": "drifted"}).json()["tags"]
             )
             assert drifted[0]["current_digest"] == rebuilt.digest
@@ -149,7 +132,7 @@ def test_api_against_a_real_daemon(
 
             # a deliberate re-release, accepted through the API
             second = pusher.index(repo, "0.15.0", seed="deliberate")
-            _wait(
+            wait_for(
                 lambda: any(
                     t["current_digest"] == second.digest
                     for t in c.get("/api/v1/tags").json()["tags"]

@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,8 @@ import pytest
 
 from tests.support import images
 from tests.support import registry as support_registry
-from tests.support.cli import clean_env, run
+from tests.support.cli import clean_env, run, wait_for
+from tests.support.registry import free_port
 
 
 def write_config(path: Path, host: str, repository: str, *, db: str, extra: str = "") -> Path:
@@ -122,28 +122,12 @@ def test_scan_exits_3_when_the_registry_is_down_and_changes_nothing(
     assert [e["kind"] for e in history] == ["first_seen"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_for(predicate: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
-
-
 def test_run_daemon_detects_a_move_serves_metrics_and_stops_cleanly(
     tmp_path: Path, server: support_registry.RegistryServer
 ) -> None:
     with images.Pusher(server.url) as pusher:
         release = pusher.index("deephaven/server", "0.15.0", seed="release")
-    port = _free_port()
+    port = free_port()
     cfg = write_config(
         tmp_path / "c.yaml",
         server.host,
@@ -169,13 +153,13 @@ def test_run_daemon_detects_a_move_serves_metrics_and_stops_cleanly(
             return None
 
     try:
-        ready = _wait_for(lambda: (r := get("/readyz")) is not None and r.status_code == 200 and r)
+        ready = wait_for(lambda: (r := get("/readyz")) is not None and r.status_code == 200 and r)
         assert ready.json()["status"] == "ready"
         assert get("/healthz").json() == {"status": "alive"}  # type: ignore[union-attr]
         with images.Pusher(server.url) as pusher:
             rebuilt = pusher.index("deephaven/server", "0.15.0", seed="rebuild")
         name = f'repository="{server.host}/deephaven/server"'
-        metrics_text = _wait_for(
+        metrics_text = wait_for(
             lambda: (
                 (r := get("/metrics")) is not None
                 and f"tag_watchdog_tag_moves_total{{{name}}} 1.0" in r.text
@@ -245,7 +229,7 @@ def test_run_refuses_an_outdated_schema_and_db_upgrade_fixes_it(
 
 
 def test_a_second_daemon_on_the_same_sqlite_file_is_refused(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     cfg = write_config(
         tmp_path / "c.yaml",
         "127.0.0.1:1",
@@ -262,7 +246,7 @@ def test_a_second_daemon_on_the_same_sqlite_file_is_refused(tmp_path: Path) -> N
         text=True,
     )
     try:
-        _wait_for(
+        wait_for(
             lambda: (
                 httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
                 if _port_open(port)
@@ -270,7 +254,7 @@ def test_a_second_daemon_on_the_same_sqlite_file_is_refused(tmp_path: Path) -> N
             )
         )
         other = tmp_path / "other.yaml"
-        other.write_text(cfg.read_text().replace(str(port), str(_free_port())))
+        other.write_text(cfg.read_text().replace(str(port), str(free_port())))
         second = run("run", "-c", str(other), cwd=tmp_path)
         assert second.returncode == 3
         assert f"another tag-watchdog daemon (pid {first.pid}) already runs on" in second.stderr
@@ -288,7 +272,7 @@ def test_a_second_daemon_on_the_same_sqlite_file_is_refused(tmp_path: Path) -> N
         text=True,
     )
     try:
-        _wait_for(lambda: _port_open(port))
+        wait_for(lambda: _port_open(port))
         third.kill()  # SIGKILL: no clean release, the kernel drops the lock
         third.communicate(timeout=30)
         fourth = subprocess.Popen(
@@ -299,7 +283,7 @@ def test_a_second_daemon_on_the_same_sqlite_file_is_refused(tmp_path: Path) -> N
             stderr=subprocess.PIPE,
             text=True,
         )
-        _wait_for(lambda: _port_open(port))
+        wait_for(lambda: _port_open(port))
         fourth.send_signal(signal.SIGTERM)
         _, err = fourth.communicate(timeout=30)
         assert fourth.returncode == 0, err

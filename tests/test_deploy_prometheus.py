@@ -8,10 +8,8 @@ from __future__ import annotations
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,27 +20,12 @@ import yaml
 
 from tests.support import faultproxy, images
 from tests.support import registry as support_registry
-from tests.support.cli import clean_env
+from tests.support.cli import clean_env, wait_for
+from tests.support.registry import free_port
 from tests.support.slack_standin import SlackStandIn
 from tests.test_deploy import DEPLOY, alert_rules, dashboard_exprs, tool
 
 # --- a real Prometheus scraping a real daemon -------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -68,7 +51,7 @@ def prometheus(tmp_path: Path) -> Iterator[Any]:
                 }
             )
         )
-        port = _free_port()
+        port = free_port()
         procs.append(
             subprocess.Popen(
                 [
@@ -82,7 +65,7 @@ def prometheus(tmp_path: Path) -> Iterator[Any]:
             )
         )
         url = f"http://127.0.0.1:{port}"
-        _wait(lambda: _get(f"{url}/-/ready"), 30, "prometheus to start")
+        wait_for(lambda: _get(f"{url}/-/ready"), 30, "prometheus to start")
         return url
 
     yield start
@@ -118,8 +101,8 @@ def test_dashboard_and_alert_rules_return_data_from_a_real_prometheus(
     # a registry behind a proxy that reports a rate limit, and one that is not there at all
     limited: faultproxy.FaultProxy = make_fault_proxy(registry)
     limited.rewrite_header(None, "/v2/", "RateLimit-Remaining", "95;w=21600")
-    dead = f"127.0.0.1:{_free_port()}"
-    port = _free_port()
+    dead = f"127.0.0.1:{free_port()}"
+    port = free_port()
     cfg = tmp_path / "c.yaml"
     slack = SlackStandIn().start()
     cfg.write_text(
@@ -138,7 +121,7 @@ def test_dashboard_and_alert_rules_return_data_from_a_real_prometheus(
     try:
         url = prometheus(port)
         name = f"{registry.host}/{repo}"
-        _wait(
+        wait_for(
             lambda: _query(url, f'tag_watchdog_tags_watched{{repository="{name}"}} == 2'),
             30,
             "the first check to be scraped",
@@ -146,13 +129,15 @@ def test_dashboard_and_alert_rules_return_data_from_a_real_prometheus(
         # the scripted incidents: a move and a deletion
         pusher.index(repo, "0.15.0", seed="rebuild")
         pusher.delete_manifest(repo, doomed.digest)
-        _wait(
+        wait_for(
             lambda: _query(url, f'tag_watchdog_tag_deletions_total{{repository="{name}"}} > 0'),
             30,
             "the deletion to be scraped",
         )
-        _wait(lambda: _query(url, 'ALERTS{alertname="ReleaseTagDeleted"}'), 30, "the rule to fire")
-        _wait(lambda: _query(url, "tag_watchdog_alerts_total > 0"), 30, "an alert delivery")
+        wait_for(
+            lambda: _query(url, 'ALERTS{alertname="ReleaseTagDeleted"}'), 30, "the rule to fire"
+        )
+        wait_for(lambda: _query(url, "tag_watchdog_alerts_total > 0"), 30, "an alert delivery")
 
         for expr in dashboard_exprs():
             expr = expr.replace("$__rate_interval", "1m")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import pytest
 from tests.support import images
 from tests.support import registry as support_registry
 from tests.support.cli import clean_env, run
+from tests.support.registry import free_port
 from watchdog import config, errors, notifications
 
 
@@ -93,12 +93,6 @@ def test_junk_events_are_skipped() -> None:
     assert parsed == [notifications.RegistryEvent("push", "x/y", None, None)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _ready(port: int) -> bool:
     try:
         return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
@@ -121,7 +115,7 @@ def test_a_real_registry_notifies_the_daemon_which_checks_at_once(tmp_path: Path
     if support_registry.find_binary() is None:
         pytest.skip("docker-registry is not installed")
     token = "hook-secret-for-tests"
-    port = _free_port()
+    port = free_port()
     extra = (
         "notifications:\n"
         "  endpoints:\n"

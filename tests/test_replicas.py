@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,14 +22,9 @@ import pytest
 from tests.support import faultproxy, images
 from tests.support import registry as support_registry
 from tests.support.cli import clean_env, run
+from tests.support.registry import free_port
 
 INTERVAL = 2.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _ready(port: int) -> bool:
@@ -57,7 +51,7 @@ def test_three_replicas_check_each_watch_once_per_interval(
         f"database_url: '{pg_url}'\ninterval: {INTERVAL}s\njitter: 0.4s\n"
         "watches:\n" + "".join(f"  - {proxy.host}/{r}\n" for r in repos)
     )
-    ports = [_free_port() for _ in range(3)]
+    ports = [free_port() for _ in range(3)]
     replicas = [
         subprocess.Popen(
             [sys.executable, "-m", "watchdog", "run", "-c", str(cfg)],

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,16 +16,11 @@ import httpx
 from tests.support import images
 from tests.support import registry as support_registry
 from tests.support.cli import clean_env, run
+from tests.support.registry import free_port
 from tests.support.slack_standin import SlackStandIn
 
 API_TOKEN = "api-token-MARKER-7f3a"
 HOOK_TOKEN = "hook-token-MARKER-9c1d"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_no_secret_in_any_output_or_the_database(
@@ -36,7 +30,7 @@ def test_no_secret_in_any_output_or_the_database(
     pusher.index(repo, "1.0.0", seed="a")
     password = basic_registry.password
     assert password
-    port = _free_port()
+    port = free_port()
     db_file = tmp_path / "w.db"
 
     def config(pw: str) -> Path:

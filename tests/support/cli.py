@@ -5,7 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -27,3 +32,14 @@ def run(
         env=clean_env(env),
         timeout=timeout,
     )
+
+
+def wait_for(predicate: Callable[[], T], timeout: float = 20.0, what: str = "the condition") -> T:
+    """Poll ``predicate`` every 0.1 s until it returns something truthy; return it, or fail."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
