@@ -15,7 +15,7 @@ import pytest
 
 from tests.support import images
 from tests.support import registry as support_registry
-from tests.support.cli import clean_env, run
+from tests.support.cli import clean_env, run, wait_for
 from tests.support.registry import free_port
 from watchdog import config, errors, notifications
 
@@ -188,3 +188,49 @@ def test_a_real_registry_notifies_the_daemon_which_checks_at_once(tmp_path: Path
     moved = [e for e in json.loads(history.stdout) if e["kind"] == "moved"]
     assert len(moved) == 1
     assert (moved[0]["old_digest"], moved[0]["new_digest"]) == (release.digest, rebuilt.digest)
+
+
+def test_a_lost_notification_is_caught_by_the_next_poll(tmp_path: Path) -> None:
+    """The registry notifies an endpoint that is down: the overwrite is still seen by polling."""
+    token = "hook-secret-for-tests"
+    dead = free_port()  # nothing listens here: every notification is lost
+    extra = (
+        "notifications:\n  endpoints:\n    - name: tag-watchdog\n"
+        f"      url: http://127.0.0.1:{dead}/hooks/registry\n"
+        f"      headers:\n        Authorization: [Bearer {token}]\n"
+        "      timeout: 1s\n      threshold: 3\n      backoff: 1s\n"
+    )
+    server = support_registry.RegistryServer(
+        tmp_path / "registry", "open", extra_config=extra
+    ).start()
+    port = free_port()
+    daemon = None
+    try:
+        with images.Pusher(server.url) as pusher:
+            pusher.index("deephaven/server", "0.15.0", seed="release")
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(
+            f"database_url: sqlite:///{tmp_path / 'w.db'}\ninterval: 2s\njitter: 0s\n"
+            f"http: {{listen: '127.0.0.1:{port}'}}\nhooks: {{registry_token: '{token}'}}\n"
+            f"watches: ['{server.host}/deephaven/server']\n"
+        )
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "watchdog", "run", "-c", str(cfg)],
+            cwd=tmp_path,
+            env=clean_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        name = f"{server.host}/deephaven/server"
+        wait_for(lambda: _ready(port), what="the daemon's first check")
+        with images.Pusher(server.url) as pusher:
+            pusher.index("deephaven/server", "0.15.0", seed="rebuild")
+        wait_for(lambda: _moves(port, name) >= 1, timeout=15, what="the next poll to see the move")
+    finally:
+        if daemon is not None:
+            daemon.send_signal(signal.SIGTERM)
+            _, err = daemon.communicate(timeout=30)
+        server.close()
+    assert daemon.returncode == 0, err
+    assert "check_triggered" not in err  # no notification arrived: the poll found it
