@@ -330,14 +330,22 @@ class Restorer:
             archived = await asyncio.to_thread(self.store.get_manifest, name, digest)
             if archived is not None:
                 return _verified(archived), "archive"
+        lie: errors.ProtocolError | None = None
         try:
             fetched = await self.registry.get_manifest(path, digest, expected_digest=digest)
             return _verified(fetched), "registry"
         except errors.NotFound:
             pass
+        except errors.ProtocolError as exc:
+            # The registry served bytes that are not this digest: the verified archive copy is
+            # the release; without one, the lie is the reason the restore cannot go on.
+            log.warning("restore_registry_lied digest=%s error=%r", digest, str(exc))
+            lie = exc
         archived = await asyncio.to_thread(self.store.get_manifest, name, digest)
         if archived is not None:
             return _verified(archived), "archive"
+        if lie is not None:
+            raise lie
         return None, ""
 
 
