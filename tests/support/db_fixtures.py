@@ -39,7 +39,10 @@ class _PostgresServer:
 
     def __init__(self, base_url: str) -> None:
         self.base = sa.make_url(base_url)
-        self.admin = sa.create_engine(self.base, isolation_level="AUTOCOMMIT", pool_size=1)
+        # pre-ping: a test may restart the PostgreSQL server under this pooled connection
+        self.admin = sa.create_engine(
+            self.base, isolation_level="AUTOCOMMIT", pool_size=1, pool_pre_ping=True
+        )
 
     def create(self) -> str:
         name = PG_PREFIX + secrets.token_hex(6)
