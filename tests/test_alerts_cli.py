@@ -17,9 +17,9 @@ import sqlalchemy as sa
 
 from tests.support import images
 from tests.support import registry as support_registry
-from tests.support.cli import clean_env, run
+from tests.support.cli import clean_env, run, wait_for
+from tests.support.registry import free_port
 from tests.support.slack_standin import TOKEN, WEBHOOK_PATH, Answer, SlackStandIn
-from tests.test_cli_scan import _free_port, _wait_for
 
 
 @pytest.fixture
@@ -145,7 +145,7 @@ def _start_daemon(cfg: Path, tmp_path: Path, port: int) -> subprocess.Popen[str]
         except httpx.TransportError:
             return False
 
-    _wait_for(ready)
+    wait_for(ready)
     return proc
 
 
@@ -172,7 +172,7 @@ def test_the_daemon_alerts_once_per_move_even_across_sigkill_while_slack_is_down
 ) -> None:
     first_release = pusher.index(repo, "0.15.0", seed="a")
     pusher.image(repo, "0.16.0", seed="b")
-    port = _free_port()
+    port = free_port()
     db_file = tmp_path / "w.db"
     cfg = bot_config(tmp_path / "c.yaml", standin, watch=f"{registry.host}/{repo}", port=port)
     ref = f"{registry.host}/{repo}"
@@ -182,7 +182,7 @@ def test_the_daemon_alerts_once_per_move_even_across_sigkill_while_slack_is_down
         # end to end: an overwrite reaches Slack once, within one interval (1 s) plus delivery
         started = time.monotonic()
         rebuilt = pusher.index(repo, "0.15.0", seed="a-rebuilt")
-        _wait_for(lambda: _count(standin.messages(), f"{ref}:0.15.0 moved"), timeout=15)
+        wait_for(lambda: _count(standin.messages(), f"{ref}:0.15.0 moved"), timeout=15)
         assert time.monotonic() - started < 5
         (msg,) = standin.messages()
         body = msg["text"] + str(msg["blocks"])
@@ -196,9 +196,7 @@ def test_the_daemon_alerts_once_per_move_even_across_sigkill_while_slack_is_down
         # Slack goes down; the next move is queued, tried, and the daemon is killed outright
         standin.stop()
         pusher.image(repo, "0.16.0", seed="b-rebuilt")
-        _wait_for(
-            lambda: any(r["tag"] == "0.16.0" and r["attempts"] >= 1 for r in _outbox(db_file))
-        )
+        wait_for(lambda: any(r["tag"] == "0.16.0" and r["attempts"] >= 1 for r in _outbox(db_file)))
         logs.append(_stop(proc, kill=True))
         assert proc.returncode == -9
         (row,) = [r for r in _outbox(db_file) if r["tag"] == "0.16.0"]
@@ -207,7 +205,7 @@ def test_the_daemon_alerts_once_per_move_even_across_sigkill_while_slack_is_down
         # Slack is back, so is the daemon: the queued alert goes out, once
         standin.start()
         proc = _start_daemon(cfg, tmp_path, port)
-        _wait_for(lambda: _count(standin.messages(), f"{ref}:0.16.0 moved"), timeout=20)
+        wait_for(lambda: _count(standin.messages(), f"{ref}:0.16.0 moved"), timeout=20)
         time.sleep(2.5)  # a few more worker rounds and checks: nothing is sent again
     finally:
         logs.append(_stop(proc))
