@@ -77,6 +77,11 @@ class Daemon:
 
     async def run(self) -> int:
         """Run until a stop signal. Raises WatchdogError for start-up failures (bad DB, port in use)."""
+        # Signals are ours from the first moment: a SIGTERM during start-up (before the scheduler
+        # runs) ends in the same orderly shutdown, never in the default kill.
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
         engine = db.create_engine(self.settings.database_url.reveal())
         daemon_lock = lock.DaemonLock(engine)
         try:
@@ -105,12 +110,12 @@ class Daemon:
         finally:
             engine.dispose()
             daemon_lock.release()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
         return 0
 
     async def _serve(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._on_signal, sig)
         app = http.build_app(
             self.metrics,
             self.readiness,
@@ -171,8 +176,6 @@ class Daemon:
                     task.cancel()
             server.should_exit = True
             await server_task
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
             log.info("stopped")
 
     async def on_registry_events(self, events: Sequence[notifications.RegistryEvent]) -> list[str]:
