@@ -28,13 +28,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
+from bench import fleet_bench
 from tests.support import images
 from tests.support import registry as support_registry
-from watchdog.registry import media
 
-CONCURRENCY = 8
 
 
 def seed(server: support_registry.RegistryServer, repos: int, tags: int) -> list[tuple[str, str]]:
@@ -71,31 +68,6 @@ def run_scan(config: Path, workdir: Path) -> dict[str, float]:
     return {"wall": wall, "tags": checked, "cpu": cpu, "maxrss_mb": after.ru_maxrss / 1024}
 
 
-async def bare_loop(host: str, refs: list[tuple[str, str]]) -> dict[str, float]:
-    clients = [
-        httpx.AsyncClient(base_url=f"http://{host}", limits=httpx.Limits(max_connections=4))
-        for _ in range(CONCURRENCY // 4)
-    ]
-    queue = list(refs)
-    headers = {"Accept": media.ACCEPT}
-
-    async def worker(n: int) -> None:
-        client = clients[n % len(clients)]
-        while queue:
-            repo, tag = queue.pop()
-            resp = await client.head(f"/v2/{repo}/manifests/{tag}", headers=headers)
-            resp.raise_for_status()
-
-    cpu0 = time.process_time()
-    start = time.perf_counter()
-    await asyncio.gather(*(worker(n) for n in range(CONCURRENCY)))
-    wall = time.perf_counter() - start
-    cpu = time.process_time() - cpu0
-    for c in clients:
-        await c.aclose()
-    return {"wall": wall, "tags": len(refs), "cpu": cpu}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tags", type=int, default=1000)
@@ -117,7 +89,7 @@ def main() -> None:
                 config = work / f"c{round_}.yaml"
                 config.write_text(f"database_url: sqlite:///{db}\nwatches:\n{watches}")
                 cold.append(run_scan(config, work))
-                bare.append(asyncio.run(bare_loop(server.host, refs)))
+                bare.append(asyncio.run(fleet_bench.bare_loop(server.host, refs)))
                 warm.append(run_scan(config, work))
         finally:
             server.close()
