@@ -33,7 +33,6 @@ from tests.support import images
 from tests.support import registry as support_registry
 
 
-
 def seed(server: support_registry.RegistryServer, repos: int, tags: int) -> list[tuple[str, str]]:
     refs = []
     with images.Pusher(server.url) as pusher:
