@@ -5,7 +5,6 @@ killed with SIGKILL while Slack is down and started again. Slack is the local st
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ import sqlalchemy as sa
 
 from tests.support import images
 from tests.support import registry as support_registry
-from tests.support.cli import clean_env, run, wait_for
+from tests.support.cli import run, start_daemon, wait_for
 from tests.support.registry import free_port
 from tests.support.slack_standin import TOKEN, WEBHOOK_PATH, Answer, SlackStandIn
 
@@ -130,14 +129,7 @@ def _outbox(db_file: Path) -> list[dict[str, Any]]:
 
 
 def _start_daemon(cfg: Path, tmp_path: Path, port: int) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "watchdog", "run", "-c", str(cfg)],
-        cwd=tmp_path,
-        env=clean_env(ENV),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_daemon(cfg, tmp_path, ENV)
 
     def ready() -> bool:
         try:

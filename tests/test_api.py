@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +12,7 @@ import pytest
 
 from tests.support import images
 from tests.support import registry as support_registry
-from tests.support.cli import clean_env, wait_for
+from tests.support.cli import start_daemon, wait_for
 from tests.support.registry import free_port
 from watchdog import api, config, models
 from watchdog.registry import media
@@ -89,14 +87,7 @@ def test_api_against_a_real_daemon(
         f"http: {{listen: '127.0.0.1:{port}', api_token: '${{TOKEN}}'}}\n"
         f"watches: ['{registry.host}/{repo}']\n"
     )
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "watchdog", "run", "-c", str(cfg)],
-        cwd=tmp_path,
-        env=clean_env({"TOKEN": TOKEN}),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    daemon = start_daemon(cfg, tmp_path, {"TOKEN": TOKEN})
     ref = f"{registry.host}/{repo}:0.15.0"
     auth = {"Authorization": f"Bearer {TOKEN}"}
     try:

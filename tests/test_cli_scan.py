@@ -18,7 +18,7 @@ import pytest
 
 from tests.support import images
 from tests.support import registry as support_registry
-from tests.support.cli import clean_env, run, wait_for
+from tests.support.cli import clean_env, run, start_daemon, wait_for
 from tests.support.registry import free_port
 
 
@@ -237,14 +237,7 @@ def test_a_second_daemon_on_the_same_sqlite_file_is_refused(tmp_path: Path) -> N
         db=f"sqlite:///{tmp_path / 'w.db'}",
         extra=f"http: {{listen: '127.0.0.1:{port}'}}\n",
     )
-    first = subprocess.Popen(
-        [sys.executable, "-m", "watchdog", "run", "-c", str(cfg)],
-        cwd=tmp_path,
-        env=clean_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    first = start_daemon(cfg, tmp_path)
     try:
         wait_for(
             lambda: (
@@ -263,26 +256,12 @@ def test_a_second_daemon_on_the_same_sqlite_file_is_refused(tmp_path: Path) -> N
         first.send_signal(signal.SIGTERM)
         first.communicate(timeout=30)
     # the lock dies with its holder: a new daemon may start (here: refused only by the port test)
-    third = subprocess.Popen(
-        [sys.executable, "-m", "watchdog", "run", "-c", str(cfg)],
-        cwd=tmp_path,
-        env=clean_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    third = start_daemon(cfg, tmp_path)
     try:
         wait_for(lambda: _port_open(port))
         third.kill()  # SIGKILL: no clean release, the kernel drops the lock
         third.communicate(timeout=30)
-        fourth = subprocess.Popen(
-            [sys.executable, "-m", "watchdog", "run", "-c", str(cfg)],
-            cwd=tmp_path,
-            env=clean_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        fourth = start_daemon(cfg, tmp_path)
         wait_for(lambda: _port_open(port))
         fourth.send_signal(signal.SIGTERM)
         _, err = fourth.communicate(timeout=30)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 
 from tests.support import images
 from tests.support import registry as support_registry
-from tests.support.cli import clean_env, run, wait_for
+from tests.support.cli import run, start_daemon, wait_for
 from tests.support.registry import free_port
 from tests.support.slack_standin import SlackStandIn
 
@@ -49,14 +48,7 @@ def test_postgres_restarted_under_run_loses_and_doubles_nothing(
         f"slack: {{webhook_url: '{slack.webhook_url}'}}\n"
         f"watches: ['{registry.host}/{repo}']\n"
     )
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "watchdog", "run", "-c", str(cfg)],
-        cwd=tmp_path,
-        env=clean_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    daemon = start_daemon(cfg, tmp_path)
     stopped = False
     try:
         wait_for(lambda: _ready(port) == 200, what="the daemon's first check")

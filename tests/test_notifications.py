@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +13,7 @@ import pytest
 
 from tests.support import images
 from tests.support import registry as support_registry
-from tests.support.cli import clean_env, run, wait_for
+from tests.support.cli import run, start_daemon, wait_for
 from tests.support.registry import free_port
 from watchdog import config, errors, notifications
 
@@ -143,14 +141,7 @@ def test_a_real_registry_notifies_the_daemon_which_checks_at_once(tmp_path: Path
             f"http: {{listen: '127.0.0.1:{port}'}}\nhooks: {{registry_token: '{token}'}}\n"
             f"watches: ['{server.host}/deephaven/server']\n"
         )
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "watchdog", "run", "-c", str(cfg)],
-            cwd=tmp_path,
-            env=clean_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        daemon = start_daemon(cfg, tmp_path)
         name = f"{server.host}/deephaven/server"
         deadline = time.monotonic() + 20
         while not _ready(port):  # started, and the first check (the baseline) is done
@@ -214,14 +205,7 @@ def test_a_lost_notification_is_caught_by_the_next_poll(tmp_path: Path) -> None:
             f"http: {{listen: '127.0.0.1:{port}'}}\nhooks: {{registry_token: '{token}'}}\n"
             f"watches: ['{server.host}/deephaven/server']\n"
         )
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "watchdog", "run", "-c", str(cfg)],
-            cwd=tmp_path,
-            env=clean_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        daemon = start_daemon(cfg, tmp_path)
         name = f"{server.host}/deephaven/server"
         wait_for(lambda: _ready(port), what="the daemon's first check")
         with images.Pusher(server.url) as pusher:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ import pytest
 
 from tests.support import faultproxy, images
 from tests.support import registry as support_registry
-from tests.support.cli import clean_env, run
+from tests.support.cli import run, start_daemon
 from tests.support.registry import free_port
 
 INTERVAL = 2.0
@@ -53,15 +51,7 @@ def test_three_replicas_check_each_watch_once_per_interval(
     )
     ports = [free_port() for _ in range(3)]
     replicas = [
-        subprocess.Popen(
-            [sys.executable, "-m", "watchdog", "run", "-c", str(cfg)],
-            cwd=tmp_path,
-            env=clean_env({"WATCHDOG_HTTP_LISTEN": f"127.0.0.1:{port}"}),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for port in ports
+        start_daemon(cfg, tmp_path, {"WATCHDOG_HTTP_LISTEN": f"127.0.0.1:{port}"}) for port in ports
     ]
 
     def listings(r: str) -> int:

@@ -43,3 +43,17 @@ def wait_for(predicate: Callable[[], T], timeout: float = 20.0, what: str = "the
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def start_daemon(
+    config: Path, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    """``tag-watchdog run -c CONFIG`` in the background, stderr (its log) captured as text."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "watchdog", "run", "-c", str(config)],
+        cwd=cwd,
+        env=clean_env(env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
