@@ -37,7 +37,7 @@ class Actions(Protocol):
     ) -> restore.Plan | restore.Outcome: ...
 
     async def accept(
-        self, ref: models.ImageRef, reason: str | None, actor: str
+        self, ref: models.ImageRef, reason: str | None, actor: str, expected: str | None = None
     ) -> models.Event: ...
 
 

@@ -132,6 +132,10 @@ class HttpSettings:
         return int(self.listen.rsplit(":", 1)[1])
 
 
+# Slack user ids: U... (or W... on Enterprise Grid), upper-case letters and digits.
+SLACK_USER_RE = re.compile(r"^[UW][A-Z0-9]{2,30}$")
+
+
 @dataclasses.dataclass(frozen=True)
 class SlackSettings:
     webhook_url: Secret | None = None
@@ -142,6 +146,12 @@ class SlackSettings:
     base_url: str | None = None  # Web API base (tests point it at a local stand-in)
     # one alert when no check of a registry succeeded for this long, one when it answers again
     unreachable_after: float = 600.0
+
+    @property
+    def buttons(self) -> bool:
+        """True when alerts carry Restore/Accept buttons: bot mode, a signing secret to verify
+        the taps and an allow-list of who may tap."""
+        return bool(self.token and self.channel and self.signing_secret and self.allowed_users)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -511,6 +521,20 @@ def from_mapping(
         r.problem("slack.webhook_url", "must be an http(s) URL")
     if slack.token and not slack.channel:
         r.problem("slack.channel", "is required with slack.token")
+    # Buttons (Restore / Accept from the alert) need all three: a bot token (to update the message),
+    # the signing secret (to trust a tap) and the people allowed to tap. Half a setup fails closed.
+    if slack.signing_secret and not slack.token:
+        r.problem("slack.signing_secret", "needs slack.token: buttons work in bot-token mode only")
+    if slack.signing_secret and not slack.allowed_users:
+        r.problem(
+            "slack.allowed_users",
+            "list the Slack user ids (U...) allowed to restore or accept from Slack",
+        )
+    if slack.allowed_users and not slack.signing_secret:
+        r.problem("slack.signing_secret", "is required with slack.allowed_users")
+    for user in slack.allowed_users:
+        if not SLACK_USER_RE.match(user):
+            r.problem("slack.allowed_users", f"{user!r} is not a Slack user id (like U0123ABCD)")
 
     restore_raw = r.mapping(top.get("restore"), "restore", {"max_per_tag", "window"})
     restore = RestoreSettings(
@@ -547,6 +571,7 @@ def _apply_env_overrides(top: dict[str, Any], env: Mapping[str, str]) -> None:
         "SLACK_WEBHOOK_URL": ("slack", "webhook_url"),
         "SLACK_TOKEN": ("slack", "token"),
         "SLACK_CHANNEL": ("slack", "channel"),
+        "SLACK_SIGNING_SECRET": ("slack", "signing_secret"),
         "HOOK_TOKEN": ("hooks", "registry_token"),
     }
     for suffix, path in simple.items():

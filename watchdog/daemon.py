@@ -14,7 +14,7 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from typing import Any
 
 import uvicorn
@@ -32,6 +32,7 @@ from watchdog import (
     notifications,
     restore,
     service,
+    slack_actions,
 )
 from watchdog.alerts import outbox
 from watchdog.store import claims, db, lock
@@ -116,14 +117,19 @@ class Daemon:
 
     async def _serve(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
+        routes = []
+        if self.store is not None:
+            actions = _Actions(self)
+            routes = [
+                *api.routes(self.store, self.settings.http.api_token, actions),
+                *slack_actions.routes(self.settings, self.store, actions, spawn=self._spawn),
+            ]
         app = http.build_app(
             self.metrics,
             self.readiness,
             hook_token=self.settings.hooks.registry_token,
             on_registry_events=self.on_registry_events,
-            api_routes=api.routes(self.store, self.settings.http.api_token, _Actions(self))
-            if self.store is not None
-            else (),
+            api_routes=routes,
         )
         server = _Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
         server_task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -203,6 +209,18 @@ class Daemon:
             self.recheck.add(name)
         else:
             self.scheduler.modify_job(name, next_run_time=dt.datetime.now(dt.UTC))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background (an action answered in Slack); shutdown waits for it
+        like for a running check."""
+        task = asyncio.get_running_loop().create_task(work)
+        self.running.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self.running.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background_task_failed", exc_info=task.exception())
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if self.stopping.is_set():
@@ -302,11 +320,19 @@ class _Actions:
             d.alerts.wake()
         return outcome
 
-    async def accept(self, ref: models.ImageRef, reason: str | None, actor: str) -> models.Event:
+    async def accept(
+        self, ref: models.ImageRef, reason: str | None, actor: str, expected: str | None = None
+    ) -> models.Event:
         d = self.daemon
         assert d.store is not None
         event = await asyncio.to_thread(
-            restore.accept, d.store, ref, now=d.clock(), actor=actor, reason=reason
+            restore.accept,
+            d.store,
+            ref,
+            now=d.clock(),
+            actor=actor,
+            reason=reason,
+            expected=expected,
         )
         if d.alerts is not None:
             d.alerts.wake()

@@ -373,12 +373,14 @@ def accept(
     now: dt.datetime,
     actor: str,
     reason: str | None = None,
+    expected: str | None = None,
 ) -> models.Event:
     """Make the tag's current digest its recorded one (a deliberate re-release); return the
     ``accepted`` event written with the record (state ok) in one transaction.
 
-    Raises UsageError when the tag was never recorded, is deleted, or already answers its
-    recorded digest (nothing to accept).
+    Raises UsageError when the tag was never recorded, is deleted, already answers its recorded
+    digest (nothing to accept), or, with ``expected``, answers another digest than that one (the
+    person accepting saw ``expected``: what moved since was never shown to them).
     """
     if ref.tag is None:
         raise errors.UsageError(f"accept needs a tagged reference, got {ref}")
@@ -390,6 +392,10 @@ def accept(
     if record.current_digest == record.recorded_digest:
         raise errors.UsageError(
             f"{record.ref} already answers its recorded digest {record.recorded_digest}"
+        )
+    if expected is not None and record.current_digest != expected:
+        raise errors.UsageError(
+            f"{record.ref} now answers {record.current_digest}, not {expected}: nothing accepted"
         )
     new_record = dataclasses.replace(
         record,

@@ -23,6 +23,7 @@ from typing import Any
 
 WEBHOOK_PATH = "/services/T000/B000/standin-webhook-secret"
 TOKEN = "xoxb-standin-token-secret"
+CHANNEL_ID = "C0STANDIN"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +44,8 @@ class SlackStandIn:
     def __init__(self) -> None:
         self.requests: list[Request] = []  # every request, answered or refused
         self.delivered: list[Request] = []  # requests answered with success
+        self.updates: list[Request] = []  # chat.update requests answered with success
+        self.ephemerals: list[Request] = []  # chat.postEphemeral requests answered with success
         self._script: list[Answer] = []
         self._lock = threading.Lock()
         self._ts = itertools.count(1)
@@ -119,15 +122,20 @@ class SlackStandIn:
             with self._lock:
                 self.delivered.append(req)
             self._answer(h, Answer(200, "ok"))
-        elif h.path == "/api/chat.postMessage":
+        elif h.path in ("/api/chat.postMessage", "/api/chat.update", "/api/chat.postEphemeral"):
             if req.headers.get("authorization") != f"Bearer {TOKEN}":
                 self._answer(h, Answer(200, {"ok": False, "error": "invalid_auth"}))
                 return
-            ts = f"1700000000.{next(self._ts):06d}"
+            if h.path == "/api/chat.postMessage":
+                ts = f"1700000000.{next(self._ts):06d}"
+                kept = self.delivered
+            else:
+                ts = str(req.body.get("ts") or f"1700000000.{next(self._ts):06d}")
+                kept = self.updates if h.path == "/api/chat.update" else self.ephemerals
             with self._lock:
-                self.delivered.append(req)
+                kept.append(req)
             self._answer(
-                h, Answer(200, {"ok": True, "channel": "C0STANDIN", "ts": ts, "message": {}})
+                h, Answer(200, {"ok": True, "channel": CHANNEL_ID, "ts": ts, "message": {}})
             )
         else:
             self._answer(h, Answer(404, "no_service"))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import email.utils
+import json
 import logging
 from typing import Any, Protocol
 
@@ -37,6 +38,12 @@ DEFAULT_BASE_URL = "https://slack.com/api/"
 # errors of its own: it gets a logger of its own that says nothing.
 _sdk_log = logging.getLogger("watchdog.alerts.slack_sdk")
 _sdk_log.disabled = True  # we log (and redact) every outcome ourselves
+
+# Interactive buttons: the action ids /slack/actions answers, and Slack's limit on a button value.
+ACTION_RESTORE = "tag_watchdog.restore"
+ACTION_ACCEPT = "tag_watchdog.accept"
+ACTIONS_BLOCK = "tag_watchdog.actions"
+MAX_BUTTON_VALUE = 2000
 
 # Web API errors worth trying again; every other ``error`` is a permanent refusal.
 _TEMPORARY_API_ERRORS = frozenset(
@@ -58,6 +65,7 @@ class Context:
 
     on_move: str | None = None  # "alert" | "restore" | None (repository no longer watched)
     first_seen: dt.datetime | None = None
+    buttons: bool = False  # Restore/Accept buttons (bot mode with slack.signing_secret)
 
 
 # --- escaping and limits -------------------------------------------------------------------------
@@ -259,9 +267,89 @@ def render_event(event: models.Event, context: Context = Context()) -> Message:
         blocks.append(_section("*Put it back by hand:*\n```" + escape("\n".join(commands)) + "```"))
         fallback += f". Put it back: {commands[0]}"
     if event.actor and event.actor != "watchdog":
-        blocks.append(_context(f"by {escape(event.actor)}"))
+        blocks.append(_context(f"by {actor_mrkdwn(event.actor)}"))
+    if context.buttons:
+        buttons = _buttons(event, recorded, context)
+        if buttons is not None:
+            blocks.append(buttons)
     blocks.append(_context(f"tag-watchdog · event {event.id or '-'} · {escape(kind.value)}"))
     return _message(escape(fallback), blocks)
+
+
+def actor_mrkdwn(actor: str) -> str:
+    """Who did it, for a message: a Slack user (``slack:U123 (alice)``) becomes a mention."""
+    name, _, rest = actor.partition(" ")
+    if name.startswith("slack:") and config.SLACK_USER_RE.match(name[6:]):
+        return f"<@{name[6:]}>" + (f" {escape(rest)}" if rest else "")
+    return escape(actor)
+
+
+def button_value(event: models.Event, digest: str) -> str:
+    """What a button carries back to /slack/actions: the event, the tag and the one digest the
+    person saw (a tap acts on exactly that digest or not at all)."""
+    return json.dumps(
+        {"event": event.id, "ref": f"{event.repository}:{event.tag}", "digest": digest},
+        separators=(",", ":"),
+    )
+
+
+def _buttons(event: models.Event, recorded: str | None, context: Context) -> dict[str, Any] | None:
+    kind = event.kind.value
+    elements: list[dict[str, Any]] = []
+    auto = context.on_move == "restore" and kind == "moved"  # the watchdog is restoring already
+    if recorded and kind in _MANUAL_RESTORE_KINDS and not auto:
+        elements.append(
+            {
+                "type": "button",
+                "action_id": ACTION_RESTORE,
+                "style": "primary",
+                "text": _plain(f"Restore {event.tag} to {models.short_digest(recorded)}"),
+                "value": button_value(event, recorded),
+            }
+        )
+    new = event.new_digest
+    if new and kind in ("moved", "restore_stopped") and not auto:
+        elements.append(
+            {
+                "type": "button",
+                "action_id": ACTION_ACCEPT,
+                "style": "danger",
+                "text": _plain("Accept new digest"),
+                "value": button_value(event, new),
+                # Accepting trusts the intruder: one more tap to be sure, on a phone too.
+                "confirm": {
+                    "title": _plain("Accept the new digest?"),
+                    "text": {
+                        "type": "mrkdwn",
+                        "text": truncate_mrkdwn(
+                            f"{_code(event.tag)} will be recorded as {_code(new)}; the old "
+                            "digest is no longer the trusted one.",
+                            300,
+                        ),
+                    },
+                    "confirm": _plain("Accept"),
+                    "deny": _plain("Cancel"),
+                },
+            }
+        )
+    if not elements or any(len(e["value"]) > MAX_BUTTON_VALUE for e in elements):
+        return None
+    return {"type": "actions", "block_id": f"{ACTIONS_BLOCK}.{event.id or 0}", "elements": elements}
+
+
+def _plain(text: str, limit: int = 75) -> dict[str, Any]:
+    # Button labels and confirm titles are plain text of at most 75 characters.
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return {"type": "plain_text", "text": text, "emoji": False}
+
+
+def render_outcome(event: models.Event, outcome: str, context: Context = Context()) -> Message:
+    """The alert about ``event`` again, without its buttons, with ``outcome`` (mrkdwn, already
+    escaped) in their place: what a tap on a button did, for ``chat.update``."""
+    original = render_event(event, dataclasses.replace(context, buttons=False))
+    blocks = [*original.blocks[:-1], _section(outcome), original.blocks[-1]]
+    return _message(original.text, blocks)
 
 
 def _action(event: models.Event, context: Context) -> str:
@@ -319,7 +407,10 @@ def render_item(item: models.OutboxItem, settings: config.Settings) -> Message:
         on_move = next(
             (w.on_move for w in settings.watches if w.name == item.event.repository), None
         )
-        return render_event(item.event, Context(on_move=on_move, first_seen=item.first_seen))
+        return render_event(
+            item.event,
+            Context(on_move=on_move, first_seen=item.first_seen, buttons=settings.slack.buttons),
+        )
     return render_notice(item.notice or {})
 
 
@@ -402,6 +493,27 @@ class BotSender:
     def send(self, message: Message, thread_id: str | None = None) -> str | None:
         """Post ``message`` (into ``thread_id``'s thread when given); return its ``ts``.
         Raises AlertError."""
+        resp = self._call(
+            "chat.postMessage",
+            channel=self._channel,
+            text=message.text,
+            blocks=message.blocks,
+            thread_ts=thread_id,
+            unfurl_links=False,
+            unfurl_media=False,
+        )
+        ts = resp.get("ts")
+        return str(ts) if ts else None
+
+    def update(self, channel: str, ts: str, message: Message) -> None:
+        """Replace the message ``ts`` in ``channel`` (``chat.update``). Raises AlertError."""
+        self._call("chat.update", channel=channel, ts=ts, text=message.text, blocks=message.blocks)
+
+    def ephemeral(self, channel: str, user: str, text: str) -> None:
+        """Show ``text`` to ``user`` only (``chat.postEphemeral``). Raises AlertError."""
+        self._call("chat.postEphemeral", channel=channel, user=user, text=text)
+
+    def _call(self, method: str, **params: Any) -> Any:
         client = web.WebClient(
             token=self._token.reveal(),
             base_url=self._base_url,
@@ -411,14 +523,7 @@ class BotSender:
         )
         secret = self._token.reveal()
         try:
-            resp = client.chat_postMessage(
-                channel=self._channel,
-                text=message.text,
-                blocks=message.blocks,
-                thread_ts=thread_id,
-                unfurl_links=False,
-                unfurl_media=False,
-            )
+            return client.api_call(method, json={k: v for k, v in params.items() if v is not None})
         except slack_errors.SlackApiError as exc:
             r = exc.response
             data = r.data if isinstance(r.data, dict) else {}
@@ -426,11 +531,9 @@ class BotSender:
             status = int(r.status_code)
             if status == 200 and error in _TEMPORARY_API_ERRORS:
                 status = 503
-            raise _refused("chat.postMessage", status, error, r.headers or {}, secret) from None
+            raise _refused(method, status, error, r.headers or {}, secret) from None
         except Exception as exc:
-            raise _unreachable("chat.postMessage", exc, secret) from None
-        ts = resp.get("ts")
-        return str(ts) if ts else None
+            raise _unreachable(method, exc, secret) from None
 
 
 def _header_value(headers: Any, name: str) -> str | None:
