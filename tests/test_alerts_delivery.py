@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.slack_standin import TOKEN, Answer, SlackStandIn
-from watchdog import config, metrics, models
+from watchdog import config, errors, metrics, models
 from watchdog.alerts import outbox, slack
 from watchdog.store import repo
 
@@ -194,3 +194,14 @@ async def test_the_running_worker_survives_a_bug_and_stops_when_asked(
     await asyncio.wait_for(task, 5)
     assert len(sender.sent) == 1 and sender.calls == 2
     assert alerting.pending_alerts() == 0
+
+
+def test_the_lease_is_slack_lease_60s_unless_set(alerting: repo.Store) -> None:
+    """How long an alert whose send was interrupted (the daemon died mid-send) waits before it is
+    sent again: ``slack.lease``, 60 s by default; the crash tests shorten it."""
+    assert config.from_mapping({}, env={}).slack.lease == 60.0
+    assert outbox.Worker(alerting, {}, config.Settings()).lease == 60.0
+    short = config.from_mapping({"slack": {"webhook_url": "http://x", "lease": "2s"}}, env={})
+    assert outbox.Worker(alerting, {}, short).lease == 2.0
+    with pytest.raises(errors.ConfigError, match=r"slack\.lease.*at least 1s"):
+        config.from_mapping({"slack": {"lease": "0.5s"}}, env={})

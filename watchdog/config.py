@@ -146,6 +146,9 @@ class SlackSettings:
     base_url: str | None = None  # Web API base (tests point it at a local stand-in)
     # one alert when no check of a registry succeeded for this long, one when it answers again
     unreachable_after: float = 600.0
+    # the outbox lease: a send whose outcome is unknown (the daemon died mid-send) goes out again
+    # after this long; keep it well above a send's 10 s timeout when replicas share the outbox
+    lease: float = 60.0
 
     @property
     def buttons(self) -> bool:
@@ -506,6 +509,7 @@ def from_mapping(
             "allowed_users",
             "base_url",
             "unreachable_after",
+            "lease",
         },
     )
     slack = SlackSettings(
@@ -516,7 +520,10 @@ def from_mapping(
         allowed_users=r.string_list(slack_raw, "allowed_users", "slack.") or (),
         base_url=r.string(slack_raw, "base_url", "slack.", None) or None,
         unreachable_after=r.duration(slack_raw, "unreachable_after", "slack.", 600.0),
+        lease=r.duration(slack_raw, "lease", "slack.", 60.0),
     )
+    if slack.lease < 1:
+        r.problem("slack.lease", "must be at least 1s", slack_raw, "lease")
     if slack.webhook_url and not slack.webhook_url.reveal().startswith(("https://", "http://")):
         r.problem("slack.webhook_url", "must be an http(s) URL")
     if slack.token and not slack.channel:

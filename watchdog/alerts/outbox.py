@@ -109,7 +109,7 @@ class Worker:
         clock: Clock = _utcnow,
         sleep: Sleep = asyncio.sleep,
         policy: RetryPolicy = RetryPolicy(),
-        lease: float = 60.0,
+        lease: float | None = None,
         poll: float = 1.0,
     ) -> None:
         self.store = store
@@ -119,7 +119,8 @@ class Worker:
         self.clock = clock
         self.sleep = sleep
         self.policy = policy
-        self.lease = lease
+        # None: the configured ``slack.lease`` (60 s unless set)
+        self.lease = settings.slack.lease if lease is None else lease
         self.poll = poll
         self._wake = asyncio.Event()
 
