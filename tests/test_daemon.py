@@ -1,9 +1,11 @@
-"""Daemon scheduling rules that need no servers: a notification during a check is never lost."""
+"""Daemon scheduling rules that need no servers: a notification during a check is never lost;
+the slot trigger fires once per slot without drifting."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 from pathlib import Path
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -48,3 +50,33 @@ async def test_a_notification_during_a_check_asks_for_one_more_check(tmp_path: P
         assert not d.recheck and not d.checking
     finally:
         d.scheduler.shutdown(wait=False)
+
+
+def test_slot_trigger_fires_once_per_slot_without_drift() -> None:
+    name, interval = "ghcr.io/deephaven/server", 10.0
+    trigger = daemon.SlotTrigger(name, interval, jitter=4.0)
+    now = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
+    fire = trigger.get_next_fire_time(None, now)
+    slots = []
+    for _ in range(500):  # IntervalTrigger's jitter would have drifted by ~1,000 s by now
+        start = claims.slot_start(name, interval, fire)
+        assert (fire - start).total_seconds() <= 4.0  # early in its slot
+        slots.append(start)
+        fire = trigger.get_next_fire_time(fire, fire)
+    steps = {(b - a).total_seconds() for a, b in itertools.pairwise(slots)}
+    assert steps == {interval}  # every slot once: none skipped, none twice
+    # a check brought forward by a notification, mid-slot: the next fire is the next slot's
+    mid = slots[-1] + dt.timedelta(seconds=7)
+    after = trigger.get_next_fire_time(mid, mid)
+    assert claims.slot_start(name, interval, after) == slots[-1] + dt.timedelta(seconds=interval)
+
+
+def test_slot_trigger_without_jitter_moves_on_from_a_boundary() -> None:
+    # jitter 0 puts every fire exactly on a slot boundary: the next must be one interval later
+    trigger = daemon.SlotTrigger("a/b", 1.0, jitter=0.0)
+    now = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
+    fire = trigger.get_next_fire_time(None, now)
+    for _ in range(100):
+        nxt = trigger.get_next_fire_time(fire, fire)
+        assert nxt - fire == dt.timedelta(seconds=1)
+        fire = nxt

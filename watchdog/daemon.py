@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import random
 import signal
 import socket
 import time
@@ -19,7 +20,7 @@ from typing import Any
 
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.interval import IntervalTrigger
+from apscheduler.triggers.base import BaseTrigger
 
 from watchdog import (
     __version__,
@@ -44,10 +45,36 @@ SHUTDOWN_GRACE = 30.0  # seconds given to running checks on shutdown
 # /readyz turns false when a watch has not completed a cycle for this many intervals
 STALE_AFTER_INTERVALS = 3
 MAX_CONCURRENT_CHECKS = 8  # watches checked at once (each holds database connections)
-# A scheduled check runs only if the watch's last attempt (by any replica) is older than this
-# fraction of its interval: with several replicas, the first timer to fire wins the interval.
-CLAIM_MIN_AGE = 0.8
 NOTIFIED_RECHECK_DELAY = 1.0  # seconds: the second look after a registry notification
+
+
+class SlotTrigger(BaseTrigger):  # type: ignore[misc]  # apscheduler 3 is untyped
+    """Fires once in every slot of the watch (store/claims.py), ``jitter`` at most after its start.
+
+    APScheduler's IntervalTrigger adds each jitter to the previous (jittered) fire time, so its
+    fire times drift through the interval, and a check brought forward by a notification moves
+    its whole grid. Anchored to the slots instead, the replicas of one watch all fire early in the
+    same slot (the first claims it) and no slot is skipped or fired twice by one process.
+    """
+
+    __slots__ = ("interval", "jitter", "name")
+
+    def __init__(self, name: str, interval: float, jitter: float) -> None:
+        self.name = name
+        self.interval = interval
+        self.jitter = min(jitter, interval / 2)
+
+    def get_next_fire_time(
+        self, previous_fire_time: dt.datetime | None, now: dt.datetime
+    ) -> dt.datetime:
+        base = previous_fire_time or now  # the slot of the last run, or of now: the next one
+        start = claims.slot_start(self.name, self.interval, base.astimezone(dt.UTC))
+        # jitter spreads the load of many watches; nothing secret depends on it
+        delay = random.uniform(0, self.jitter) if self.jitter else 0.0  # noqa: S311
+        return start + dt.timedelta(seconds=self.interval + delay)
+
+    def __str__(self) -> str:
+        return f"slots[{self.interval}s, jitter {self.jitter}s]"
 
 
 class _Server(uvicorn.Server):
@@ -139,9 +166,7 @@ class Daemon:
             interval = watch.interval or self.settings.interval
             self.scheduler.add_job(
                 self._check,
-                IntervalTrigger(
-                    seconds=interval, jitter=min(self.settings.jitter, interval / 2) or None
-                ),
+                SlotTrigger(watch.name, interval, min(self.settings.jitter, interval / 2)),
                 args=[watch],
                 id=watch.name,
                 name=f"check {watch.name}",
@@ -241,15 +266,14 @@ class Daemon:
             # check: what it announced may have happened after our HEAD of that tag.
             while True:
                 self.recheck.discard(watch.name)
-                # Scheduled runs of replicas sharing PostgreSQL: the first whose timer fires
-                # checks the watch, the others see a recent attempt and skip. Notified runs go now.
+                # Scheduled runs of replicas sharing PostgreSQL: the first to claim the watch's
+                # current slot checks it, the others skip until the next slot. Notified runs go now.
                 urgent = watch.name in self.triggered
                 self.triggered.discard(watch.name)
-                min_age = None if urgent else CLAIM_MIN_AGE * interval
+                now = self.clock()
+                slot = None if urgent else claims.slot_start(watch.name, interval, now)
                 async with self.slots:
-                    claim = await asyncio.to_thread(
-                        self.claims.acquire, watch.name, self.clock(), min_age=min_age
-                    )
+                    claim = await asyncio.to_thread(self.claims.acquire, watch.name, now, slot=slot)
                     if claim is None:
                         log.debug(
                             "check_skipped repository=%s reason=claimed_elsewhere", watch.name

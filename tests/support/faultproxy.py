@@ -85,6 +85,7 @@ class Seen:
     status: int | None  # None when the connection was dropped (or an action answered)
     headers: dict[str, str]
     body: bytes = b""  # the request body (what a client PUT or POSTed)
+    at: float = dataclasses.field(default_factory=time.time)  # when it was logged (wall clock)
 
     @property
     def query(self) -> dict[str, list[str]]:

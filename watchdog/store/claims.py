@@ -1,12 +1,16 @@
 """Splitting the watches between replicas that share one PostgreSQL database.
 
-Every replica schedules every watch; before checking one it asks for a claim. On PostgreSQL a
-claim is a session-level advisory lock on the watch (held on its own connection for as long as the
-check runs, so no two replicas ever check a watch at once) plus, for a scheduled check, the rule
-that the watch was not attempted within ``min_age`` (so one replica, the first whose timer fires,
-checks it once per interval). A replica that dies loses its connection and with it its locks:
-the next replica whose timer fires takes the watch over, within one interval. No coordinator,
-no lease table: PostgreSQL's own locks and the ``watches`` row the check writes anyway.
+Time is cut into slots, one interval long, on a grid that is the same on every replica (wall
+clock) and shifted per watch (so that watches spread over the interval). Every replica schedules
+every watch at the start of each of its slots; the first to claim the slot checks it, the others
+skip: exactly one scheduled check per watch per slot, whatever the number of replicas.
+
+On PostgreSQL a claim is a session-level advisory lock on the watch (held on its own connection for
+as long as the check runs, so no two replicas ever check a watch at once) plus, for a scheduled
+check, a conditional UPDATE of the ``watches`` row that stamps ``last_attempt`` only if no one has
+attempted the watch in this slot yet (row locks make it atomic: of two replicas racing, one
+updates one row, the other none). A replica that dies loses its connection and with it its locks:
+another replica checks its watches in the next slot. No coordinator, no lease table.
 
 On SQLite there is one daemon per file (``store.lock``), so every claim is granted.
 """
@@ -17,6 +21,7 @@ import datetime as dt
 import hashlib
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 
 from watchdog.store import db, tables
@@ -28,6 +33,22 @@ _LOCK_NAMESPACE = 0x7477  # "tw"
 
 def _key(repository: str) -> int:
     return int.from_bytes(hashlib.sha256(repository.encode()).digest()[:4], "big", signed=True)
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_US = dt.timedelta(microseconds=1)
+
+
+def slot_start(repository: str, interval: float, now: dt.datetime) -> dt.datetime:
+    """The start of the slot of ``repository`` that ``now`` falls in: slots are ``interval``
+    seconds long, on a grid every replica computes alike, shifted by a per-watch offset.
+
+    Integer microseconds throughout: a moment exactly on a slot boundary belongs to the slot it
+    starts (float rounding would put it in the one before, and a trigger would fire twice)."""
+    length = max(1, round(interval * 1_000_000))
+    offset = _key(repository) % length
+    t = (now - _EPOCH) // _US
+    return _EPOCH + (((t - offset) // length) * length + offset) * _US
 
 
 class Claim:
@@ -58,12 +79,15 @@ class Claims:
         self.engine = engine
         self.shared = engine.url.get_backend_name() == "postgresql"
 
-    def acquire(self, repository: str, now: dt.datetime, *, min_age: float | None) -> Claim | None:
+    def acquire(
+        self, repository: str, now: dt.datetime, *, slot: dt.datetime | None
+    ) -> Claim | None:
         """A Claim when this process may check ``repository`` now, None when it must skip it.
 
-        ``min_age``: skip unless the watch's last attempt is at least this many seconds old
-        (scheduled checks); None for a check that must run now (a registry notification).
-        Blocking (call it from a worker thread); raises errors.StoreError subclasses.
+        ``slot``: for a scheduled check, the start of the current slot (``slot_start``): the
+        claim is granted only if no one attempted the watch since, and stamps the attempt. None
+        for a check that must run now (a registry notification). Blocking (call it from a worker
+        thread); raises errors.StoreError subclasses.
         """
         if not self.shared:
             return Claim(None, 0)
@@ -80,18 +104,34 @@ class Claims:
                     conn.close()
                     return None
                 claim = Claim(conn, key)
-                if min_age is not None:
-                    last = conn.execute(
-                        sa.select(tables.watches.c.last_attempt).where(
-                            tables.watches.c.repository == repository
-                        )
-                    ).scalar_one_or_none()
-                    conn.commit()
-                    if last is not None and (now - last).total_seconds() < min_age:
-                        claim.release()
-                        return None
+                if slot is not None and not self._stamp(conn, repository, now, slot):
+                    claim.release()
+                    return None
                 return claim
             except BaseException:
                 if conn is not None:
                     conn.close()
                 raise
+
+    @staticmethod
+    def _stamp(conn: sa.Connection, repository: str, now: dt.datetime, slot: dt.datetime) -> bool:
+        """Stamp the attempt of ``repository`` at ``now`` unless one was made since ``slot``."""
+        w = tables.watches
+        won = conn.execute(
+            sa.update(w)
+            .where(
+                w.c.repository == repository,
+                sa.or_(w.c.last_attempt.is_(None), w.c.last_attempt < slot),
+            )
+            .values(last_attempt=now)
+        ).rowcount
+        if won == 0:  # no row yet (a watch never checked), or attempted in this slot already
+            inserted = conn.execute(
+                postgresql.insert(w)
+                .values(repository=repository, last_attempt=now, consecutive_errors=0)
+                .on_conflict_do_nothing(index_elements=["repository"])
+                .returning(w.c.repository)
+            ).first()
+            won = 1 if inserted is not None else 0
+        conn.commit()
+        return bool(won == 1)
