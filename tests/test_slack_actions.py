@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import images
 from tests.support import registry as support_registry
@@ -371,6 +372,22 @@ def test_one_tap_restore_and_accept_on_a_real_daemon(
                 tags = c.get("/api/v1/tags").json()["tags"]
                 assert tags[0]["recorded_digest"] == deliberate.digest
                 assert answers() == deliberate.digest
+                counted = {
+                    (s.labels["action"], s.labels["result"]): s.value
+                    for f in text_string_to_metric_families(c.get("/metrics").text)
+                    if f.name == "tag_watchdog_slack_actions"
+                    for s in f.samples
+                    if s.name.endswith("_total")
+                }
+                assert counted == {
+                    ("unknown", "unsigned"): 1,
+                    ("unknown", "bad_signature"): 1,
+                    ("unknown", "stale"): 1,
+                    ("restore", "not_allowed"): 1,
+                    ("restore", "restored"): 1,
+                    ("accept", "refused"): 1,
+                    ("accept", "accepted"): 1,
+                }
         finally:
             daemon.send_signal(signal.SIGTERM)
             _, err = daemon.communicate(timeout=30)

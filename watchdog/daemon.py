@@ -149,7 +149,9 @@ class Daemon:
             actions = _Actions(self)
             routes = [
                 *api.routes(self.store, self.settings.http.api_token, actions),
-                *slack_actions.routes(self.settings, self.store, actions, spawn=self._spawn),
+                *slack_actions.routes(
+                    self.settings, self.store, actions, spawn=self._spawn, observer=self.metrics
+                ),
             ]
         app = http.build_app(
             self.metrics,

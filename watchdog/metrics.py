@@ -92,6 +92,14 @@ class Metrics:
             ["channel", "result"],
             registry=r,
         )
+        self.slack_actions = prom.Counter(
+            p + "slack_actions",
+            "Taps on the Slack buttons, by action (restore, accept, unknown) and result "
+            "(restored, failed, accepted, refused, error; or why the request was refused: "
+            "unsigned, bad_signature, stale, not_allowed, malformed).",
+            ["action", "result"],
+            registry=r,
+        )
         self.alert_outbox_pending = prom.Gauge(
             p + "alert_outbox_pending", "Alerts written but not yet delivered.", registry=r
         )
@@ -144,6 +152,9 @@ class Metrics:
     # The alert worker reports through these (alerts must not import metrics).
     def on_alert(self, channel: str, result: str) -> None:
         self.alerts.labels(channel=channel, result=result).inc()
+
+    def on_slack_action(self, action: str, result: str) -> None:
+        self.slack_actions.labels(action=action, result=result).inc()
 
     def on_outbox_pending(self, pending: int) -> None:
         self.alert_outbox_pending.set(pending)

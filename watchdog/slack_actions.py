@@ -28,7 +28,7 @@ import re
 import time
 import urllib.parse
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Protocol
 
 from slack_sdk import signature
 from starlette.requests import Request
@@ -48,6 +48,12 @@ _NAME_RE = re.compile(r"[^A-Za-z0-9._-]")
 
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
 Clock = Callable[[], float]
+
+
+class Observer(Protocol):
+    """Where taps are counted (watchdog.metrics.Metrics)."""
+
+    def on_slack_action(self, action: str, result: str) -> None: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,11 +163,13 @@ class Responder:
         store: store_repo.Store,
         actions: api.Actions,
         sender: slack.BotSender,
+        observer: Observer | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.actions = actions
         self.sender = sender
+        self.observer = observer
         self._busy: set[tuple[str | None, str | None, str]] = set()
 
     async def perform(self, tap: Tap) -> None:
@@ -172,6 +180,8 @@ class Responder:
         self._busy.add(key)
         try:
             result, outcome = await self._act(tap)
+            if self.observer is not None:
+                self.observer.on_slack_action(tap.verb, result)
             log.info(
                 "slack_action_done action=%s ref=%s by=%s result=%s",
                 tap.verb,
@@ -265,6 +275,7 @@ def routes(
     actions: api.Actions | None,
     *,
     spawn: Spawn,
+    observer: Observer | None = None,
     clock: Clock = time.time,
 ) -> list[Route]:
     """The ``/slack/actions`` route. Refuses every request (403) unless Slack buttons are
@@ -274,8 +285,12 @@ def routes(
     if s.buttons and store is not None and actions is not None:
         assert s.token is not None and s.channel is not None
         responder = Responder(
-            settings, store, actions, slack.BotSender(s.token, s.channel, s.base_url)
+            settings, store, actions, slack.BotSender(s.token, s.channel, s.base_url), observer
         )
+
+    def refused(action: str, reason: str) -> None:
+        if observer is not None:
+            observer.on_slack_action(action, reason)
 
     async def slack_actions(request: Request) -> Response:
         if responder is None or s.signing_secret is None:
@@ -291,23 +306,26 @@ def routes(
             body = await _read_limited(request)
         except errors.UsageError as exc:
             log.warning("slack_action_refused reason=too_large client=%s", client)
+            refused("unknown", "malformed")
             return JSONResponse({"error": str(exc)}, status_code=413)
-        refused = check_signature(
+        why = check_signature(
             s.signing_secret,
             body,
             request.headers.get("x-slack-request-timestamp"),
             request.headers.get("x-slack-signature"),
             now=clock,
         )
-        if refused is not None:
-            log.warning("slack_action_refused reason=%s client=%s", refused, client)
-            return JSONResponse({"error": f"request refused: {refused}"}, status_code=401)
+        if why is not None:
+            log.warning("slack_action_refused reason=%s client=%s", why, client)
+            refused("unknown", why)
+            return JSONResponse({"error": f"request refused: {why}"}, status_code=401)
         try:
             tap = parse_tap(body)
         except errors.UsageError as exc:
             log.warning(
                 "slack_action_refused reason=malformed client=%s error=%r", client, str(exc)
             )
+            refused("unknown", "malformed")
             return JSONResponse({"error": str(exc)}, status_code=400)
         ref = f"{tap.ref.name}:{tap.ref.tag}"
         if tap.user not in s.allowed_users:
@@ -317,6 +335,7 @@ def routes(
                 tap.verb,
                 ref,
             )
+            refused(tap.verb, "not_allowed")
             spawn(
                 responder.tell(
                     tap,
