@@ -186,6 +186,8 @@ async def test_a_restore_war_stops_auto_restore_after_max_per_tag(store, registr
         [K.MOVED, K.RESTORE_STOPPED],  # one loud event...
         [K.MOVED],  # ...not one per push
     ]
+    # that last move stays unrestored: it is judged again at each check, as it was when it moved
+    assert (await checker.check_watch(watch)).events == []
     history = store.history(watch.name, "0.15.0")
     (stopped,) = [e for e in history if e.kind is K.RESTORE_STOPPED]
     assert stopped.detail["reason"] == "something keeps pushing this tag"
@@ -198,6 +200,74 @@ async def test_a_restore_war_stops_auto_restore_after_max_per_tag(store, registr
         )
     assert outcome.restored, outcome.reason
     assert fetch(registry, repo, "0.15.0").headers["docker-content-digest"] == release.digest
+
+
+class Killed(BaseException):
+    """The daemon dying (SIGKILL) at that point: nothing after it runs, nothing catches it."""
+
+
+@pytest.mark.parametrize("dies", ["before the PUT", "after the PUT"])
+async def test_a_restore_cut_short_by_a_crash_is_finished_by_the_next_check(
+    store, registry, repo, pusher, monkeypatch, dies
+):
+    """``moved`` is committed before the restore runs; a crash in between used to leave the tag
+    drifted for good (nothing restores a move already recorded) and, after the PUT, made the
+    next check record the watchdog's own restore as a ``reverted`` by someone else. Found by
+    tests/test_crash.py."""
+    release = pusher.index(repo, "0.15.0", seed="release")
+    checker, watch = make_checker(store, registry, repo)
+    await checker.check_watch(watch)
+    rebuilt = pusher.index(repo, "0.15.0", seed="rebuild")
+    execute = restore.Restorer._execute
+
+    async def crash(self: restore.Restorer, plan: restore.Plan) -> restore.Outcome:
+        if dies == "after the PUT":
+            assert plan.manifest is not None
+            await self.registry.put_manifest(
+                plan.path, plan.tag, plan.manifest.body, plan.manifest.media_type
+            )
+        raise Killed
+
+    monkeypatch.setattr(restore.Restorer, "_execute", crash)
+    with pytest.raises(Killed):
+        await checker.check_watch(watch)
+    (moved,) = [e for e in store.history(watch.name, "0.15.0") if e.kind is K.MOVED]
+    assert moved.detail["restoring"] is True  # the promise the alert made
+    in_registry = fetch(registry, repo, "0.15.0").headers["docker-content-digest"]
+    assert in_registry == (release.digest if dies == "after the PUT" else rebuilt.digest)
+
+    monkeypatch.setattr(restore.Restorer, "_execute", execute)  # the restarted daemon
+    result = await checker.check_watch(watch)
+    assert [e.kind for e in result.events] == [K.RESTORED]
+    history = store.history(watch.name, "0.15.0")
+    assert [(e.kind, e.new_digest) for e in history] == [
+        (K.FIRST_SEEN, release.digest),
+        (K.MOVED, rebuilt.digest),
+        (K.RESTORED, release.digest),
+    ]
+    assert history[-1].old_digest == rebuilt.digest
+    assert fetch(registry, repo, "0.15.0").headers["docker-content-digest"] == release.digest
+    record = store.get_tag(watch.name, "0.15.0")
+    assert record is not None and record.state is S.OK
+    assert record.current_digest == record.recorded_digest == release.digest
+    # done once: the next check has nothing to do
+    assert (await checker.check_watch(watch)).events == []
+
+
+async def test_an_alert_watch_never_restores_by_itself_after_a_restart(
+    store, registry, repo, pusher
+):
+    """Only a move that promised a restore (``on_move: restore``) is finished after a crash: a
+    drifted tag of an ``alert`` watch waits for a person, also when the watch is switched to
+    ``restore`` later (that takes a new move, or ``tag-watchdog restore``)."""
+    pusher.index(repo, "0.15.0", seed="release")
+    alerting, watch = make_checker(store, registry, repo, on_move="alert")
+    await alerting.check_watch(watch)
+    rebuilt = pusher.index(repo, "0.15.0", seed="rebuild")
+    assert [e.kind for e in (await alerting.check_watch(watch)).events] == [K.MOVED]
+    restoring, watch = make_checker(store, registry, repo, on_move="restore")
+    assert (await restoring.check_watch(watch)).events == []
+    assert fetch(registry, repo, "0.15.0").headers["docker-content-digest"] == rebuilt.digest
 
 
 async def test_plan_changes_nothing_and_refuses_digests_never_recorded(

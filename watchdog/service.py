@@ -209,6 +209,18 @@ class Checker:
         ref = watch.repository
         registry = self.clients.get(ref.host)
         records = await asyncio.to_thread(self.store.load_tags, ref.name)
+        # on_move: restore: moves that promised a restore ("restoring") and have no outcome yet
+        # (the daemon died between the `moved` commit and the outcome's); finished below
+        unfinished: dict[str, models.Event] = {}
+        if watch.on_move == "restore" and any(
+            r.state is models.TagState.DRIFTED for r in records.values()
+        ):
+            last = await asyncio.to_thread(self.store.last_events_of_drifted, ref.name)
+            unfinished = {
+                t: e
+                for t, e in last.items()
+                if e.kind is models.EventKind.MOVED and e.detail.get("restoring") is True
+            }
         try:
             listed = await registry.list_tags(ref.repository)
         except errors.NotFound:
@@ -233,6 +245,7 @@ class Checker:
         now = self.clock()
         changes: list[models.Change] = []
         archive: list[models.Manifest] = []
+        resume: list[models.Event] = []
         for (tag, _), outcome in zip(todo, outcomes, strict=True):
             obs = outcome.observation
             if obs.kind is models.ObservationKind.ERROR:
@@ -242,12 +255,18 @@ class Checker:
             change = detect.classify(
                 records.get(tag), obs, now, repository=ref.name, tag=tag, policy=self.policy
             )
-            if (
-                outcome.images
-                and change.event is not None
-                and change.event.kind is models.EventKind.MOVED
-            ):
-                detail = {**change.event.detail, "images": outcome.images}
+            if tag in unfinished and _finishes_restore(obs, change):
+                resume.append(unfinished[tag])
+                if change.event is not None:
+                    # back at the recorded digest: our PUT got there before the daemon died; the
+                    # restore writes `restored`, which this is, not a `reverted` by someone else
+                    change = models.Change(ref.name, tag)
+            if change.event is not None and change.event.kind is models.EventKind.MOVED:
+                detail = dict(change.event.detail)
+                if outcome.images:
+                    detail["images"] = outcome.images
+                if watch.on_move == "restore":
+                    detail["restoring"] = True  # a promise kept across crashes (see unfinished)
                 change = dataclasses.replace(
                     change, event=dataclasses.replace(change.event, detail=detail)
                 )
@@ -270,19 +289,24 @@ class Checker:
             error=summary,
         )
         if watch.on_move == "restore":
-            restored = await self._auto_restore(watch, events)
+            restored = await self._auto_restore(watch, events, resume)
             changes.extend(c for c, _ in restored)
             events = [*events, *(e for _, e in restored)]
         result.events = events
         self._account(ref.name, records, changes, events, result)
 
     async def _auto_restore(
-        self, watch: config.WatchSettings, events: Sequence[models.Event]
+        self,
+        watch: config.WatchSettings,
+        events: Sequence[models.Event],
+        resume: Sequence[models.Event] = (),
     ) -> list[tuple[models.Change, models.Event]]:
         """Put back every tag that just moved (``on_move: restore``), within loop protection.
 
-        Runs after the check's ``moved`` events are persisted. A tag restored ``max_per_tag``
-        times within ``window`` is not restored again: one ``restore_stopped`` event (the loud
+        Runs after the check's ``moved`` events are persisted; ``resume`` are earlier ``moved``
+        events whose restore never wrote an outcome (a crash), finished the same way (the PUT
+        of the same bytes again is harmless). A tag restored ``max_per_tag`` times within the
+        ``window`` before it moved is not restored again: one ``restore_stopped`` event (the loud
         "something keeps pushing this tag") is written instead, once per window. Returns the
         changes (a restored record) and events written, for the result and metrics.
         """
@@ -290,20 +314,22 @@ class Checker:
         out: list[tuple[models.Change, models.Event]] = []
         limits = self.settings.restore
         restorer = restore.Restorer(self.store, self.clients.get(ref.host), clock=self.clock)
-        for moved in events:
-            if moved.kind is not models.EventKind.MOVED:
-                continue
+        todo = [(e, False) for e in events if e.kind is models.EventKind.MOVED]
+        for moved, resumed in [*todo, *((e, True) for e in resume)]:
             tag_ref = ref.with_tag(moved.tag)
-            since = self.clock() - dt.timedelta(seconds=limits.window)
+            # the window before the move: a resumed restore is judged as it was when it moved
+            since = moved.at - dt.timedelta(seconds=limits.window)
             done = await asyncio.to_thread(
                 self.store.count_events, ref.name, moved.tag, [models.EventKind.RESTORED], since
             )
             if done >= limits.max_per_tag:
                 recorded = moved.detail.get("recorded_digest")
-                stopped = await self._stop_restoring(tag_ref, done, since, recorded)
+                stopped = await self._stop_restoring(tag_ref, done, since, recorded, quiet=resumed)
                 if stopped is not None:
                     out.append((models.Change(ref.name, moved.tag, None, stopped), stopped))
                 continue
+            if resumed:
+                log.warning("restore_resumed ref=%s digest=%s", tag_ref, moved.new_digest)
             outcome = await restorer.run(tag_ref)
             result = "restored" if outcome.restored else "failed"
             self.metrics.restores.labels(repository=ref.name, result=result).inc()
@@ -314,9 +340,16 @@ class Checker:
         return out
 
     async def _stop_restoring(
-        self, tag_ref: models.ImageRef, done: int, since: dt.datetime, recorded: object
+        self,
+        tag_ref: models.ImageRef,
+        done: int,
+        since: dt.datetime,
+        recorded: object,
+        *,
+        quiet: bool = False,
     ) -> models.Event | None:
-        """Write the one ``restore_stopped`` event of this window (None when already written)."""
+        """Write the one ``restore_stopped`` event of this window (None when already written;
+        ``quiet``: then without the log line, for a move judged again at every check)."""
         assert tag_ref.tag is not None
         already = await asyncio.to_thread(
             self.store.count_events,
@@ -325,6 +358,8 @@ class Checker:
             [models.EventKind.RESTORE_STOPPED],
             since,
         )
+        if already and quiet:
+            return None
         log.error(
             "restore_stopped ref=%s reason=%r",
             tag_ref,
@@ -511,6 +546,15 @@ class Checker:
         if not old_platforms and not new_platforms:
             return ()
         return detect.changed_platforms(old_platforms, new_platforms)
+
+
+def _finishes_restore(obs: models.Observation, change: models.Change) -> bool:
+    """For a tag whose restore was promised and not done: True when this observation leaves it
+    to the restore (the tag still answers the moved digest, or the recorded one again), False
+    when something else happened (moved again, gone, not answering)."""
+    if obs.kind is not models.ObservationKind.PRESENT:
+        return False
+    return change.event is None or change.event.kind is models.EventKind.REVERTED
 
 
 def _contradiction(

@@ -86,6 +86,22 @@ class Store:
         with db.translating(self.engine), self.engine.connect() as conn:
             return [_event(row) for row in conn.execute(query).mappings()]
 
+    def last_events_of_drifted(self, repository: str) -> dict[str, models.Event]:
+        """The latest event of every drifted tag of ``repository``, by tag, in one query.
+
+        A drifted tag of an ``on_move: restore`` watch whose latest event is ``moved`` has a
+        restore promised and not done: the daemon died before it wrote the outcome.
+        """
+        last = (
+            sa.select(sa.func.max(E.c.id))
+            .select_from(E.join(T, sa.and_(T.c.repository == E.c.repository, T.c.tag == E.c.tag)))
+            .where(E.c.repository == repository, T.c.state == models.TagState.DRIFTED.value)
+            .group_by(E.c.tag)
+        )
+        query = sa.select(E).where(E.c.id.in_(last))
+        with db.translating(self.engine), self.engine.connect() as conn:
+            return {e.tag: e for e in map(_event, conn.execute(query).mappings())}
+
     def get_manifest(self, repository: str, digest: str) -> models.Manifest | None:
         """The archived manifest ``digest`` of ``repository``, byte-identical to what was served.
 
