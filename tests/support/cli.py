@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import IO, TypeVar
 
 T = TypeVar("T")
 
@@ -46,14 +46,15 @@ def wait_for(predicate: Callable[[], T], timeout: float = 20.0, what: str = "the
 
 
 def start_daemon(
-    config: Path, cwd: Path, env: dict[str, str] | None = None
+    config: Path, cwd: Path, env: dict[str, str] | None = None, *, log: IO[str] | None = None
 ) -> subprocess.Popen[str]:
-    """``tag-watchdog run -c CONFIG`` in the background, stderr (its log) captured as text."""
+    """``tag-watchdog run -c CONFIG`` in the background, stderr (its log) captured as text, or
+    written to ``log`` (an open file: nothing to read before the pipe fills)."""
     return subprocess.Popen(
         [sys.executable, "-m", "watchdog", "run", "-c", str(config)],
         cwd=cwd,
         env=clean_env(env),
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.PIPE if log is None else log,
         text=True,
     )

@@ -19,6 +19,7 @@ import http.server
 import itertools
 import json
 import threading
+import time
 from typing import Any
 
 WEBHOOK_PATH = "/services/T000/B000/standin-webhook-secret"
@@ -47,6 +48,10 @@ class SlackStandIn:
         self.updates: list[Request] = []  # chat.update requests answered with success
         self.ephemerals: list[Request] = []  # chat.postEphemeral requests answered with success
         self._script: list[Answer] = []
+        # Seconds between accepting a message (it is in ``delivered``) and answering: the trip
+        # back from Slack, during which a crash of the sender cannot know the message went out.
+        self.answer_delay = 0.0
+        self.in_flight = 0  # requests being handled now
         self._lock = threading.Lock()
         self._ts = itertools.count(1)
         self._server: http.server.ThreadingHTTPServer | None = None
@@ -63,7 +68,15 @@ class SlackStandIn:
                 return None
 
             def do_POST(self) -> None:
-                owner._handle(self)
+                with owner._lock:
+                    owner.in_flight += 1
+                try:
+                    owner._handle(self)
+                except OSError:
+                    pass  # the sender hung up (or died) before the answer
+                finally:
+                    with owner._lock:
+                        owner.in_flight -= 1
 
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
@@ -121,6 +134,8 @@ class SlackStandIn:
         if h.path == WEBHOOK_PATH:
             with self._lock:
                 self.delivered.append(req)
+            if self.answer_delay:
+                time.sleep(self.answer_delay)
             self._answer(h, Answer(200, "ok"))
         elif h.path in ("/api/chat.postMessage", "/api/chat.update", "/api/chat.postEphemeral"):
             if req.headers.get("authorization") != f"Bearer {TOKEN}":

@@ -1,0 +1,492 @@
+"""Crashes: the daemon SIGKILLed at random points of cycles with moves and in the middle of
+restores, many times over, then restarted (issue 5, item 6).
+
+A real ``tag-watchdog run`` watches two repositories of a real registry, one ``on_move: alert``
+and one ``on_move: restore``, through a fault proxy that makes every restore PUT slow on both
+sides (the registry gets it 0.2 s after it is sent, the answer comes 0.3 s after that), so that
+kills land before the PUT, and after the PUT but before ``restored`` is written. Slack is the
+stand-in, which accepts a message and answers 0.1 s later (Slack's trip back), so that kills also
+land between Slack accepting an alert and the ``delivered`` commit: the at-least-once window of
+docs/ALERTS.md.
+
+Each round overwrites some release tags (pushed straight to the registry, as a person would),
+starts the daemon, tells it through ``/hooks/registry``, SIGKILLs it after a random delay and
+notes where the kill landed (read from the database, the registry and the stand-in once the
+process is dead and the proxy idle). At the end the daemon runs until everything settled, stops
+with SIGTERM, and the test checks:
+
+* every overwrite recorded exactly once, in order (no lost, no doubled event), and nothing else;
+* every ``on_move: restore`` tag back at its recorded digest with one ``restored`` event per move
+  (no ``reverted``, no ``restore_failed``): the registry, the record and the events agree;
+* every alerted event has one outbox row, delivered, and reached the stand-in once, plus once
+  more for each kill that fell between Slack accepting it and the ``delivered`` commit (counted
+  at the kill: the row still pending while the stand-in had the message). Any other duplicate,
+  and any lost alert, fails the test;
+* no half-written rows: each tag's history starts with ``first_seen``, each event's manifest is in
+  the archive and hashes to its digest, each alerted event has its outbox row.
+
+The seed of the random choices and delays is printed (``-s``); ``WATCHDOG_CRASH_SEED=N`` replays
+them (the timing of the machine still varies), ``WATCHDOG_CRASH_KILLS=N`` changes the number of
+kills, ``WATCHDOG_CRASH_OUT=figures.json`` writes the figures of docs/RELIABILITY.md.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+
+from tests.support import faultproxy, images
+from tests.support import registry as support_registry
+from tests.support.cli import start_daemon, wait_for
+from tests.support.registry import free_port
+from tests.support.slack_standin import SlackStandIn
+from watchdog import models, notifications
+from watchdog.registry import media
+from watchdog.store import db, tables
+
+ALERT_TAGS = ("1.0.0", "1.1.0", "1.2.0")
+RESTORE_TAGS = ("2.0.0", "2.1.0", "2.2.0")
+KILLS = {"sqlite": 30, "postgres": 15}
+HOOK_TOKEN = "crash-test-hook-token"
+LEASE = 2.0  # slack.lease: an interrupted send goes out again after this long
+PUT_DELAY_BEFORE = 0.2  # the proxy holds a restore PUT this long before the registry gets it
+PUT_DELAY_AFTER = 0.3  # and the answer this long after
+SLACK_ANSWER_DELAY = 0.1
+EVENT_ID = re.compile(r"tag-watchdog · event (\d+) · ")
+K = models.EventKind
+ALERTED = {k.value for k in K if k not in (K.FIRST_SEEN, K.ACCEPTED)}
+
+
+@dataclasses.dataclass
+class Figures:
+    """Where the kills landed, and what came of it."""
+
+    backend: str
+    seed: int
+    kills: int = 0
+    overwrites: int = 0
+    kills_before_ready: int = 0  # the daemon was still starting (or running its first checks)
+    moves_unrecorded_at_kill: int = 0  # an overwrite pushed, its check not yet committed
+    restores_pending_at_kill: int = 0  # `moved` committed, the restore PUT not in the registry
+    half_restores_at_kill: int = 0  # the PUT in the registry, `restored` not committed
+    sends_interrupted: int = 0  # an alert leased, not yet accepted by Slack
+    alert_window_hits: int = 0  # Slack had accepted the alert, `delivered` was not committed
+    # the outcome, after the restart and settle
+    events: int = 0
+    alerts: int = 0
+    false_events: int = 0
+    lost_events: int = 0
+    doubled_events: int = 0
+    half_restores: int = 0
+    duplicate_alerts_in_window: int = 0
+    duplicate_alerts_other: int = 0
+    lost_alerts: int = 0
+    seconds: float = 0.0
+
+
+class Harness:
+    """The registry, proxy, stand-in and database of one crash run, and what was pushed."""
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        db_url: str,
+        registry: support_registry.RegistryServer,
+        proxy: faultproxy.FaultProxy,
+        pusher: images.Pusher,
+        slack: SlackStandIn,
+        repo: str,
+    ) -> None:
+        self.tmp_path = tmp_path
+        self.registry = registry
+        self.proxy = proxy
+        self.pusher = pusher
+        self.slack = slack
+        self.alert_repo = f"{repo}-alert"
+        self.restore_repo = f"{repo}-restore"
+        self.port = free_port()
+        self.engine = db.create_engine(db_url)
+        self.cfg = tmp_path / "c.yaml"
+        self.cfg.write_text(
+            f"database_url: '{db_url}'\ninterval: 1s\njitter: 0s\n"
+            f"http: {{listen: '127.0.0.1:{self.port}'}}\n"
+            f"hooks: {{registry_token: '{HOOK_TOKEN}'}}\n"
+            f"slack: {{webhook_url: '{slack.webhook_url}', lease: {LEASE}s}}\n"
+            "restore: {max_per_tag: 1000, window: 1h}\n"
+            "watches:\n"
+            f"  - {{repository: '{proxy.host}/{self.alert_repo}', on_move: alert}}\n"
+            f"  - {{repository: '{proxy.host}/{self.restore_repo}', on_move: restore}}\n"
+        )
+        # (repository path, tag) -> every digest pushed to it, the release first
+        self.pushed: dict[tuple[str, str], list[str]] = {}
+        self.runs: list[tuple[subprocess.Popen[str], Path]] = []
+        self.proc: subprocess.Popen[str] | None = None
+
+    # --- the registry ----------------------------------------------------------------------------
+
+    def name(self, path: str) -> str:
+        return f"{self.proxy.host}/{path}"
+
+    def push(self, path: str, tag: str, seed: str) -> str:
+        """Push a new build of ``tag`` (the first tag of each repository is an index)."""
+        if tag in (ALERT_TAGS[0], RESTORE_TAGS[0]):
+            digest = self.pusher.index(path, tag, seed=seed).digest
+        else:
+            digest = self.pusher.image(path, tag, seed=seed).digest
+        self.pushed.setdefault((path, tag), []).append(digest)
+        return digest
+
+    def registry_digest(self, path: str, tag: str) -> str | None:
+        """What the tag answers, asked of the registry itself (not through the proxy)."""
+        resp = httpx.head(
+            f"{self.registry.url}/v2/{path}/manifests/{tag}",
+            headers={"Accept": media.ACCEPT},
+            timeout=5,
+        )
+        return resp.headers.get("docker-content-digest") if resp.status_code == 200 else None
+
+    # --- the daemon ------------------------------------------------------------------------------
+
+    def start(self) -> subprocess.Popen[str]:
+        log = self.tmp_path / f"daemon-{len(self.runs)}.log"
+        with log.open("w") as out:
+            # faulthandler: a daemon that hangs is sent SIGABRT and its stacks go to its log
+            self.proc = start_daemon(self.cfg, self.tmp_path, {"PYTHONFAULTHANDLER": "1"}, log=out)
+        self.runs.append((self.proc, log))
+        return self.proc
+
+    def healthy(self) -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def wait_healthy(self) -> None:
+        try:
+            wait_for(self.healthy, timeout=30, what="the daemon's HTTP server")
+        except AssertionError:
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGABRT)
+            self.proc.wait(timeout=10)
+            log = self.runs[-1][1].read_text()
+            raise AssertionError(f"the daemon hung at start:\n{log[-5000:]}") from None
+
+    def notify(self, pushes: list[tuple[str, str]]) -> None:
+        """Tell the daemon about pushes, as the registry's notifications would."""
+        body = {
+            "events": [
+                {"action": "push", "target": {"repository": path, "tag": tag}}
+                for path, tag in pushes
+            ]
+        }
+        # (a daemon not listening yet sees the pushes in its first checks anyway)
+        with contextlib.suppress(httpx.TransportError):
+            httpx.post(
+                f"http://127.0.0.1:{self.port}/hooks/registry",
+                content=json.dumps(body),
+                headers={
+                    "Authorization": f"Bearer {HOOK_TOKEN}",
+                    "Content-Type": notifications.MEDIA_TYPE,
+                },
+                timeout=2,
+            )
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self.proc = None
+        # what the dead daemon had in flight reaches the registry and Slack all the same
+        wait_for(lambda: self.proxy.in_flight == 0, what="the proxy to finish the dead's requests")
+        wait_for(lambda: self.slack.in_flight == 0, what="the stand-in to finish its requests")
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=60)
+        self.proc = None
+        return code
+
+    # --- the database and the stand-in -----------------------------------------------------------
+
+    def events(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(tables.events).order_by(tables.events.c.id))
+            return [dict(r) for r in rows.mappings()]
+
+    def outbox(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(tables.outbox).order_by(tables.outbox.c.id))
+            return [dict(r) for r in rows.mappings()]
+
+    def tags(self) -> dict[tuple[str, str], dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(tables.tags)).mappings()
+            return {(r["repository"], r["tag"]): dict(r) for r in rows}
+
+    def delivered(self) -> collections.Counter[int]:
+        """How many times the stand-in accepted a message about each event id."""
+        out: collections.Counter[int] = collections.Counter()
+        for message in self.slack.messages():
+            found = EVENT_ID.findall(json.dumps(message.get("blocks"), ensure_ascii=False))
+            assert len(found) == 1, f"a message without exactly one event id: {message}"
+            out[int(found[0])] += 1
+        return out
+
+    def history(self, path: str, tag: str) -> list[dict[str, Any]]:
+        name = self.name(path)
+        return [e for e in self.events() if e["repository"] == name and e["tag"] == tag]
+
+    def recorded(self, path: str, tag: str) -> bool:
+        """True when every overwrite of the tag is recorded (and, for a restore watch, restored
+        and back in the registry): the next overwrite will be a move of its own."""
+        history = self.history(path, tag)
+        moved = [e["new_digest"] for e in history if e["kind"] == "moved"]
+        if not history or moved != self.pushed[(path, tag)][1:]:
+            return False
+        if path == self.restore_repo:
+            release = self.pushed[(path, tag)][0]
+            return history[-1]["kind"] != "moved" and self.registry_digest(path, tag) == release
+        return True
+
+
+def _all_tags(h: Harness) -> list[tuple[str, str]]:
+    return [(h.alert_repo, t) for t in ALERT_TAGS] + [(h.restore_repo, t) for t in RESTORE_TAGS]
+
+
+def _note_kill(h: Harness, f: Figures, window: collections.Counter[int], ready: bool) -> None:
+    """Where the kill landed: read once the daemon is dead and its requests are done."""
+    f.kills += 1
+    f.kills_before_ready += not ready
+    for path, tag in _all_tags(h):
+        history = h.history(path, tag)
+        moved = [e["new_digest"] for e in history if e["kind"] == "moved"]
+        f.moves_unrecorded_at_kill += len(h.pushed[(path, tag)]) - 1 - len(moved)
+        if path == h.restore_repo and history and history[-1]["kind"] == "moved":
+            release = h.pushed[(path, tag)][0]
+            if h.registry_digest(path, tag) == release:
+                f.half_restores_at_kill += 1
+            else:
+                f.restores_pending_at_kill += 1
+    delivered = h.delivered()
+    now = time.time()
+    for row in h.outbox():
+        if row["status"] != "pending" or row["event_id"] is None:
+            continue
+        unconfirmed = delivered[row["event_id"]] - window[row["event_id"]]
+        if unconfirmed > 0:
+            # Slack has it, the database does not know: it will go out once more
+            window[row["event_id"]] += unconfirmed
+            f.alert_window_hits += unconfirmed
+        elif row["lease_until"] is not None and row["lease_until"].timestamp() > now:
+            f.sends_interrupted += 1
+
+
+def _settled(h: Harness) -> bool:
+    if not all(h.recorded(path, tag) for path, tag in _all_tags(h)):
+        return False
+    return all(row["status"] != "pending" for row in h.outbox())
+
+
+def _short(value: Any, pushed: list[str]) -> str:
+    """``value`` with each digest named by its push: ``#0`` the release, ``#1`` the first
+    overwrite..., so that a failure reads as a story."""
+    text = str(value)
+    for i, digest in enumerate(pushed):
+        text = text.replace(digest, f"#{i}")
+    return text
+
+
+def _check(h: Harness, f: Figures, window: collections.Counter[int]) -> list[str]:
+    """Every way the final state can be wrong, counted into ``f``; the list of what was."""
+    problems: list[str] = []
+    events = h.events()
+    f.events = len(events)
+    for path, tag in _all_tags(h):
+        pushed = h.pushed[(path, tag)]
+        history = [(e["kind"], e["new_digest"]) for e in h.history(path, tag)]
+        if path == h.alert_repo:
+            expected = [("first_seen", pushed[0])] + [("moved", d) for d in pushed[1:]]
+        else:
+            expected = [("first_seen", pushed[0])]
+            for digest in pushed[1:]:
+                expected += [("moved", digest), ("restored", pushed[0])]
+        if history != expected:
+            problems.append(
+                f"{tag} ({path.rsplit('-', 1)[1]}): events {_short(history, pushed)}, "
+                f"expected {_short(expected, pushed)}"
+            )
+            have, want = collections.Counter(history), collections.Counter(expected)
+            f.lost_events += sum((want - have).values())
+            for item, n in (have - want).items():
+                if item in want:
+                    f.doubled_events += n
+                else:
+                    f.false_events += n
+        record = h.tags()[(h.name(path), tag)]
+        in_registry = h.registry_digest(path, tag)
+        want_current = pushed[-1] if path == h.alert_repo else pushed[0]
+        state = "drifted" if want_current != pushed[0] else "ok"
+        got = (record["recorded_digest"], record["current_digest"], record["state"], in_registry)
+        agreed = (pushed[0], want_current, state, want_current)
+        if got != agreed:
+            problems.append(
+                f"{tag}: (recorded, current, state, registry) {_short(got, pushed)}, "
+                f"expected {_short(agreed, pushed)}"
+            )
+            if path == h.restore_repo:
+                f.half_restores += 1
+    # the outbox: one row per alerted event, delivered; the stand-in: once, plus the window
+    rows = h.outbox()
+    by_event = collections.Counter(r["event_id"] for r in rows)
+    alerted = [e for e in events if e["kind"] in ALERTED]
+    f.alerts = len(alerted)
+    if sorted(by_event) != sorted(e["id"] for e in alerted) or max(by_event.values()) != 1:
+        problems.append(
+            f"outbox rows {dict(by_event)} for alerted events {[e['id'] for e in alerted]}"
+        )
+    not_delivered = [r for r in rows if r["status"] != "delivered"]
+    if not_delivered:
+        problems.append(f"outbox rows not delivered: {not_delivered}")
+    delivered = h.delivered()
+    for e in alerted:
+        n, explained = delivered[e["id"]], window[e["id"]]
+        if n == 0:
+            f.lost_alerts += 1
+            problems.append(f"event {e['id']} ({e['kind']}) never reached Slack")
+        elif n - 1 > explained:
+            f.duplicate_alerts_other += n - 1 - explained
+            problems.append(
+                f"event {e['id']} ({e['kind']}) reached Slack {n} times; "
+                f"{explained} explained by kills between Slack's answer and the commit"
+            )
+        f.duplicate_alerts_in_window += min(n - 1, explained)
+    if set(delivered) - {e["id"] for e in alerted}:
+        problems.append(f"messages about events that do not alert: {set(delivered)}")
+    # no half-written rows: the archive holds every digest an event names, hashing to it
+    with h.engine.connect() as conn:
+        archive = {
+            (r.repository, r.digest): bytes(r.body)
+            for r in conn.execute(sa.select(tables.manifests))
+        }
+    for (repository, digest), body in archive.items():
+        if models.sha256_digest(body) != digest:
+            problems.append(f"archived {repository}@{digest} hashes to something else")
+    for e in events:
+        if e["new_digest"] and (e["repository"], e["new_digest"]) not in archive:
+            problems.append(f"event {e['id']} ({e['kind']}): {e['new_digest']} not archived")
+    return problems
+
+
+def test_sigkill_at_random_points_of_cycles_and_restores_loses_and_doubles_nothing(
+    tmp_path: Path,
+    db_url: str,
+    registry: support_registry.RegistryServer,
+    repo: str,
+    pusher: images.Pusher,
+    make_fault_proxy: Any,
+) -> None:
+    backend = "postgres" if db_url.startswith("postgresql") else "sqlite"
+    seed = int(os.environ.get("WATCHDOG_CRASH_SEED") or random.SystemRandom().randrange(2**31))
+    kills = int(os.environ.get("WATCHDOG_CRASH_KILLS") or KILLS[backend])
+    print(f"\ncrash test ({backend}): WATCHDOG_CRASH_SEED={seed} WATCHDOG_CRASH_KILLS={kills}")
+    rng = random.Random(seed)
+    started = time.monotonic()
+    proxy: faultproxy.FaultProxy = make_fault_proxy(registry)
+    slack = SlackStandIn().start()
+    slack.answer_delay = SLACK_ANSWER_DELAY
+    h = Harness(tmp_path, db_url, registry, proxy, pusher, slack, repo)
+
+    def slow(answer: faultproxy.Answer, seen: faultproxy.Seen) -> faultproxy.Answer:
+        time.sleep(PUT_DELAY_AFTER)
+        return answer
+
+    # only the daemon PUTs through the proxy: its restores (and re-PUT children)
+    proxy.add("PUT", rf"^/v2/{re.escape(h.restore_repo)}/manifests/", delay=PUT_DELAY_BEFORE)
+    proxy.add("PUT", rf"^/v2/{re.escape(h.restore_repo)}/manifests/", transform=slow)
+    for path, tags in ((h.alert_repo, ALERT_TAGS), (h.restore_repo, RESTORE_TAGS)):
+        for tag in tags:
+            h.push(path, tag, f"{tag}-release")
+    f = Figures(backend=backend, seed=seed)
+    window: collections.Counter[int] = collections.Counter()
+    try:
+        h.start()
+        h.wait_healthy()  # the schema is made
+        wait_for(
+            lambda: all(h.history(p, t) for p, t in _all_tags(h)),
+            timeout=30,
+            what="the baseline of every tag",
+        )
+        h.kill()
+        _note_kill(h, f, window, ready=True)
+        for round_ in range(kills):
+            ready = [pt for pt in _all_tags(h) if h.recorded(*pt)]
+            chosen = rng.sample(ready, k=min(len(ready), rng.randint(1, 3)))
+            early = [pt for pt in chosen if rng.random() < 0.5]  # pushed while the daemon is down
+            for path, tag in early:
+                h.push(path, tag, f"{tag}-{round_}")
+            h.start()
+            if rng.random() < 0.15:
+                # a kill during start-up and the first checks
+                time.sleep(rng.uniform(0.2, 1.5))  # the random kill point, not a wait
+                h.kill()
+                _note_kill(h, f, window, ready=False)
+                late = [pt for pt in chosen if pt not in early]
+                for path, tag in late:  # pushed while it is down: seen by the next run
+                    h.push(path, tag, f"{tag}-{round_}")
+                f.overwrites += len(chosen)
+                continue
+            h.wait_healthy()
+            late = [pt for pt in chosen if pt not in early]
+            for path, tag in late:
+                h.push(path, tag, f"{tag}-{round_}")
+            h.notify(late)
+            f.overwrites += len(chosen)
+            time.sleep(rng.uniform(0.0, 1.2))  # the random kill point, not a wait
+            h.kill()
+            _note_kill(h, f, window, ready=True)
+        # the last restart: it must sort everything out by itself
+        h.start()
+        h.wait_healthy()
+        try:
+            wait_for(lambda: _settled(h), timeout=60, what="every move recorded and alert sent")
+            settled = ""
+        except AssertionError as exc:
+            settled = str(exc)  # the checks below say what is missing
+        code = h.stop()
+    finally:
+        if h.proc is not None:
+            h.proc.kill()
+            h.proc.wait(timeout=10)
+        slack.stop()
+    f.seconds = round(time.monotonic() - started, 1)
+    try:
+        problems = _check(h, f, window)
+    finally:
+        h.engine.dispose()
+    logs = [(proc.returncode, log.read_text()) for proc, log in h.runs]
+    tracebacks = [text for _, text in logs if "Traceback" in text]
+    summary = json.dumps(dataclasses.asdict(f))
+    print(f"crash figures: {summary}")
+    out = Path(os.environ.get("WATCHDOG_CRASH_OUT") or "")
+    if out.name:
+        previous = json.loads(out.read_text()) if out.exists() else []
+        out.write_text(json.dumps([*previous, dataclasses.asdict(f)], indent=1))
+    assert not problems, f"seed {seed}: " + "\n".join(problems)
+    assert not settled, f"seed {seed}: {settled}"
+    assert code == 0, logs[-1][1][-3000:]
+    assert not tracebacks, tracebacks[0][-3000:]
+    assert f.kills == kills + 1 and f.overwrites > 0
