@@ -1,10 +1,13 @@
-"""Database faults under a running daemon: PostgreSQL stopped and started again."""
+"""Database faults: PostgreSQL stopped and started again under a running daemon; SQLite held by
+another writer."""
 
 from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -85,3 +88,78 @@ def test_postgres_restarted_under_run_loses_and_doubles_nothing(
     events = [(e["kind"], e["new_digest"]) for e in json.loads(history.stdout)]
     assert events == [("first_seen", release.digest), ("moved", moved.digest)]
     assert sum("moved" in m.get("text", "") for m in slack.messages()) == 1
+
+
+def _hold_write_lock(path: Path, seconds: float, held: threading.Event) -> None:
+    """Another process's writer (an operator's sqlite3 shell, a backup): BEGIN IMMEDIATE, a
+    write, held for ``seconds``, then committed."""
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("UPDATE watches SET last_error = last_error")
+        held.set()
+        time.sleep(seconds)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def _history(tmp_path: Path, cfg: Path, ref: str) -> list[tuple[str, str | None]]:
+    out = run("history", ref, "--json", "-c", str(cfg), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    return [(e["kind"], e["new_digest"]) for e in json.loads(out.stdout)]
+
+
+@pytest.mark.parametrize(
+    ("hold", "first_exit"),
+    [
+        (1.5, 1),  # within the busy timeout: the scan waits, then records the move (exit 1: drift)
+        (8.0, 3),  # beyond it: the scan could not complete, nothing recorded, nothing false
+    ],
+)
+def test_sqlite_busy_under_another_writer_is_waited_for_and_loses_nothing(
+    tmp_path: Path,
+    registry: support_registry.RegistryServer,
+    repo: str,
+    pusher: images.Pusher,
+    hold: float,
+    first_exit: int,
+) -> None:
+    release = pusher.image(repo, "1.0.0", seed="a")
+    db_file = tmp_path / "w.db"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"database_url: sqlite:///{db_file}\nwatches: ['{registry.host}/{repo}']\n")
+    ref = f"{registry.host}/{repo}:1.0.0"
+    assert run("scan", "-c", str(cfg), cwd=tmp_path).returncode == 0
+    moved = pusher.image(repo, "1.0.0", seed="overwritten")
+
+    held = threading.Event()
+    holder = threading.Thread(target=_hold_write_lock, args=(db_file, hold, held))
+    holder.start()
+    try:
+        assert held.wait(10)
+        started = time.monotonic()
+        first = run("scan", "-c", str(cfg), cwd=tmp_path)
+        waited = time.monotonic() - started
+    finally:
+        holder.join()
+    assert first.returncode == first_exit, first.stdout + first.stderr
+    assert "Traceback" not in first.stderr
+    if first_exit == 1:
+        assert waited >= hold * 0.8  # it waited for the lock rather than failing at once
+        assert _history(tmp_path, cfg, ref) == [
+            ("first_seen", release.digest),
+            ("moved", moved.digest),
+        ]
+    else:
+        assert "database is locked" in first.stderr + first.stdout
+        assert _history(tmp_path, cfg, ref) == [("first_seen", release.digest)]
+        # the lock is gone: the next scan records the move, once
+        assert run("scan", "-c", str(cfg), cwd=tmp_path).returncode == 1
+        assert _history(tmp_path, cfg, ref) == [
+            ("first_seen", release.digest),
+            ("moved", moved.digest),
+        ]
+    # and a further scan finds nothing new
+    assert run("scan", "-c", str(cfg), cwd=tmp_path).returncode == 1  # still drifted
+    assert len(_history(tmp_path, cfg, ref)) == 2
