@@ -199,6 +199,8 @@ NOW = 1_800_000_000
         (str(NOW + 301), sign(b"body", NOW + 301), "stale"),
         ("12ab", "v0=00", "bad_signature"),
         ("\uff19\uff19", "v0=00", "bad_signature"),  # non-ASCII digits (fullwidth nines)
+        (str(NOW), "v0=\u00ff\u00ff", "bad_signature"),  # a non-ASCII header (latin-1 decoded)
+        (str(NOW), "v0=" + "0" * 500, "bad_signature"),
     ],
 )
 def test_check_signature(

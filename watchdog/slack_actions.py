@@ -100,6 +100,8 @@ def check_signature(
         return "unsigned"
     if not timestamp.isascii() or not timestamp.isdigit() or len(timestamp) > 12:
         return "bad_signature"
+    if not sig.isascii() or len(sig) > 200:  # compare_digest refuses non-ASCII str with a TypeError
+        return "bad_signature"
     verifier = signature.SignatureVerifier(secret.reveal(), clock=_Clock(now))
     if verifier.is_valid(body=body, timestamp=timestamp, signature=sig):
         return None
