@@ -119,6 +119,13 @@ def test_a_move_alert_carries_restore_and_accept_buttons_in_bot_mode() -> None:
     }
     assert json.loads(accept_b["value"])["digest"] == NEW
     assert accept_b["confirm"]["confirm"]["text"] == "Accept"  # trusting the intruder: confirm
+    confirm = accept_b["confirm"]
+    assert confirm["text"]["type"] == "plain_text" and NEW in confirm["text"]["text"]
+    # Block Kit limits: button text 75, value 2000; dialog title 100, text 300, buttons 30
+    for field, limit in [("title", 100), ("text", 300), ("confirm", 30), ("deny", 30)]:
+        assert len(confirm[field]["text"]) <= limit, field
+    for b in (restore_b, accept_b):
+        assert len(b["text"]["text"]) <= 75 and len(b["value"]) <= 2000
     assert "confirm" not in restore_b  # the safe action is one tap
     # the event id stays the last block, the buttons just above it
     assert message.blocks[-2]["type"] == "actions"

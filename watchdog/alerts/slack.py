@@ -319,16 +319,15 @@ def _buttons(event: models.Event, recorded: str | None, context: Context) -> dic
                 # Accepting trusts the intruder: one more tap to be sure, on a phone too.
                 "confirm": {
                     "title": _plain("Accept the new digest?"),
-                    "text": {
-                        "type": "mrkdwn",
-                        "text": truncate_mrkdwn(
-                            f"{_code(event.tag)} will be recorded as {_code(new)}; the old "
-                            "digest is no longer the trusted one.",
-                            300,
-                        ),
-                    },
+                    # plain text only in a confirmation dialog (Block Kit), at most 300 chars
+                    "text": _plain(
+                        f"{event.tag} will be recorded as {new}; the digest recorded now is "
+                        "no longer the trusted one.",
+                        300,
+                    ),
                     "confirm": _plain("Accept"),
                     "deny": _plain("Cancel"),
+                    "style": "danger",
                 },
             }
         )
