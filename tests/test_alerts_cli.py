@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from tests.support import images
 from tests.support import registry as support_registry
-from tests.support.cli import run, start_daemon, wait_for
+from tests.support.cli import http_status, run, start_daemon, wait_for
 from tests.support.registry import free_port
 from tests.support.slack_standin import TOKEN, WEBHOOK_PATH, Answer, SlackStandIn
 
@@ -130,14 +130,7 @@ def _outbox(db_file: Path) -> list[dict[str, Any]]:
 
 def _start_daemon(cfg: Path, tmp_path: Path, port: int) -> subprocess.Popen[str]:
     proc = start_daemon(cfg, tmp_path, ENV)
-
-    def ready() -> bool:
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_for(ready)
+    wait_for(lambda: http_status(port) == 200, what="the daemon to be ready")
     return proc
 
 

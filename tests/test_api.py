@@ -12,7 +12,7 @@ import pytest
 
 from tests.support import images
 from tests.support import registry as support_registry
-from tests.support.cli import start_daemon, wait_for
+from tests.support.cli import http_status, start_daemon, wait_for
 from tests.support.registry import free_port
 from watchdog import api, config, models
 from watchdog.registry import media
@@ -91,15 +91,8 @@ def test_api_against_a_real_daemon(
     ref = f"{registry.host}/{repo}:0.15.0"
     auth = {"Authorization": f"Bearer {TOKEN}"}
     try:
+        wait_for(lambda: http_status(port) == 200, what="the daemon to be ready")
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
-
-            def ready() -> bool:
-                try:
-                    return c.get("/readyz").status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            wait_for(ready)
             tags = c.get("/api/v1/tags", params={"repository": f"{registry.host}/{repo}"}).json()
             assert [(t["tag"], t["recorded_digest"]) for t in tags["tags"]] == [
                 ("0.15.0", release.digest)

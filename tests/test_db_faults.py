@@ -11,12 +11,11 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.support import images
 from tests.support import registry as support_registry
-from tests.support.cli import run, start_daemon, wait_for
+from tests.support.cli import http_status, run, start_daemon, wait_for
 from tests.support.registry import free_port
 from tests.support.slack_standin import SlackStandIn
 
@@ -24,13 +23,6 @@ from tests.support.slack_standin import SlackStandIn
 def _cluster() -> list[str]:
     versions = sorted(p.name for p in Path("/usr/lib/postgresql").iterdir() if p.name.isdigit())
     return [versions[-1], "main"]
-
-
-def _ready(port: int) -> int:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=3).status_code
-    except httpx.TransportError:
-        return 0
 
 
 @pytest.mark.postgres
@@ -54,16 +46,16 @@ def test_postgres_restarted_under_run_loses_and_doubles_nothing(
     daemon = start_daemon(cfg, tmp_path)
     stopped = False
     try:
-        wait_for(lambda: _ready(port) == 200, what="the daemon's first check")
+        wait_for(lambda: http_status(port) == 200, what="the daemon's first check")
         subprocess.run(["pg_ctlcluster", *_cluster(), "stop", "-m", "fast"], check=True)
         stopped = True
-        wait_for(lambda: _ready(port) == 503, what="/readyz to report the database down")
+        wait_for(lambda: http_status(port) == 503, what="/readyz to report the database down")
         # the release is overwritten while the database is down
         moved = pusher.image(repo, "1.0.0", seed="overwritten")
         time.sleep(2.5)  # a couple of checks fail against the stopped database meanwhile
         subprocess.run(["pg_ctlcluster", *_cluster(), "start"], check=True)
         stopped = False
-        wait_for(lambda: _ready(port) == 200, timeout=30, what="/readyz after the restart")
+        wait_for(lambda: http_status(port) == 200, timeout=30, what="/readyz after the restart")
         wait_for(
             lambda: any("moved" in m.get("text", "") for m in slack.messages()),
             timeout=30,

@@ -13,7 +13,7 @@ import pytest
 
 from tests.support import images
 from tests.support import registry as support_registry
-from tests.support.cli import run, start_daemon, wait_for
+from tests.support.cli import http_status, run, start_daemon, wait_for
 from tests.support.registry import free_port
 from watchdog import config, errors, notifications
 
@@ -91,13 +91,6 @@ def test_junk_events_are_skipped() -> None:
     assert parsed == [notifications.RegistryEvent("push", "x/y", None, None)]
 
 
-def _ready(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
 def _moves(port: int, name: str) -> float:
     try:
         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
@@ -143,10 +136,8 @@ def test_a_real_registry_notifies_the_daemon_which_checks_at_once(tmp_path: Path
         )
         daemon = start_daemon(cfg, tmp_path)
         name = f"{server.host}/deephaven/server"
-        deadline = time.monotonic() + 20
-        while not _ready(port):  # started, and the first check (the baseline) is done
-            assert time.monotonic() < deadline, "daemon did not start"
-            time.sleep(0.1)
+        # started, and the first check (the baseline) is done
+        wait_for(lambda: http_status(port) == 200, what="the daemon's first check")
         assert _moves(port, name) == 0.0
         # a forged notification is refused and triggers nothing
         forged = httpx.post(
@@ -207,7 +198,7 @@ def test_a_lost_notification_is_caught_by_the_next_poll(tmp_path: Path) -> None:
         )
         daemon = start_daemon(cfg, tmp_path)
         name = f"{server.host}/deephaven/server"
-        wait_for(lambda: _ready(port), what="the daemon's first check")
+        wait_for(lambda: http_status(port) == 200, what="the daemon's first check")
         with images.Pusher(server.url) as pusher:
             pusher.index("deephaven/server", "0.15.0", seed="rebuild")
         wait_for(lambda: _moves(port, name) >= 1, timeout=15, what="the next poll to see the move")

@@ -15,12 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.support import faultproxy, images
 from tests.support import registry as support_registry
-from tests.support.cli import run, start_daemon
+from tests.support.cli import http_status, run, start_daemon, wait_for
 from tests.support.registry import free_port
 from watchdog.store import claims
 
@@ -29,13 +28,6 @@ INTERVAL = 2.0
 
 def _utc(t: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(t, dt.UTC)
-
-
-def _ready(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 @pytest.mark.postgres
@@ -76,10 +68,11 @@ def test_three_replicas_check_each_watch_once_per_interval(
         return out
 
     try:
-        deadline = time.monotonic() + 30
-        while not all(_ready(p) for p in ports):
-            assert time.monotonic() < deadline, "replicas did not become ready"
-            time.sleep(0.2)
+        wait_for(
+            lambda: all(http_status(p) == 200 for p in ports),
+            timeout=30,
+            what="the replicas to be ready",
+        )
         span = 6 * INTERVAL
         # exactly one check per watch per slot; three replicas checking on their own would make
         # three, and a rule like "skip if attempted recently" gives one or two, sometimes none

@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import images
 from tests.support import registry as support_registry
-from tests.support.cli import start_daemon, wait_for
+from tests.support.cli import http_status, start_daemon, wait_for
 from tests.support.registry import free_port
 from tests.support.slack_standin import TOKEN, SlackStandIn
 from watchdog import config, errors, models, slack_actions
@@ -304,15 +304,8 @@ def test_one_tap_restore_and_accept_on_a_real_daemon(
             return None
 
         try:
+            wait_for(lambda: http_status(port) == 200, what="the daemon to be ready")
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
-
-                def ready() -> bool:
-                    try:
-                        return c.get("/readyz").status_code == 200
-                    except httpx.TransportError:
-                        return False
-
-                wait_for(ready, what="the daemon to be ready")
                 rebuilt = pusher.index(repo, "0.15.0", seed="rebuilt")
                 alert = wait_for(lambda: alert_about(rebuilt.digest), what="the move alert")
                 restore_b = buttons_of(alert)[slack.ACTION_RESTORE]
@@ -417,15 +410,8 @@ def test_actions_are_refused_when_buttons_are_not_configured(
     )
     daemon = start_daemon(cfg, tmp_path)
     try:
+        wait_for(lambda: http_status(port, "/healthz") == 200, what="the daemon")
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
-
-            def up() -> bool:
-                try:
-                    return c.get("/healthz").status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            wait_for(up, what="the daemon")
             body = b"payload=%7B%7D"
             resp = c.post("/slack/actions", content=body, headers=signed_headers(body))
             assert resp.status_code == 403 and "slack.signing_secret" in resp.json()["error"]

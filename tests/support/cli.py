@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TypeVar
 
+import httpx
+
 T = TypeVar("T")
 
 
@@ -43,6 +45,16 @@ def wait_for(predicate: Callable[[], T], timeout: float = 20.0, what: str = "the
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def http_status(port: int, path: str = "/readyz") -> int:
+    """The status of ``GET http://127.0.0.1:PORT/PATH`` from the daemon, 0 when it does not answer
+    (not listening yet, or gone): ``wait_for(lambda: http_status(port) == 200)`` waits until it is
+    ready."""
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=3).status_code
+    except httpx.TransportError:
+        return 0
 
 
 def start_daemon(
