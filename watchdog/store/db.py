@@ -30,8 +30,10 @@ SchemaStatus = Literal["empty", "current", "outdated", "newer"]
 
 UPGRADE_HINT = "run `tag-watchdog db upgrade -c CONFIG`"
 
-# Long enough to ride out a checkpoint or a CLI command holding the write lock; short enough that
-# a stuck writer surfaces as an error rather than a hung daemon.
+# The retry budget of a write under another SQLite writer: SQLite's busy handler retries the lock,
+# sleeping in between, for this long. Long enough to ride out a checkpoint, a CLI command or an
+# operator's short transaction; short enough that a stuck writer surfaces as a failed check (the
+# next cycle does the work) rather than a hung daemon.
 SQLITE_BUSY_TIMEOUT_MS = 5000
 PG_CONNECT_TIMEOUT_S = 10
 
@@ -103,8 +105,10 @@ def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
 
 
 def _sqlite_on_begin(conn: sa.Connection) -> None:
-    # IMMEDIATE takes the write lock up front where asked (migrations): two processes upgrading at
-    # once then queue on busy_timeout instead of failing on a read-to-write lock upgrade.
+    # IMMEDIATE takes the write lock up front where asked (``writing``, migrations). SQLite never
+    # waits when a transaction that has read must become a writer (its snapshot may be stale: it
+    # answers SQLITE_BUSY at once, whatever busy_timeout says); one that asks for the lock before
+    # reading waits for it for up to busy_timeout.
     immediate = conn.get_execution_options().get("watchdog_sqlite_immediate", False)
     conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
@@ -117,6 +121,24 @@ def mask_url(url: str | sa.URL) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except exc.ArgumentError:
         return re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", url)
+
+
+@contextlib.contextmanager
+def writing(engine: Engine) -> Iterator[sa.Connection]:
+    """A connection in a write transaction, committed when the body returns, rolled back when it
+    raises; SQLAlchemy errors come out as ``errors.StoreError`` (see ``translate``).
+
+    On SQLite the transaction starts with ``BEGIN IMMEDIATE``: when another process holds the
+    write lock (an operator's ``sqlite3`` shell, a backup, a CLI command), the write waits for it
+    for up to ``SQLITE_BUSY_TIMEOUT_MS`` and then goes ahead; past that it raises
+    ``errors.DatabaseUnavailable`` ("database is locked") having written nothing. A plain
+    ``BEGIN`` would fail at once in any transaction that reads before it writes.
+    """
+    with translating(engine), engine.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            conn = conn.execution_options(watchdog_sqlite_immediate=True)
+        with conn.begin():
+            yield conn
 
 
 # --- error translation ---------------------------------------------------------------------------

@@ -182,7 +182,7 @@ class Store:
         new_events = [c.event for c in changes if c.event is not None]
         untouched = sorted(latest.keys() | set(skip_touch))
 
-        with db.translating(self.engine), self.engine.begin() as conn:
+        with db.writing(self.engine) as conn:
             if records:
                 conn.execute(self._upsert_tags(), [_record_row(r) for r in records])
             saved = self._insert_events(conn, new_events)
@@ -222,7 +222,7 @@ class Store:
             _check_change(repository, change)
         latest = {c.record.tag: c.record for c in changes if c.record is not None}
         new_events = [c.event for c in changes if c.event is not None]
-        with db.translating(self.engine), self.engine.begin() as conn:
+        with db.writing(self.engine) as conn:
             if latest:
                 conn.execute(self._upsert_tags(), [_record_row(r) for r in latest.values()])
             return self._insert_events(conn, new_events)
@@ -253,7 +253,7 @@ class Store:
         """Note a failed (or partly failed) check of ``repository``: last attempt, the error (one
         line, truncated) and one more consecutive error. Tag records are left as they were."""
         _require_aware(now)
-        with db.translating(self.engine), self.engine.begin() as conn:
+        with db.writing(self.engine) as conn:
             conn.execute(self._watch_error(repository, now, error))
 
     # --- alert outbox ----------------------------------------------------------------------------
@@ -265,7 +265,7 @@ class Store:
         if not self.channels:
             return
         rows = [_outbox_row(c, now, notice=dict(notice)) for c in self.channels]
-        with db.translating(self.engine), self.engine.begin() as conn:
+        with db.writing(self.engine) as conn:
             conn.execute(sa.insert(OB), rows)
 
     def claim_alerts(
@@ -290,7 +290,7 @@ class Store:
             .limit(limit * 4)
         )
         claimed: list[int] = []
-        with db.translating(self.engine), self.engine.begin() as conn:
+        with db.writing(self.engine) as conn:
             blocked: set[tuple[str, str | None, str | None]] = set()
             for row in conn.execute(query):
                 key = (row.channel, row.repository, row.tag)
@@ -375,7 +375,7 @@ class Store:
     def retry_alert(self, item_id: int, next_try: dt.datetime, reason: str) -> None:
         """Release alert ``item_id`` to be tried again at ``next_try``, keeping ``reason``."""
         _require_aware(next_try)
-        with db.translating(self.engine), self.engine.begin() as conn:
+        with db.writing(self.engine) as conn:
             conn.execute(
                 sa.update(OB)
                 .where(OB.c.id == item_id, OB.c.status == "pending")
@@ -409,7 +409,7 @@ class Store:
             return [dict(r) for r in conn.execute(sa.select(OB).order_by(OB.c.id)).mappings()]
 
     def _finish(self, item_id: int, **values: Any) -> None:
-        with db.translating(self.engine), self.engine.begin() as conn:
+        with db.writing(self.engine) as conn:
             conn.execute(
                 sa.update(OB)
                 .where(OB.c.id == item_id, OB.c.status == "pending")

@@ -1,0 +1,202 @@
+"""SQLite held by another writer: every write of the store waits for the lock (within the
+retry budget, ``db.SQLITE_BUSY_TIMEOUT_MS``) and then commits; beyond it, it fails with
+``DatabaseUnavailable`` having written nothing, and the same write succeeds once the lock is gone.
+
+The other writer is a real second connection on the same file, as an operator's ``sqlite3`` shell
+or a backup script would be: ``BEGIN IMMEDIATE`` or ``BEGIN EXCLUSIVE``, a write, held, committed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from watchdog import errors, models
+from watchdog.store import db, repo, tables
+
+REPO = "127.0.0.1:5000/team/app"
+T0 = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+DIGEST_A = "sha256:" + "a" * 64
+DIGEST_B = "sha256:" + "b" * 64
+
+
+class Holder:
+    """Another process's writer on ``path``: ``BEGIN <mode>``, one write, the lock held for
+    ``seconds``, then COMMIT (so the daemon's read snapshot is stale afterwards, the hard case)."""
+
+    def __init__(self, path: Path, mode: str, seconds: float) -> None:
+        self.path = path
+        self.mode = mode
+        self.seconds = seconds
+        self.held = threading.Event()
+        self.released_at = 0.0
+        self.thread = threading.Thread(target=self._hold, daemon=True)
+
+    def _hold(self) -> None:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            conn.execute(f"BEGIN {self.mode}")
+            conn.execute("UPDATE watches SET last_error = last_error")
+            conn.execute("INSERT INTO watches (repository, consecutive_errors) VALUES ('x/y', 0)")
+            self.held.set()
+            time.sleep(self.seconds)
+            conn.execute("COMMIT")
+            self.released_at = time.monotonic()
+        finally:
+            conn.close()
+
+    def __enter__(self) -> Holder:
+        self.thread.start()
+        assert self.held.wait(10), "the other writer did not get the lock"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.thread.join(30)
+
+
+@pytest.fixture
+def db_file(tmp_path: Path) -> Path:
+    return tmp_path / "busy.db"
+
+
+@pytest.fixture
+def store(db_file: Path) -> Iterator[repo.Store]:
+    engine = db.create_engine(f"sqlite:///{db_file}")
+    db.upgrade(engine)
+    try:
+        yield repo.Store(engine, channels=("slack",))
+    finally:
+        engine.dispose()
+
+
+def _record(digest: str) -> models.TagRecord:
+    return models.TagRecord(
+        repository=REPO,
+        tag="1.0.0",
+        recorded_digest=DIGEST_A,
+        current_digest=digest,
+        media_type="application/vnd.oci.image.manifest.v1+json",
+        state=models.TagState.OK if digest == DIGEST_A else models.TagState.DRIFTED,
+        first_seen=T0,
+        last_checked=T0,
+        last_changed=T0,
+    )
+
+
+def _change(kind: models.EventKind, digest: str, old: str | None = None) -> models.Change:
+    event = models.Event(
+        repository=REPO, tag="1.0.0", kind=kind, at=T0, old_digest=old, new_digest=digest
+    )
+    return models.Change(repository=REPO, tag="1.0.0", record=_record(digest), event=event)
+
+
+def _seed(store: repo.Store) -> None:
+    """A baseline and one queued alert (a notice), so every write below has something to do."""
+    store.apply_check(REPO, T0, [_change(models.EventKind.FIRST_SEEN, DIGEST_A)])
+    store.enqueue_notice({"kind": "registry_unreachable", "registry": "127.0.0.1:5000"}, T0)
+
+
+def _outbox_id(store: repo.Store) -> int:
+    return int(store.outbox_rows()[0]["id"])
+
+
+# Every public write of the store. Several read before they write (claim_alerts first of all):
+# under a plain BEGIN, SQLite failed those at once, whatever busy_timeout said.
+WRITES: dict[str, Callable[[repo.Store], object]] = {
+    "apply_check": lambda s: s.apply_check(
+        REPO, T0, [_change(models.EventKind.MOVED, DIGEST_B, DIGEST_A)]
+    ),
+    "apply_changes": lambda s: s.apply_changes(
+        REPO, T0, [_change(models.EventKind.MOVED, DIGEST_B, DIGEST_A)]
+    ),
+    "record_watch_error": lambda s: s.record_watch_error(REPO, T0, "registry down"),
+    "enqueue_notice": lambda s: s.enqueue_notice({"kind": "registry_recovered"}, T0),
+    "claim_alerts": lambda s: s.claim_alerts(T0 + dt.timedelta(hours=1), lease=60),
+    "mark_delivered": lambda s: s.mark_delivered(_outbox_id(s), T0, "1.2"),
+    "mark_failed": lambda s: s.mark_failed(_outbox_id(s), T0, "refused"),
+    "retry_alert": lambda s: s.retry_alert(_outbox_id(s), T0, "503"),
+}
+
+
+def _snapshot(engine: sa.Engine) -> dict[str, list[tuple[object, ...]]]:
+    with engine.connect() as conn:
+        return {
+            t.name: [tuple(r) for r in conn.execute(sa.select(t))]
+            for t in (tables.tags, tables.events, tables.outbox)
+        } | {
+            "watches": [
+                tuple(r)
+                for r in conn.execute(
+                    sa.select(tables.watches).where(tables.watches.c.repository == REPO)
+                )
+            ]
+        }
+
+
+# Every write under BEGIN IMMEDIATE; BEGIN EXCLUSIVE (the same lock for other connections in WAL
+# mode) for the two that matter most: the check's and the outbox's.
+CASES = [pytest.param(w, "IMMEDIATE", id=f"{w}-IMMEDIATE") for w in WRITES] + [
+    pytest.param(w, "EXCLUSIVE", id=f"{w}-EXCLUSIVE") for w in ("apply_check", "claim_alerts")
+]
+
+
+@pytest.mark.parametrize(("write", "mode"), CASES)
+def test_a_write_waits_for_another_writer_then_commits(
+    store: repo.Store, db_file: Path, mode: str, write: str
+) -> None:
+    _seed(store)
+    before = _snapshot(store.engine)
+    with Holder(db_file, mode, 0.5) as holder:
+        started = time.monotonic()
+        WRITES[write](store)
+        done = time.monotonic()
+    # it waited for the other writer's COMMIT, then committed its own work
+    assert done - started >= 0.4
+    assert done >= holder.released_at > 0
+    assert _snapshot(store.engine) != before
+
+
+@pytest.mark.parametrize(("write", "mode"), CASES)
+def test_a_lock_held_beyond_the_budget_fails_the_write_and_writes_nothing(
+    db_file: Path, monkeypatch: pytest.MonkeyPatch, mode: str, write: str
+) -> None:
+    monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 200)  # the budget, shortened for the test
+    engine = db.create_engine(f"sqlite:///{db_file}")
+    db.upgrade(engine)
+    store = repo.Store(engine, channels=("slack",))
+    try:
+        _seed(store)
+        before = _snapshot(engine)
+        with Holder(db_file, mode, 0.7):
+            started = time.monotonic()
+            with pytest.raises(errors.DatabaseUnavailable, match="database is locked") as caught:
+                WRITES[write](store)
+            waited = time.monotonic() - started
+        assert 0.15 <= waited < 0.6  # it used its budget, and no more
+        assert caught.value.temporary
+        assert _snapshot(engine) == before  # nothing half-written
+        WRITES[write](store)  # the lock is gone: the same write goes through
+        assert _snapshot(engine) != before
+    finally:
+        engine.dispose()
+
+
+def test_reads_go_on_while_another_process_holds_the_write_lock(
+    store: repo.Store, db_file: Path
+) -> None:
+    """WAL: ``status``, ``history``, /readyz and the check's own reads do not wait for a writer."""
+    _seed(store)
+    with Holder(db_file, "EXCLUSIVE", 0.5):
+        started = time.monotonic()
+        store.ping()
+        assert set(store.load_tags(REPO)) == {"1.0.0"}
+        assert [e.kind for e in store.history(REPO, "1.0.0")] == [models.EventKind.FIRST_SEEN]
+        assert store.pending_alerts() == 1
+        assert time.monotonic() - started < 0.3
