@@ -165,7 +165,10 @@ class RestoreSettings:
 
 @dataclasses.dataclass(frozen=True)
 class HookSettings:
+    # "Authorization: Bearer <token>" on /hooks/registry and /hooks/harbor
     registry_token: Secret | None = None
+    # "?token=<token>" on /hooks/dockerhub (Docker Hub cannot send headers)
+    dockerhub_token: Secret | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -548,8 +551,11 @@ def from_mapping(
         max_per_tag=r.integer(restore_raw, "max_per_tag", "restore.", 3, minimum=1, maximum=1000),
         window=r.duration(restore_raw, "window", "restore.", 3600.0),
     )
-    hooks_raw = r.mapping(top.get("hooks"), "hooks", {"registry_token"})
-    hooks = HookSettings(registry_token=r.secret(hooks_raw, "registry_token", "hooks."))
+    hooks_raw = r.mapping(top.get("hooks"), "hooks", {"registry_token", "dockerhub_token"})
+    hooks = HookSettings(
+        registry_token=r.secret(hooks_raw, "registry_token", "hooks."),
+        dockerhub_token=r.secret(hooks_raw, "dockerhub_token", "hooks."),
+    )
 
     if r.problems:
         raise errors.ConfigError(r.problems, source=source)
@@ -580,6 +586,7 @@ def _apply_env_overrides(top: dict[str, Any], env: Mapping[str, str]) -> None:
         "SLACK_CHANNEL": ("slack", "channel"),
         "SLACK_SIGNING_SECRET": ("slack", "signing_secret"),
         "HOOK_TOKEN": ("hooks", "registry_token"),
+        "DOCKERHUB_HOOK_TOKEN": ("hooks", "dockerhub_token"),
     }
     for suffix, path in simple.items():
         value = env.get(ENV_PREFIX + suffix)

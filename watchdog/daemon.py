@@ -157,6 +157,7 @@ class Daemon:
             self.metrics,
             self.readiness,
             hook_token=self.settings.hooks.registry_token,
+            dockerhub_token=self.settings.hooks.dockerhub_token,
             on_registry_events=self.on_registry_events,
             api_routes=routes,
         )

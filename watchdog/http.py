@@ -1,11 +1,18 @@
-"""The daemon's HTTP side (Starlette): ``/metrics``, ``/healthz``, ``/readyz``, ``/hooks/registry``.
+"""The daemon's HTTP side (Starlette): ``/metrics``, ``/healthz``, ``/readyz``, and the registry
+hooks ``/hooks/registry`` (CNCF distribution), ``/hooks/harbor`` and ``/hooks/dockerhub``.
 
 ``/healthz`` answers while the process can serve at all; ``/readyz`` only when the database
 answers, the scheduler runs and every watch completed a cycle recently.
+
+Hook authentication: distribution and Harbor send a configured ``Authorization`` header, checked
+against ``hooks.registry_token``; Docker Hub cannot send headers, so its URL carries
+``?token=<hooks.dockerhub_token>``. Both are compared in constant time and never logged (uvicorn's
+access log, which would print the query, is off).
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -29,11 +36,14 @@ def build_app(
     readiness: ReadinessProbe,
     *,
     hook_token: config.Secret | None = None,
+    dockerhub_token: config.Secret | None = None,
     on_registry_events: EventSink | None = None,
     api_routes: Sequence[Route] = (),
 ) -> Starlette:
     """The ASGI app: metrics exposition, liveness, readiness (with its reasons as JSON), and the
-    registry notification endpoint (refused unless ``hooks.registry_token`` is configured)."""
+    registry notification endpoints: ``/hooks/registry`` and ``/hooks/harbor`` (refused unless
+    ``hooks.registry_token`` is configured), ``/hooks/dockerhub`` (unless
+    ``hooks.dockerhub_token`` is)."""
 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(
@@ -50,23 +60,65 @@ def build_app(
             status_code=200 if ready else 503,
         )
 
-    async def registry_hook(request: Request) -> Response:
-        if hook_token is None or on_registry_events is None:
-            return JSONResponse(
-                {"error": "hooks.registry_token is not configured"}, status_code=403
+    async def hook(
+        request: Request,
+        source: str,
+        parse: Callable[[bytes], list[notifications.RegistryEvent]],
+        token: config.Secret | None,
+        setting: str,
+        authorized: Callable[[Request, config.Secret], bool],
+        refusal: str,
+    ) -> Response:
+        if token is None or on_registry_events is None:
+            return JSONResponse({"error": f"{setting} is not configured"}, status_code=403)
+        if not authorized(request, token):
+            log.warning(
+                "hook_refused reason=bad_token source=%s client=%s", source, _client(request)
             )
-        if not api.bearer_matches(request.headers.get("authorization"), hook_token):
-            log.warning("hook_refused reason=bad_token client=%s", _client(request))
-            return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
+            return JSONResponse({"error": refusal}, status_code=401)
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > notifications.MAX_BODY_BYTES:
             return JSONResponse({"error": "body too large"}, status_code=413)
         try:
-            events = notifications.parse(await _read_limited(request))
+            events = parse(await _read_limited(request))
         except errors.UsageError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         triggered = await on_registry_events(events)
         return JSONResponse({"events": len(events), "checks_triggered": triggered})
+
+    async def registry_hook(request: Request) -> Response:
+        return await hook(
+            request,
+            "registry",
+            notifications.parse,
+            hook_token,
+            "hooks.registry_token",
+            _bearer_ok,
+            "missing or wrong bearer token",
+        )
+
+    async def harbor_hook(request: Request) -> Response:
+        # Harbor's webhook policy sends its "auth_header" as the Authorization header.
+        return await hook(
+            request,
+            "harbor",
+            notifications.parse_harbor,
+            hook_token,
+            "hooks.registry_token",
+            _bearer_ok,
+            "missing or wrong bearer token (set the policy's auth_header to 'Bearer <token>')",
+        )
+
+    async def dockerhub_hook(request: Request) -> Response:
+        return await hook(
+            request,
+            "dockerhub",
+            notifications.parse_dockerhub,
+            dockerhub_token,
+            "hooks.dockerhub_token",
+            _query_token_ok,
+            "missing or wrong token (the webhook URL needs ?token=<hooks.dockerhub_token>)",
+        )
 
     return Starlette(
         routes=[
@@ -74,6 +126,8 @@ def build_app(
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
             Route("/hooks/registry", registry_hook, methods=["POST"]),
+            Route("/hooks/harbor", harbor_hook, methods=["POST"]),
+            Route("/hooks/dockerhub", dockerhub_hook, methods=["POST"]),
             *api_routes,
         ]
     )
@@ -86,6 +140,18 @@ async def _read_limited(request: Request) -> bytes:
         if len(body) > notifications.MAX_BODY_BYTES:
             raise errors.UsageError(f"notification body over {notifications.MAX_BODY_BYTES} bytes")
     return bytes(body)
+
+
+def _bearer_ok(request: Request, token: config.Secret) -> bool:
+    return api.bearer_matches(request.headers.get("authorization"), token)
+
+
+def _query_token_ok(request: Request, token: config.Secret) -> bool:
+    """``?token=<token>`` (exactly one), compared in constant time."""
+    given = request.query_params.getlist("token")
+    return len(given) == 1 and hmac.compare_digest(
+        given[0].encode("utf-8", "surrogateescape"), token.reveal().encode()
+    )
 
 
 def _client(request: Request) -> str:

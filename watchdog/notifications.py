@@ -1,4 +1,8 @@
-"""Registry push notifications (CNCF distribution's ``notifications.endpoints``): parse and match.
+"""Registry push notifications: parse and match.
+
+Three shapes, one result (``RegistryEvent``): CNCF distribution's ``notifications.endpoints``
+envelope (``parse``), Harbor's webhooks in its Default and CloudEvents formats (``parse_harbor``)
+and Docker Hub's repository webhooks (``parse_dockerhub``).
 
 Pure: the HTTP layer hands in the body, the daemon gets back which watched repositories to check
 now. A notification only ever *triggers* a check; what changed is decided by the check itself,
@@ -62,6 +66,125 @@ def parse(body: bytes) -> list[RegistryEvent]:
             )
         )
     return out
+
+
+# Harbor event types (Default format, and the CloudEvents ``type`` of the same event) that may
+# have changed what a tag points at. Everything else Harbor sends (pulls, scans, quota,
+# replication and retention reports) is ignored.
+_HARBOR_ACTIONS = {
+    "PUSH_ARTIFACT": "push",
+    "harbor.artifact.pushed": "push",
+    "DELETE_ARTIFACT": "delete",
+    "harbor.artifact.deleted": "delete",
+}
+MAX_HARBOR_RESOURCES = 1000
+
+
+def parse_harbor(body: bytes) -> list[RegistryEvent]:
+    """Parse a Harbor webhook payload; raise UsageError when it is not one.
+
+    Default format: ``{"type": "PUSH_ARTIFACT", "event_data": {"resources": [...],
+    "repository": {...}}}``; CloudEvents format: ``{"specversion": "1.0", "type":
+    "harbor.artifact.pushed", "data": {"resources": [...], "repository": {...}}}``. Returns one
+    ``push`` or ``delete`` event per resource (its tag, when it is a valid tag, else None; the
+    registry host taken from its ``resource_url``), or one without a tag when there are no
+    resources; other event types give ``[]``. The repository is ``repository.repo_full_name``
+    (else ``namespace/name``).
+    """
+    doc = _json_object(body, "Harbor webhook")
+    kind = doc.get("type")
+    if not isinstance(kind, str):
+        raise errors.UsageError('expected a Harbor webhook payload ({"type": ..., ...})')
+    data = doc.get("data") if "specversion" in doc else doc.get("event_data")
+    action = _HARBOR_ACTIONS.get(kind)
+    if action is None:
+        return []
+    if not isinstance(data, dict):
+        field = "data" if "specversion" in doc else "event_data"
+        raise errors.UsageError(f"Harbor {kind} payload without an {field} object")
+    repo = data.get("repository")
+    repository = _harbor_repository(repo if isinstance(repo, dict) else {})
+    if repository is None:
+        raise errors.UsageError(f"Harbor {kind} payload without repository.repo_full_name")
+    resources = data.get("resources")
+    if not isinstance(resources, list) or not resources:
+        return [RegistryEvent(action=action, repository=repository, tag=None, host=None)]
+    if len(resources) > MAX_HARBOR_RESOURCES:
+        raise errors.UsageError(f"more than {MAX_HARBOR_RESOURCES} resources in one notification")
+    out = []
+    for resource in resources:
+        if not isinstance(resource, dict):
+            continue
+        url = resource.get("resource_url")
+        # "harbor.example.com/library/nginx:1.25" or "...@sha256:...": the host comes first
+        # (Harbor writes its own external host there, port included), whatever it looks like.
+        host = url.split("/", 1)[0] if isinstance(url, str) and "/" in url else ""
+        out.append(
+            RegistryEvent(
+                action=action,
+                repository=repository,
+                tag=_tag(resource.get("tag")),
+                host=models.normalize_host(host) if host else None,
+            )
+        )
+    return out
+
+
+def _harbor_repository(repo: dict[str, object]) -> str | None:
+    full = repo.get("repo_full_name")
+    if isinstance(full, str) and full:
+        return full
+    namespace, name = repo.get("namespace"), repo.get("name")
+    if isinstance(namespace, str) and isinstance(name, str) and namespace and name:
+        return f"{namespace}/{name}"
+    return None
+
+
+def parse_dockerhub(body: bytes) -> list[RegistryEvent]:
+    """Parse a Docker Hub repository webhook payload; raise UsageError when it is not one.
+
+    ``{"push_data": {"tag": "1.2.3", ...}, "repository": {"repo_name": "org/app", ...},
+    "callback_url": ...}``: Docker Hub sends pushes only. Returns one ``push`` event on host
+    ``docker.io`` (an official image's ``nginx`` is ``library/nginx``, as Docker names it), with
+    the tag when it is a valid one. ``callback_url`` is never called.
+    """
+    doc = _json_object(body, "Docker Hub webhook")
+    push_data, repo = doc.get("push_data"), doc.get("repository")
+    if not isinstance(push_data, dict) or not isinstance(repo, dict):
+        raise errors.UsageError(
+            'expected a Docker Hub webhook payload ({"push_data": {...}, "repository": {...}})'
+        )
+    name = repo.get("repo_name")
+    if not isinstance(name, str) or not name:
+        raise errors.UsageError("Docker Hub payload without repository.repo_name")
+    try:
+        ref = models.ImageRef.parse(f"{models.DOCKER_HUB}/{name}", allow_tag=False)
+    except errors.InvalidReference as exc:
+        raise errors.UsageError(f"Docker Hub payload: repository.repo_name: {exc}") from None
+    return [
+        RegistryEvent(
+            action="push",
+            repository=ref.repository,
+            tag=_tag(push_data.get("tag")),
+            host=ref.host,
+        )
+    ]
+
+
+def _json_object(body: bytes, what: str) -> dict[str, object]:
+    if len(body) > MAX_BODY_BYTES:
+        raise errors.UsageError(f"notification body over {MAX_BODY_BYTES} bytes")
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        raise errors.UsageError(f"{what} body is not JSON") from None
+    if not isinstance(doc, dict):
+        raise errors.UsageError(f"{what} body is not a JSON object")
+    return doc
+
+
+def _tag(value: object) -> str | None:
+    return value if isinstance(value, str) and models.TAG_RE.match(value) else None
 
 
 def watches_to_check(
