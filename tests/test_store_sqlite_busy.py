@@ -29,7 +29,8 @@ from tests.support import registry as support_registry
 from tests.support.cli import http_status, run, start_daemon, wait_for
 from tests.support.registry import free_port
 from tests.support.slack_standin import SlackStandIn
-from watchdog import errors, models
+from watchdog import config, errors, models
+from watchdog.alerts import outbox
 from watchdog.store import db, repo, tables
 
 REPO = "127.0.0.1:5000/team/app"
@@ -211,6 +212,62 @@ def test_reads_go_on_while_another_process_holds_the_write_lock(
         assert [e.kind for e in store.history(REPO, "1.0.0")] == [models.EventKind.FIRST_SEEN]
         assert store.pending_alerts() == 1
         assert time.monotonic() - started < 0.3
+
+
+class _LockingSender:
+    """A channel that takes the alert, after which another process grabs the write lock for
+    ``hold`` seconds: the delivery has to be recorded under it."""
+
+    name = "slack"
+
+    def __init__(self, db_file: Path, hold: float) -> None:
+        self.db_file = db_file
+        self.hold = hold
+        self.sent: list[object] = []
+        self.holders: list[Holder] = []
+
+    def send(self, message: object, thread_id: str | None) -> str:
+        self.sent.append(message)
+        holder = Holder(self.db_file, "EXCLUSIVE", self.hold)
+        self.holders.append(holder.__enter__())
+        return f"1.{len(self.sent)}"
+
+
+async def test_a_delivery_is_recorded_after_a_lock_longer_than_the_budget_and_not_sent_again(
+    db_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slack took the alert, then the lock is held past the write budget: the worker keeps
+    trying to record the delivery while its lease holds, instead of leaving the row to be sent
+    a second time when the lease runs out."""
+    monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 200)
+    engine = db.create_engine(f"sqlite:///{db_file}")
+    db.upgrade(engine)
+    store = repo.Store(engine, channels=("slack",))
+    try:
+        _seed(store)
+        sender = _LockingSender(db_file, 1.5)
+        worker = outbox.Worker(store, {"slack": sender}, config.Settings(), lease=60)
+        started = time.monotonic()
+        assert await worker.run_once() == 1
+        waited = time.monotonic() - started
+        for holder in sender.holders:
+            holder.__exit__()
+        assert waited >= 1.2  # it outlasted the hold rather than giving up after 0.2 s
+        assert store.pending_alerts() == 0
+        [row] = store.outbox_rows()
+        assert (row["status"], row["remote_id"]) == ("delivered", "1.1")
+        # the lease running out sends nothing again
+        later = outbox.Worker(
+            store,
+            {"slack": sender},
+            config.Settings(),
+            lease=60,
+            clock=lambda: dt.datetime.now(dt.UTC) + dt.timedelta(hours=1),
+        )
+        assert await later.run_once() == 0
+        assert len(sender.sent) == 1
+    finally:
+        engine.dispose()
 
 
 # --- the daemon ----------------------------------------------------------------------------------

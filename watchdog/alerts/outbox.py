@@ -29,6 +29,12 @@ from watchdog.alerts import slack
 
 log = logging.getLogger("watchdog.alerts")
 
+# Recording a delivery the database refused for now: first wait, longest wait, and how much of
+# the lease to leave unused (the next attempt itself may wait busy_timeout on SQLite).
+DELIVERED_RETRY_FIRST = 0.5
+DELIVERED_RETRY_CAP = 5.0
+DELIVERED_RETRY_MARGIN = 6.0
+
 Clock = Callable[[], dt.datetime]
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -135,11 +141,13 @@ class Worker:
         """
         tried = 0
         while True:
-            items = await asyncio.to_thread(self.store.claim_alerts, self.clock(), lease=self.lease)
+            claimed_at = self.clock()
+            items = await asyncio.to_thread(self.store.claim_alerts, claimed_at, lease=self.lease)
             if not items:
                 break
+            lease_ends = claimed_at + dt.timedelta(seconds=self.lease)
             for item in items:
-                await self._deliver(item)
+                await self._deliver(item, lease_ends)
             tried += len(items)
         await self._report_pending()
         return tried
@@ -186,7 +194,7 @@ class Worker:
                 return pending
             await self.sleep(max((due - now).total_seconds(), 0.0))
 
-    async def _deliver(self, item: models.OutboxItem) -> None:
+    async def _deliver(self, item: models.OutboxItem, lease_ends: dt.datetime) -> None:
         sender = self.senders.get(item.channel)
         what = _describe(item)
         if sender is None:
@@ -205,7 +213,7 @@ class Worker:
             return
         # Recorded at once: the shorter the gap between the channel's 200 and this commit, the
         # smaller the window in which a crash would send the alert twice.
-        await asyncio.to_thread(self.store.mark_delivered, item.id, self.clock(), remote_id)
+        await self._mark_delivered(item, remote_id, lease_ends)
         self._count(item.channel, "delivered")
         log.info(
             "alert_delivered id=%d %s channel=%s attempts=%d",
@@ -214,6 +222,32 @@ class Worker:
             item.channel,
             item.attempts,
         )
+
+    async def _mark_delivered(
+        self, item: models.OutboxItem, remote_id: str | None, lease_ends: dt.datetime
+    ) -> None:
+        """Record that the channel took ``item``. While the database is temporarily unavailable
+        (another process holding SQLite's write lock past busy_timeout, a PostgreSQL restart),
+        try again, backing off, for as long as the lease holds: the alert is out, and a row
+        left undelivered would be sent a second time once its lease ran out. Raises the last
+        ``errors.StoreError`` when the lease is (nearly) over or the error is permanent."""
+        delay = DELIVERED_RETRY_FIRST
+        while True:
+            try:
+                await asyncio.to_thread(self.store.mark_delivered, item.id, self.clock(), remote_id)
+                return
+            except errors.StoreError as exc:
+                left = (lease_ends - self.clock()).total_seconds()
+                if not exc.temporary or left < delay + DELIVERED_RETRY_MARGIN:
+                    raise
+                log.warning(
+                    "alert_delivered_not_recorded id=%d retry_in=%.1fs error=%r",
+                    item.id,
+                    delay,
+                    str(exc),
+                )
+            await self.sleep(delay)
+            delay = min(delay * 2, DELIVERED_RETRY_CAP)
 
     async def _failed(self, item: models.OutboxItem, what: str, exc: errors.AlertError) -> None:
         now = self.clock()
