@@ -564,3 +564,14 @@ def test_a_daemon_told_by_harbor_and_docker_hub_checks_at_once_and_fakes_nothing
     ]
     status = run("status", "--json", "-c", str(cfg), cwd=tmp_path)
     assert hub_repo not in status.stdout  # a notification never records anything by itself
+
+
+DEEP = b"[" * 200_000 + b"]" * 200_000  # under the 1 MiB limit, too deep for json.loads
+
+
+@pytest.mark.parametrize(
+    "parse", [notifications.parse, notifications.parse_harbor, notifications.parse_dockerhub]
+)
+def test_json_nested_too_deep_is_a_usage_error_not_a_crash(parse: Any) -> None:
+    with pytest.raises(errors.UsageError, match="not JSON"):
+        parse(DEEP)

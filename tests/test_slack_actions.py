@@ -419,3 +419,9 @@ def test_actions_are_refused_when_buttons_are_not_configured(
         daemon.send_signal(signal.SIGTERM)
         daemon.communicate(timeout=30)
     assert daemon.returncode == 0
+
+
+def test_a_payload_nested_too_deep_is_refused_not_a_crash() -> None:
+    deep = "[" * 200_000 + "]" * 200_000
+    with pytest.raises(errors.UsageError, match="payload=<JSON>"):
+        slack_actions.parse_tap(urllib.parse.urlencode({"payload": deep}).encode())

@@ -165,7 +165,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
             raise errors.UsageError(f"request body over {MAX_BODY_BYTES} bytes")
     try:
         body = json.loads(raw or b"{}")
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deep
         raise errors.UsageError("request body is not JSON") from None
     if not isinstance(body, dict):
         raise errors.UsageError("request body must be a JSON object")

@@ -37,7 +37,7 @@ def parse(body: bytes) -> list[RegistryEvent]:
         raise errors.UsageError(f"notification body over {MAX_BODY_BYTES} bytes")
     try:
         doc = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deep
         raise errors.UsageError("notification body is not JSON") from None
     raw_events = doc.get("events") if isinstance(doc, dict) else None
     if not isinstance(raw_events, list):
@@ -176,7 +176,7 @@ def _json_object(body: bytes, what: str) -> dict[str, object]:
         raise errors.UsageError(f"notification body over {MAX_BODY_BYTES} bytes")
     try:
         doc = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deep
         raise errors.UsageError(f"{what} body is not JSON") from None
     if not isinstance(doc, dict):
         raise errors.UsageError(f"{what} body is not a JSON object")

@@ -116,7 +116,7 @@ def parse_tap(body: bytes) -> Tap:
     try:
         form = urllib.parse.parse_qs(body.decode("utf-8"), max_num_fields=20)
         doc = json.loads(form["payload"][0])
-    except (UnicodeDecodeError, ValueError, KeyError, IndexError):
+    except (UnicodeDecodeError, ValueError, KeyError, IndexError, RecursionError):
         raise errors.UsageError("expected a form field payload=<JSON>") from None
     if not isinstance(doc, dict) or doc.get("type") != "block_actions":
         raise errors.UsageError("not a block_actions request")
@@ -133,7 +133,7 @@ def parse_tap(body: bytes) -> Tap:
         value = json.loads(str(action.get("value") or ""))
         ref = models.ImageRef.parse(str(value["ref"]), require_tag=True)
         digest = models.check_digest(str(value["digest"]))
-    except (ValueError, KeyError, TypeError, errors.InvalidReference) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError, errors.InvalidReference) as exc:
         raise errors.UsageError(f"the button's value is not one of ours: {exc}") from None
     event_id = value.get("event")
     container = _dict(doc.get("container"))
