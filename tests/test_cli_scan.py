@@ -274,3 +274,36 @@ def test_a_second_daemon_on_the_same_sqlite_file_is_refused(tmp_path: Path) -> N
 def _port_open(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_sigterm_during_a_check_lets_it_finish(
+    tmp_path: Path,
+    registry: support_registry.RegistryServer,
+    repo: str,
+    pusher: images.Pusher,
+    make_fault_proxy: Any,
+) -> None:
+    release = pusher.image(repo, "1.0.0", seed="a")
+    proxy = make_fault_proxy(registry)
+    proxy.add("HEAD", f"/v2/{repo}/manifests/", delay=1.5)  # every check spends 1.5 s in a HEAD
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"database_url: sqlite:///{tmp_path / 'w.db'}\ninterval: 1h\n"
+        f"http: {{listen: '127.0.0.1:{free_port()}'}}\nwatches: ['{proxy.host}/{repo}']\n"
+    )
+    proc = start_daemon(cfg, tmp_path)
+    try:
+        wait_for(lambda: proxy.in_flight, what="a check under way (its HEAD held by the proxy)")
+        proc.send_signal(signal.SIGTERM)  # the check is waiting for its HEAD
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "CancelledError" not in err, err
+    # the check that was running when the signal came finished and recorded the tag
+    history = run("history", f"{proxy.host}/{repo}:1.0.0", "--json", "-c", str(cfg), cwd=tmp_path)
+    assert [(e["kind"], e["new_digest"]) for e in json.loads(history.stdout)] == [
+        ("first_seen", release.digest)
+    ]

@@ -196,11 +196,14 @@ class Daemon:
             await self.stopping.wait()
         finally:
             log.info("stopping running_checks=%d", len(self.running))
-            self.scheduler.shutdown(wait=False)
+            # Pause first: shutdown() cancels the job tasks APScheduler's asyncio executor still
+            # runs, and a running check must finish (it persists in one transaction).
+            self.scheduler.pause()
             if self.running:
                 _, pending = await asyncio.wait(set(self.running), timeout=SHUTDOWN_GRACE)
                 for task in pending:
                     task.cancel()
+            self.scheduler.shutdown(wait=False)
             if alerts_task is not None:
                 # After the checks: what they queued is tried once more; a send under way is
                 # recorded before the worker returns.
