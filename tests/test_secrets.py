@@ -21,6 +21,7 @@ from tests.support.slack_standin import SlackStandIn
 
 API_TOKEN = "api-token-MARKER-7f3a"
 HOOK_TOKEN = "hook-token-MARKER-9c1d"
+HUB_TOKEN = "dockerhub-token-MARKER-51e0"
 
 
 def test_no_secret_in_any_output_or_the_database(
@@ -38,7 +39,7 @@ def test_no_secret_in_any_output_or_the_database(
         path.write_text(
             f"database_url: sqlite:///{db_file}\ninterval: 1s\njitter: 0s\n"
             f"http: {{listen: '127.0.0.1:{port}', api_token: '${{API_TOKEN}}'}}\n"
-            f"hooks: {{registry_token: '${{HOOK_TOKEN}}'}}\n"
+            f"hooks: {{registry_token: '${{HOOK_TOKEN}}', dockerhub_token: '${{HUB_TOKEN}}'}}\n"
             f"registries:\n  - host: {basic_registry.host}\n    username: {basic_registry.username}\n"
             f"    password: '${{REG_PW}}'\n"
             f"watches: ['{basic_registry.host}/{repo}']\n"
@@ -50,9 +51,14 @@ def test_no_secret_in_any_output_or_the_database(
     bad = config(bad_pw)
     slack = SlackStandIn().start()
     # the path of an incoming-webhook URL is its secret
-    env = {"API_TOKEN": API_TOKEN, "HOOK_TOKEN": HOOK_TOKEN, "SLACK_URL": slack.webhook_url}
+    env = {
+        "API_TOKEN": API_TOKEN,
+        "HOOK_TOKEN": HOOK_TOKEN,
+        "HUB_TOKEN": HUB_TOKEN,
+        "SLACK_URL": slack.webhook_url,
+    }
     webhook_secret = slack.webhook_url.rsplit("/", 1)[1]
-    markers = [password, bad_pw, API_TOKEN, HOOK_TOKEN, webhook_secret]
+    markers = [password, bad_pw, API_TOKEN, HOOK_TOKEN, HUB_TOKEN, webhook_secret]
     outputs: list[str] = []
 
     def cli(*args: str, pw: str) -> subprocess.CompletedProcess[str]:
@@ -95,6 +101,15 @@ def test_no_secret_in_any_output_or_the_database(
         assert 'tag_watchdog_checks_total{registry="' in metrics
         outputs.append(metrics)
         outputs.append(httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).text)
+        # the Docker Hub hook carries its token in the URL: neither the debug log nor the answer
+        # may repeat it
+        hub = httpx.post(
+            f"http://127.0.0.1:{port}/hooks/dockerhub?token={HUB_TOKEN}",
+            json={"push_data": {"tag": "1.0.0"}, "repository": {"repo_name": "a/b"}},
+            timeout=5,
+        )
+        assert hub.status_code == 200, hub.text
+        outputs.append(hub.text)
     finally:
         daemon.send_signal(signal.SIGTERM)
         out, err = daemon.communicate(timeout=30)
