@@ -176,8 +176,10 @@ async def test_a_restore_war_stops_auto_restore_after_max_per_tag(store, registr
     checker, watch = make_checker(store, registry, repo, max_per_tag=2)
     await checker.check_watch(watch)
     kinds: list[list[K]] = []
+    pushed = []
     for round_ in range(4):
-        pusher.image(repo, "0.15.0", seed=f"war-{round_}")  # something re-pushes every time
+        # something re-pushes every time
+        pushed.append(pusher.image(repo, "0.15.0", seed=f"war-{round_}").digest)
         result = await checker.check_watch(watch)
         kinds.append([e.kind for e in result.events])
     assert kinds == [
@@ -192,6 +194,8 @@ async def test_a_restore_war_stops_auto_restore_after_max_per_tag(store, registr
     (stopped,) = [e for e in history if e.kind is K.RESTORE_STOPPED]
     assert stopped.detail["reason"] == "something keeps pushing this tag"
     assert stopped.detail["loud"] is True
+    # the two digests a person chooses between (Restore puts back the old, Accept records the new)
+    assert (stopped.old_digest, stopped.new_digest) == (release.digest, pushed[2])
     assert fetch(registry, repo, "0.15.0").headers["docker-content-digest"] != release.digest
     # a person can still restore
     async with registry_client.RegistryClient(registry.settings()) as rc:

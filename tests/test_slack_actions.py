@@ -139,6 +139,8 @@ def test_a_move_alert_carries_restore_and_accept_buttons_in_bot_mode() -> None:
         (moved_event(kind=models.EventKind.RESTORE_FAILED, new_digest=OLD), "restore", {"restore"}),
         (moved_event(kind=models.EventKind.ACCEPTED), "alert", set()),
         (moved_event(kind=models.EventKind.RESTORED, new_digest=OLD), "alert", set()),
+        # something keeps pushing: put the release back, or accept what is pushed
+        (moved_event(kind=models.EventKind.RESTORE_STOPPED), "restore", {"restore", "accept"}),
     ],
 )
 def test_which_events_get_which_buttons(
@@ -204,6 +206,8 @@ NOW = 1_800_000_000
         (str(NOW), sign(b"other body", NOW), "bad_signature"),  # tampered
         (str(NOW - 301), sign(b"body", NOW - 301), "stale"),  # replayed later
         (str(NOW + 301), sign(b"body", NOW + 301), "stale"),
+        # forged and old: the HMAC is judged first, so a forgery is never called merely stale
+        (str(NOW - 3600), sign(b"body", NOW - 3600, "another-secret"), "bad_signature"),
         ("12ab", "v0=00", "bad_signature"),
         ("\uff19\uff19", "v0=00", "bad_signature"),  # non-ASCII digits (fullwidth nines)
         (str(NOW), "v0=\u00ff\u00ff", "bad_signature"),  # a non-ASCII header (latin-1 decoded)
@@ -216,6 +220,40 @@ def test_check_signature(
     secret = config.Secret(SIGNING_SECRET)
     got = slack_actions.check_signature(secret, b"body", timestamp, signature_, now=lambda: NOW)
     assert got == expected
+
+
+def test_check_signature_takes_a_body_that_is_not_utf8() -> None:
+    secret = config.Secret(SIGNING_SECRET)
+    body = b"payload=\xff\xfe"
+    assert (
+        slack_actions.check_signature(secret, body, str(NOW), sign(body, NOW), now=lambda: NOW)
+        is None
+    )
+    assert slack_actions.check_signature(
+        secret, body, str(NOW), sign(b"x", NOW), now=lambda: NOW
+    ) == ("bad_signature")
+
+
+def test_a_signature_is_taken_once_within_the_window() -> None:
+    clock = [1000.0]
+    replays = slack_actions.Replays(now=lambda: clock[0])
+    assert replays.first("v0=aa") and replays.first("v0=bb")
+    assert not replays.first("v0=aa")
+    # remembered longer than a timestamp stays acceptable on either side of now (2 x 5 min)...
+    clock[0] += 2 * slack_actions.MAX_AGE
+    assert not replays.first("v0=aa")
+    # ...then forgotten: the timestamp check refuses such a request by then
+    clock[0] += slack_actions.REMEMBER
+    assert replays.first("v0=aa")
+
+
+def test_a_long_tag_is_cut_in_the_restore_label_never_the_digest() -> None:
+    tag = "1.2.3-" + "x" * 120  # tags may be 128 characters
+    message = slack.render_event(moved_event(tag=tag), slack.Context(on_move="alert", buttons=True))
+    label = buttons_of({"blocks": message.blocks})[slack.ACTION_RESTORE]["text"]["text"]
+    assert len(label) <= 75
+    assert label.startswith("Restore 1.2.3-x") and "…" in label
+    assert label.endswith(f" to {models.short_digest(OLD)}")
 
 
 def test_parse_tap() -> None:
@@ -332,10 +370,13 @@ def test_one_tap_restore_and_accept_on_a_real_daemon(
                 assert not {"restored", "accepted"} & {e["kind"] for e in history()}
                 assert not standin.updates
 
-                # The allowed person taps Restore.
-                resp = c.post("/slack/actions", content=body, headers=signed_headers(body))
+                # The allowed person taps Restore: "Restoring…" at once, then the outcome.
+                taken = signed_headers(body)
+                resp = c.post("/slack/actions", content=body, headers=taken)
                 assert resp.status_code == 200 and resp.content == b""
-                update = wait_for(lambda: standin.updates, what="the message update")[0].body
+                wait_for(lambda: len(standin.updates) == 2, what="progress and outcome updates")
+                progress, update = (u.body for u in standin.updates)
+                assert "Restoring, tapped by" in json.dumps(progress) and not buttons_of(progress)
                 assert answers() == release.digest
                 restored = [e for e in history() if e["kind"] == "restored"]
                 assert len(restored) == 1
@@ -343,6 +384,21 @@ def test_one_tap_restore_and_accept_on_a_real_daemon(
                 assert update["ts"] == "1700000000.000001" and update["channel"] == "C0STANDIN"
                 assert not buttons_of(update)
                 assert f"*Restored* by <@{ALLOWED}>" in json.dumps(update)
+                assert "Recorded since" in json.dumps(update)
+
+                # The same request again (a replay, within the 5 minutes): refused, not re-run.
+                resp = c.post("/slack/actions", content=body, headers=taken)
+                assert resp.status_code == 401 and "replayed" in resp.text
+                # A second, freshly signed tap of that button (a double tap, or a replay after a
+                # restart): the restore is done, so nothing is done again and the outcome stays.
+                again = signed_headers(body, timestamp=int(time.time()) - 2)
+                resp = c.post("/slack/actions", content=body, headers=again)
+                assert resp.status_code == 200
+                told = wait_for(lambda: standin.ephemerals[1:], what="the 'already' answer")
+                assert "already answers" in told[0].body["text"]
+                assert len(standin.updates) == 2
+                assert [e["kind"] for e in history()].count("restored") == 1
+
                 # ... and the restore is an event alerted like any other, naming who did it.
                 wait_for(
                     lambda: any(
@@ -359,14 +415,14 @@ def test_one_tap_restore_and_accept_on_a_real_daemon(
                 second = wait_for(lambda: alert_about(deliberate.digest), what="the second alert")
                 old_accept = tap_body(buttons_of(alert)[slack.ACTION_ACCEPT])
                 c.post("/slack/actions", content=old_accept, headers=signed_headers(old_accept))
-                wait_for(lambda: len(standin.updates) == 2, what="the refusal update")
-                assert "nothing was done" in json.dumps(standin.updates[1].body)
+                wait_for(lambda: len(standin.updates) == 3, what="the refusal update")
+                assert "nothing was done" in json.dumps(standin.updates[2].body)
                 assert "accepted" not in {e["kind"] for e in history()}
 
                 accept = tap_body(buttons_of(second)[slack.ACTION_ACCEPT], message_ts="17.2")
                 c.post("/slack/actions", content=accept, headers=signed_headers(accept))
-                wait_for(lambda: len(standin.updates) == 3, what="the accept update")
-                assert "*Accepted* by" in json.dumps(standin.updates[2].body)
+                wait_for(lambda: len(standin.updates) == 4, what="the accept update")
+                assert "*Accepted* by" in json.dumps(standin.updates[3].body)
                 accepted = [e for e in history() if e["kind"] == "accepted"]
                 assert [(e["actor"], e["new_digest"]) for e in accepted] == [
                     (f"slack:{ALLOWED} (alice)", deliberate.digest)
@@ -385,8 +441,10 @@ def test_one_tap_restore_and_accept_on_a_real_daemon(
                     ("unknown", "unsigned"): 1,
                     ("unknown", "bad_signature"): 1,
                     ("unknown", "stale"): 1,
+                    ("unknown", "replayed"): 1,
                     ("restore", "not_allowed"): 1,
                     ("restore", "restored"): 1,
+                    ("restore", "already"): 1,
                     ("accept", "refused"): 1,
                     ("accept", "accepted"): 1,
                 }
@@ -394,7 +452,7 @@ def test_one_tap_restore_and_accept_on_a_real_daemon(
             daemon.send_signal(signal.SIGTERM)
             _, err = daemon.communicate(timeout=30)
     assert daemon.returncode == 0, err
-    for reason in ("unsigned", "bad_signature", "stale", "not_allowed"):
+    for reason in ("unsigned", "bad_signature", "stale", "replayed", "not_allowed"):
         assert f"slack_action_refused reason={reason}" in err, reason
     assert SIGNING_SECRET not in err and TOKEN not in err
 

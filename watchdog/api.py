@@ -16,7 +16,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -85,6 +85,8 @@ def routes(store: store_repo.Store, token: config.Secret | None, actions: Action
                 return _error(401, "reads from outside loopback need the bearer token")
             try:
                 return await handler(request)
+            except BodyTooLarge as exc:
+                return _error(413, str(exc))
             except (errors.InvalidReference, errors.UsageError) as exc:
                 return _error(400, str(exc))
             except errors.StoreError as exc:
@@ -157,12 +159,34 @@ def routes(store: store_repo.Store, token: config.Secret | None, actions: Action
     ]
 
 
+class BodyTooLarge(errors.UsageError):
+    """A request body over the endpoint's limit (answer 413)."""
+
+
+class ClientGone(errors.UsageError):
+    """The client closed the connection before sending its whole body (no one hears an answer)."""
+
+
+async def read_body(request: Request, limit: int, what: str = "request body") -> bytes:
+    """The whole body of ``request``, refused beyond ``limit`` bytes (BodyTooLarge, from the
+    declared Content-Length before a byte is read), or ClientGone when the client hangs up half-way
+    (Starlette's ClientDisconnect would otherwise end in a 500 and a traceback)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"{what} over {limit} bytes")
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise BodyTooLarge(f"{what} over {limit} bytes")
+    except ClientDisconnect:
+        raise ClientGone("the client closed the connection before sending the whole body") from None
+    return bytes(body)
+
+
 async def _json_body(request: Request) -> dict[str, Any]:
-    raw = bytearray()
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_BODY_BYTES:
-            raise errors.UsageError(f"request body over {MAX_BODY_BYTES} bytes")
+    raw = await read_body(request, MAX_BODY_BYTES)
     try:
         body = json.loads(raw or b"{}")
     except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deep

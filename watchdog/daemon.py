@@ -15,7 +15,7 @@ import random
 import signal
 import socket
 import time
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from typing import Any
 
 import uvicorn
@@ -46,6 +46,9 @@ SHUTDOWN_GRACE = 30.0  # seconds given to running checks on shutdown
 STALE_AFTER_INTERVALS = 3
 MAX_CONCURRENT_CHECKS = 8  # watches checked at once (each holds database connections)
 NOTIFIED_RECHECK_DELAY = 1.0  # seconds: the second look after a registry notification
+# seconds a hand-started restore or accept waits for a check of its repository running on another
+# replica (PostgreSQL), then gives up (the API answers 503, Slack asks to tap again)
+ACTION_CLAIM_WAIT = 30.0
 
 
 class SlotTrigger(BaseTrigger):  # type: ignore[misc]  # apscheduler 3 is untyped
@@ -96,6 +99,7 @@ class Daemon:
         self.checking: set[str] = set()  # watches being checked now
         self.recheck: set[str] = set()  # watches to check again when their check ends
         self.triggered: set[str] = set()  # watches a notification asked to check now
+        self.locks: dict[str, asyncio.Lock] = {}  # per watch: its check, or a hand-started action
         self.slots = asyncio.Semaphore(MAX_CONCURRENT_CHECKS)
         self.claims: claims.Claims | None = None
         self.scheduler: AsyncIOScheduler | None = None
@@ -199,10 +203,16 @@ class Daemon:
             # Pause first: shutdown() cancels the job tasks APScheduler's asyncio executor still
             # runs, and a running check must finish (it persists in one transaction).
             self.scheduler.pause()
-            if self.running:
-                _, pending = await asyncio.wait(set(self.running), timeout=SHUTDOWN_GRACE)
-                for task in pending:
-                    task.cancel()
+            # Wait for every running check and action, including one that started while we
+            # waited (a check cannot start now, but an action taken a moment before could).
+            deadline = loop.time() + SHUTDOWN_GRACE
+            while self.running and loop.time() < deadline:
+                await asyncio.wait(set(self.running), timeout=deadline - loop.time())
+            for task in list(self.running):
+                log.warning(
+                    "cancelled_on_shutdown task=%r grace=%ss", task.get_name(), SHUTDOWN_GRACE
+                )
+                task.cancel()
             self.scheduler.shutdown(wait=False)
             if alerts_task is not None:
                 # After the checks: what they queued is tried once more; a send under way is
@@ -241,17 +251,28 @@ class Daemon:
         else:
             self.scheduler.modify_job(name, next_run_time=dt.datetime.now(dt.UTC))
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> bool:
         """Run ``work`` in the background (an action answered in Slack); shutdown waits for it
-        like for a running check."""
-        task = asyncio.get_running_loop().create_task(work)
+        like for a running check. False (``work`` closed, never run) once the daemon is stopping:
+        shutdown could not promise it the time to finish."""
+        if self.stopping.is_set():
+            work.close()
+            return False
+        task = asyncio.get_running_loop().create_task(work, name=name)
         self.running.add(task)
         task.add_done_callback(self._background_done)
+        return True
 
     def _background_done(self, task: asyncio.Task[Any]) -> None:
         self.running.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("background_task_failed", exc_info=task.exception())
+            log.error("background_task_failed task=%r", task.get_name(), exc_info=task.exception())
+
+    def lock(self, repository: str) -> asyncio.Lock:
+        """The lock that keeps a check of ``repository`` and a restore or accept of one of its
+        tags (API, Slack) apart in this process: a check that looked at a tag while a restore put
+        it back would take the restore for someone else's `reverted`."""
+        return self.locks.setdefault(repository, asyncio.Lock())
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if self.stopping.is_set():
@@ -264,6 +285,7 @@ class Daemon:
             return
         task = asyncio.current_task()
         if task is not None:
+            task.set_name(f"check {watch.name}")
             self.running.add(task)
         self.checking.add(watch.name)
         interval = watch.interval or self.settings.interval
@@ -278,7 +300,7 @@ class Daemon:
                 self.triggered.discard(watch.name)
                 now = self.clock()
                 slot = None if urgent else claims.slot_start(watch.name, interval, now)
-                async with self.slots:
+                async with self.lock(watch.name), self.slots:
                     claim = await asyncio.to_thread(self.claims.acquire, watch.name, now, slot=slot)
                     if claim is None:
                         log.debug(
@@ -303,6 +325,30 @@ class Daemon:
             self.checking.discard(watch.name)
             if task is not None:
                 self.running.discard(task)
+
+    @contextlib.asynccontextmanager
+    async def holding(self, repository: str) -> AsyncIterator[None]:
+        """Hold ``repository`` against checks, here (``lock``) and on other replicas (its claim,
+        waited for up to ACTION_CLAIM_WAIT), for a restore or accept started by hand."""
+        assert self.claims is not None
+        async with self.lock(repository):
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + ACTION_CLAIM_WAIT
+            while True:
+                claim = await asyncio.to_thread(
+                    self.claims.acquire, repository, self.clock(), slot=None
+                )
+                if claim is not None:
+                    break
+                if loop.time() >= deadline:
+                    raise errors.StoreError(
+                        f"{repository} is being checked by another replica: try again in a moment"
+                    )
+                await asyncio.sleep(0.2)
+            try:
+                yield
+            finally:
+                await asyncio.to_thread(claim.release)
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready = database answers, scheduler runs, every watch completed a cycle recently."""
@@ -343,7 +389,8 @@ class _Actions:
         )
         if dry_run:
             return await restorer.plan(ref, digest)
-        outcome = await restorer.run(ref, digest)
+        async with d.holding(ref.name):
+            outcome = await restorer.run(ref, digest)
         result = "restored" if outcome.restored else "failed"
         d.metrics.restores.labels(repository=ref.name, result=result).inc()
         if d.alerts is not None:
@@ -355,15 +402,16 @@ class _Actions:
     ) -> models.Event:
         d = self.daemon
         assert d.store is not None
-        event = await asyncio.to_thread(
-            restore.accept,
-            d.store,
-            ref,
-            now=d.clock(),
-            actor=actor,
-            reason=reason,
-            expected=expected,
-        )
+        async with d.holding(ref.name):
+            event = await asyncio.to_thread(
+                restore.accept,
+                d.store,
+                ref,
+                now=d.clock(),
+                actor=actor,
+                reason=reason,
+                expected=expected,
+            )
         if d.alerts is not None:
             d.alerts.wake()
         return event

@@ -76,11 +76,11 @@ def build_app(
                 "hook_refused reason=bad_token source=%s client=%s", source, _client(request)
             )
             return JSONResponse({"error": refusal}, status_code=401)
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > notifications.MAX_BODY_BYTES:
-            return JSONResponse({"error": "body too large"}, status_code=413)
         try:
-            events = parse(await _read_limited(request))
+            body = await api.read_body(request, notifications.MAX_BODY_BYTES, "notification body")
+            events = parse(body)
+        except api.BodyTooLarge as exc:
+            return JSONResponse({"error": str(exc)}, status_code=413)
         except errors.UsageError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         triggered = await on_registry_events(events)
@@ -131,15 +131,6 @@ def build_app(
             *api_routes,
         ]
     )
-
-
-async def _read_limited(request: Request) -> bytes:
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > notifications.MAX_BODY_BYTES:
-            raise errors.UsageError(f"notification body over {notifications.MAX_BODY_BYTES} bytes")
-    return bytes(body)
 
 
 def _bearer_ok(request: Request, token: config.Secret) -> bool:

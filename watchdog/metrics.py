@@ -95,8 +95,9 @@ class Metrics:
         self.slack_actions = prom.Counter(
             p + "slack_actions",
             "Taps on the Slack buttons, by action (restore, accept, unknown) and result "
-            "(restored, failed, accepted, refused, error; or why the request was refused: "
-            "unsigned, bad_signature, stale, not_allowed, malformed).",
+            "(restored, failed, accepted, already, refused, error; or why the request was "
+            "refused: unsigned, bad_signature, stale, replayed, not_allowed, busy, stopping, "
+            "malformed).",
             ["action", "result"],
             registry=r,
         )

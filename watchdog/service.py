@@ -324,7 +324,9 @@ class Checker:
             )
             if done >= limits.max_per_tag:
                 recorded = moved.detail.get("recorded_digest")
-                stopped = await self._stop_restoring(tag_ref, done, since, recorded, quiet=resumed)
+                stopped = await self._stop_restoring(
+                    tag_ref, done, since, recorded, moved.new_digest, quiet=resumed
+                )
                 if stopped is not None:
                     out.append((models.Change(ref.name, moved.tag, None, stopped), stopped))
                 continue
@@ -345,11 +347,14 @@ class Checker:
         done: int,
         since: dt.datetime,
         recorded: object,
+        current: str | None,
         *,
         quiet: bool = False,
     ) -> models.Event | None:
         """Write the one ``restore_stopped`` event of this window (None when already written;
-        ``quiet``: then without the log line, for a move judged again at every check)."""
+        ``quiet``: then without the log line, for a move judged again at every check). Its old
+        digest is the record (what Restore puts back), its new one what the tag answers now (what
+        Accept would record)."""
         assert tag_ref.tag is not None
         already = await asyncio.to_thread(
             self.store.count_events,
@@ -374,6 +379,8 @@ class Checker:
             tag_ref.tag,
             models.EventKind.RESTORE_STOPPED,
             now,
+            old_digest=recorded if isinstance(recorded, str) else None,
+            new_digest=current,
             detail={
                 "reason": "something keeps pushing this tag",
                 "recorded_digest": recorded,

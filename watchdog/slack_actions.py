@@ -1,9 +1,9 @@
 """Slack interactivity: the Restore / Accept buttons of an alert, answered at ``/slack/actions``.
 
-Every request is checked before anything else is read from it: Slack's signature (an HMAC of the
-raw body with ``slack.signing_secret``, through slack-sdk's ``SignatureVerifier``) and its
-timestamp (at most 5 minutes off, so a captured request cannot be replayed later); then the Slack
-user against ``slack.allowed_users``. A refusal changes nothing and is logged
+Every request is checked before anything else is read from it: Slack's signature (the v0 HMAC
+of the raw body with ``slack.signing_secret``) and its timestamp (at most 5 minutes off, so a
+captured request cannot be replayed later; within those minutes a signature is taken once); then
+the Slack user against ``slack.allowed_users``. A refusal changes nothing and is logged
 (``slack_action_refused reason=...``).
 
 A tap acts on exactly the digest its alert showed, or not at all: Restore only while that digest is
@@ -21,7 +21,9 @@ still tell the outcome.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import hmac
 import json
 import logging
 import re
@@ -30,7 +32,6 @@ import urllib.parse
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
-from slack_sdk import signature
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -44,9 +45,16 @@ log = logging.getLogger("watchdog.slack_actions")
 PATH = "/slack/actions"
 MAX_BODY_BYTES = 256 * 1024  # the payload repeats the whole message; alerts stay far below this
 MAX_AGE = 300.0  # seconds: Slack's own rule for a request timestamp
+# A signed request is taken once: its signature is remembered for longer than a timestamp stays
+# acceptable (either side of now), so a replay within the window is refused.
+REMEMBER = 2 * MAX_AGE + 60.0
+MAX_REMEMBERED = 10_000
+TELL_TIMEOUT = 2.0  # seconds: an ephemeral answer sent before the HTTP answer (Slack's 3 s rule)
 _NAME_RE = re.compile(r"[^A-Za-z0-9._-]")
 
-Spawn = Callable[[Coroutine[Any, Any, None]], None]
+# Runs an action in the background; False when the daemon is shutting down (the coroutine is
+# closed unrun).
+Spawn = Callable[[Coroutine[Any, Any, None], str], bool]
 Clock = Callable[[], float]
 
 
@@ -78,14 +86,6 @@ class Tap:
         return "restore" if self.action == slack.ACTION_RESTORE else "accept"
 
 
-class _Clock(signature.Clock):
-    def __init__(self, now: Clock) -> None:
-        self._now = now
-
-    def now(self) -> float:
-        return self._now()
-
-
 def check_signature(
     secret: config.Secret,
     body: bytes,
@@ -102,12 +102,36 @@ def check_signature(
         return "bad_signature"
     if not sig.isascii() or len(sig) > 200:  # compare_digest refuses non-ASCII str with a TypeError
         return "bad_signature"
-    verifier = signature.SignatureVerifier(secret.reveal(), clock=_Clock(now))
-    if verifier.is_valid(body=body, timestamp=timestamp, signature=sig):
-        return None
+    # The HMAC first: a forged request is `bad_signature` whatever its timestamp says. Slack's
+    # v0 scheme, over the raw bytes (slack-sdk's helper decodes the body as UTF-8 first, and a
+    # body that is not UTF-8 would raise there).
+    mac = hmac.new(secret.reveal().encode(), b"v0:" + timestamp.encode() + b":" + body, "sha256")
+    if not hmac.compare_digest(f"v0={mac.hexdigest()}".encode(), sig.encode()):
+        return "bad_signature"
     if abs(now() - int(timestamp)) > MAX_AGE:
         return "stale"
-    return "bad_signature"
+    return None
+
+
+class Replays:
+    """The signatures of the requests taken in the last ``REMEMBER`` seconds: Slack signs each
+    request afresh, so the same signature twice is a replay (or a retry) of one tap."""
+
+    def __init__(self, now: Clock = time.monotonic) -> None:
+        self._now = now
+        self._seen: dict[str, float] = {}  # signature -> when it may be forgotten (insertion order)
+
+    def first(self, sig: str) -> bool:
+        """True the first time ``sig`` is seen within the window (and remember it)."""
+        now = self._now()
+        for old, until in list(self._seen.items()):
+            if until > now and len(self._seen) < MAX_REMEMBERED:
+                break
+            del self._seen[old]
+        if sig in self._seen:
+            return False
+        self._seen[sig] = now + REMEMBER
+        return True
 
 
 def parse_tap(body: bytes) -> Tap:
@@ -156,6 +180,13 @@ def _dict(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+@dataclasses.dataclass(frozen=True)
+class _Result:
+    result: str  # the metric's result label: restored, failed, accepted, refused, already, error
+    text: str  # mrkdwn, escaped
+    update: bool  # replace the alert's buttons with ``text``; else show it to the tapper only
+
+
 class Responder:
     """Performs allowed taps and reports back in Slack."""
 
@@ -172,90 +203,171 @@ class Responder:
         self.actions = actions
         self.sender = sender
         self.observer = observer
-        self._busy: set[tuple[str | None, str | None, str]] = set()
+        self._busy: set[tuple[str, str]] = set()  # tags with a tap being acted on
+
+    def claim(self, tap: Tap) -> bool:
+        """Reserve ``tap``'s tag for it: False while another tap on that tag (Restore or
+        Accept, from this alert or another) is still being acted on."""
+        key = _tag_key(tap)
+        if key in self._busy:
+            return False
+        self._busy.add(key)
+        return True
+
+    def release(self, tap: Tap) -> None:
+        self._busy.discard(_tag_key(tap))
 
     async def perform(self, tap: Tap) -> None:
-        """Do what ``tap`` asks, then replace the alert's buttons with the outcome."""
-        key = (tap.channel, tap.message_ts, tap.action)
-        if key in self._busy:  # a double tap while the first one is still running
-            return
-        self._busy.add(key)
+        """Do what ``tap`` asks (its tag claimed by ``claim``), then replace the alert's buttons
+        with the outcome."""
+        ref = f"{tap.ref.name}:{tap.ref.tag}"
+        progress = False
         try:
-            result, outcome = await self._act(tap)
+            result = await self._precheck(tap)
+            if result is None:
+                if tap.action == slack.ACTION_RESTORE:
+                    # a restore can take a while: say so at once, and no one taps again meanwhile
+                    progress = await self._report(
+                        tap,
+                        f":hourglass_flowing_sand: Restoring, tapped by "
+                        f"{slack.actor_mrkdwn(tap.actor)}…",
+                    )
+                result = await self._act(tap)
             if self.observer is not None:
-                self.observer.on_slack_action(tap.verb, result)
+                self.observer.on_slack_action(tap.verb, result.result)
             log.info(
                 "slack_action_done action=%s ref=%s by=%s result=%s",
                 tap.verb,
-                f"{tap.ref.name}:{tap.ref.tag}",
+                ref,
                 tap.actor,
-                result,
+                result.result,
             )
-            await self._report(tap, outcome)
+            if result.update:
+                await self._report(tap, result.text)
+            else:
+                if progress:
+                    await self._report(tap, None)  # the buttons back: nothing was done
+                await self.tell(tap, result.text)
+        except asyncio.CancelledError:
+            # shutdown's grace period ran out: what was done is in the tag's history
+            log.warning(
+                "slack_action_cancelled action=%s ref=%s by=%s reason=shutdown",
+                tap.verb,
+                ref,
+                tap.actor,
+            )
+            raise
         finally:
-            self._busy.discard(key)
+            self.release(tap)
 
-    async def _act(self, tap: Tap) -> tuple[str, str]:
+    async def _precheck(self, tap: Tap) -> _Result | None:
+        """The answer when ``tap`` must not (or need not) act; None when it may."""
+        assert tap.ref.tag is not None
+        ref_text = slack.escape(f"{tap.ref.name}:{tap.ref.tag}")
+        who = slack.actor_mrkdwn(tap.actor)
+        try:
+            record = await asyncio.to_thread(self.store.get_tag, tap.ref.name, tap.ref.tag)
+        except errors.StoreError as exc:
+            return _Result("error", _could_not(str(exc)), update=False)
+        if record is None:
+            return _Result(
+                "refused",
+                f":warning: {who}: nothing was done: `{ref_text}` was never recorded",
+                True,
+            )
+        settled = record.state is models.TagState.OK and record.recorded_digest == tap.digest
+        if settled and record.current_digest == tap.digest:
+            # done already (this tap's twin, a replay after a restart, or someone else): the
+            # message keeps the outcome it shows
+            what = "restored" if tap.action == slack.ACTION_RESTORE else "accepted"
+            return _Result(
+                "already",
+                f"`{ref_text}` already answers `{models.short_digest(tap.digest)}` as its recorded "
+                f"digest: nothing to do (already {what}).",
+                update=False,
+            )
+        if tap.action == slack.ACTION_RESTORE and record.recorded_digest != tap.digest:
+            return _Result(
+                "refused",
+                f":warning: {who} tapped Restore, but the record of `{ref_text}` changed since "
+                f"this alert (now `{models.short_digest(record.recorded_digest)}`): nothing was "
+                "restored. Use `tag-watchdog restore --digest` if you mean it.",
+                update=True,
+            )
+        return None
+
+    async def _act(self, tap: Tap) -> _Result:
         assert tap.ref.tag is not None
         ref_text = slack.escape(f"{tap.ref.name}:{tap.ref.tag}")
         who = slack.actor_mrkdwn(tap.actor)
         short = models.short_digest(tap.digest)
         try:
-            record = await asyncio.to_thread(self.store.get_tag, tap.ref.name, tap.ref.tag)
-            if record is None:
-                raise errors.UsageError(f"{tap.ref.name}:{tap.ref.tag} was never recorded")
             if tap.action == slack.ACTION_RESTORE:
-                if record.recorded_digest != tap.digest:
-                    return "refused", (
-                        f":warning: {who} tapped Restore, but the record of `{ref_text}` changed "
-                        f"since this alert (now `{models.short_digest(record.recorded_digest)}`): "
-                        "nothing was restored. Use `tag-watchdog restore --digest` if you mean it."
-                    )
                 done = await self.actions.restore(tap.ref, tap.digest, False, tap.actor)
                 assert isinstance(done, restore.Outcome)
                 if done.restored:
-                    return "restored", (
+                    return _Result(
+                        "restored",
                         f":white_check_mark: *Restored* by {who}: `{ref_text}` answers "
-                        f"`{short}` again."
+                        f"`{short}` again.",
+                        update=True,
                     )
-                return "failed", (
+                return _Result(
+                    "failed",
                     f":x: {who} tapped Restore and it *failed*: "
-                    f"{slack.escape(done.reason or 'unknown reason')}. The tag was left as it was."
+                    f"{slack.escape(done.reason or 'unknown reason')}. The tag was left as it was.",
+                    update=True,
                 )
             await self.actions.accept(tap.ref, "accepted from Slack", tap.actor, tap.digest)
-            return "accepted", (
+            return _Result(
+                "accepted",
                 f":ballot_box_with_check: *Accepted* by {who}: `{short}` is now the recorded "
-                f"digest of `{ref_text}`."
+                f"digest of `{ref_text}`.",
+                update=True,
             )
         except errors.UsageError as exc:
-            return "refused", f":warning: {who}: nothing was done: {slack.escape(str(exc))}"
-        except errors.WatchdogError as exc:
-            return "error", (
-                f":x: {who}: could not complete ({slack.escape(str(exc))}); nothing was changed."
+            return _Result(
+                "refused", f":warning: {who}: nothing was done: {slack.escape(str(exc))}", True
             )
+        except errors.WatchdogError as exc:
+            # nothing changed and the same tap may work in a minute: the buttons stay
+            return _Result("error", _could_not(str(exc)), update=False)
 
-    async def _report(self, tap: Tap, outcome: str) -> None:
+    async def _report(self, tap: Tap, outcome: str | None) -> bool:
+        """Show ``outcome`` in the alert in place of its buttons (None: the alert as it was
+        sent, buttons included). True when Slack took the update."""
         if tap.channel is None or tap.message_ts is None:
-            return
+            return False
         assert tap.ref.tag is not None
         event = None
-        if tap.event_id is not None:
-            try:
+        first_seen = None
+        try:
+            record = await asyncio.to_thread(self.store.get_tag, tap.ref.name, tap.ref.tag)
+            first_seen = record.first_seen if record is not None else None
+            if tap.event_id is not None:
                 history = await asyncio.to_thread(self.store.history, tap.ref.name, tap.ref.tag)
-            except errors.StoreError:
-                history = []
-            event = next((e for e in history if e.id == tap.event_id), None)
+                event = next((e for e in history if e.id == tap.event_id), None)
+        except errors.StoreError:
+            pass
         if event is not None:
             on_move = next(
                 (w.on_move for w in self.settings.watches if w.name == event.repository), None
             )
-            message = slack.render_outcome(event, outcome, slack.Context(on_move=on_move))
+            context = slack.Context(on_move=on_move, first_seen=first_seen)
+            if outcome is None:
+                message = slack.render_event(event, dataclasses.replace(context, buttons=True))
+            else:
+                message = slack.render_outcome(event, outcome, context)
+        elif outcome is None:
+            return False  # the alert cannot be rebuilt: better its progress line than nothing
         else:
             message = slack.Message(text=outcome, blocks=[_section(outcome)])
         try:
             await asyncio.to_thread(self.sender.update, tap.channel, tap.message_ts, message)
         except errors.AlertError as exc:
             log.warning("slack_update_failed ref=%s error=%r", tap.ref.name, str(exc))
+            return False
+        return True
 
     async def tell(self, tap: Tap, text: str) -> None:
         """Show ``text`` to the person who tapped, and to nobody else."""
@@ -265,6 +377,17 @@ class Responder:
             await asyncio.to_thread(self.sender.ephemeral, tap.channel, tap.user, text)
         except errors.AlertError as exc:
             log.warning("slack_ephemeral_failed error=%r", str(exc))
+
+
+def _tag_key(tap: Tap) -> tuple[str, str]:
+    return (tap.ref.name, tap.ref.tag or "")
+
+
+def _could_not(error: str) -> str:
+    return (
+        f":x: could not complete ({slack.escape(error)}); nothing was changed. "
+        "Tap again in a minute."
+    )
 
 
 def _section(text: str) -> dict[str, Any]:
@@ -290,6 +413,8 @@ def routes(
             settings, store, actions, slack.BotSender(s.token, s.channel, s.base_url), observer
         )
 
+    replays = Replays()
+
     def refused(action: str, reason: str) -> None:
         if observer is not None:
             observer.on_slack_action(action, reason)
@@ -305,18 +430,24 @@ def routes(
             )
         client = request.client.host if request.client else "unknown"
         try:
-            body = await _read_limited(request)
-        except errors.UsageError as exc:
+            body = await api.read_body(request, MAX_BODY_BYTES)
+        except api.BodyTooLarge as exc:
             log.warning("slack_action_refused reason=too_large client=%s", client)
             refused("unknown", "malformed")
             return JSONResponse({"error": str(exc)}, status_code=413)
+        except api.ClientGone:
+            log.info("slack_action_dropped reason=client_gone client=%s", client)
+            return Response(status_code=400)
+        sig = request.headers.get("x-slack-signature")
         why = check_signature(
             s.signing_secret,
             body,
             request.headers.get("x-slack-request-timestamp"),
-            request.headers.get("x-slack-signature"),
+            sig,
             now=clock,
         )
+        if why is None and sig is not None and not replays.first(sig):
+            why = "replayed"
         if why is not None:
             log.warning("slack_action_refused reason=%s client=%s", why, client)
             refused("unknown", why)
@@ -343,23 +474,45 @@ def routes(
                     tap,
                     f"You are not on tag-watchdog's `slack.allowed_users` list: nothing was "
                     f"done to `{slack.escape(ref)}`.",
-                )
+                ),
+                "slack tell",
+            )
+            return Response(status_code=200)
+        if not responder.claim(tap):
+            log.info(
+                "slack_action_refused reason=busy action=%s ref=%s by=%s", tap.verb, ref, tap.actor
+            )
+            refused(tap.verb, "busy")
+            spawn(
+                responder.tell(
+                    tap,
+                    f"Another tap on `{slack.escape(ref)}` is being acted on: its outcome will "
+                    "replace the buttons. Nothing more was done.",
+                ),
+                "slack tell",
             )
             return Response(status_code=200)
         log.info("slack_action action=%s ref=%s by=%s", tap.verb, ref, tap.actor)
-        spawn(responder.perform(tap))
+        if not spawn(responder.perform(tap), f"slack {tap.verb} {ref}"):
+            # shutting down: refuse rather than start something shutdown might cut short
+            responder.release(tap)
+            log.warning(
+                "slack_action_refused reason=stopping action=%s ref=%s by=%s",
+                tap.verb,
+                ref,
+                tap.actor,
+            )
+            refused(tap.verb, "stopping")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    responder.tell(
+                        tap,
+                        f"tag-watchdog is restarting: nothing was done to `{slack.escape(ref)}`. "
+                        "Tap again in a minute.",
+                    ),
+                    TELL_TIMEOUT,
+                )
+            return JSONResponse({"error": "shutting down: tap again in a minute"}, status_code=503)
         return Response(status_code=200)
 
     return [Route(PATH, slack_actions, methods=["POST"])]
-
-
-async def _read_limited(request: Request) -> bytes:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise errors.UsageError(f"request body over {MAX_BODY_BYTES} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise errors.UsageError(f"request body over {MAX_BODY_BYTES} bytes")
-    return bytes(body)

@@ -36,6 +36,7 @@ DEFAULT_BASE_URL = "https://slack.com/api/"
 
 # slack-sdk logs request URLs and headers at DEBUG (the webhook URL is the secret itself) and
 # errors of its own: it gets a logger of its own that says nothing.
+log = logging.getLogger("watchdog.alerts.slack")
 _sdk_log = logging.getLogger("watchdog.alerts.slack_sdk")
 _sdk_log.disabled = True  # we log (and redact) every outcome ourselves
 
@@ -303,7 +304,7 @@ def _buttons(event: models.Event, recorded: str | None, context: Context) -> dic
                 "type": "button",
                 "action_id": ACTION_RESTORE,
                 "style": "primary",
-                "text": _plain(f"Restore {event.tag} to {models.short_digest(recorded)}"),
+                "text": _plain(_restore_label(event.tag, recorded)),
                 "value": button_value(event, recorded),
             }
         )
@@ -331,9 +332,28 @@ def _buttons(event: models.Event, recorded: str | None, context: Context) -> dic
                 },
             }
         )
-    if not elements or any(len(e["value"]) > MAX_BUTTON_VALUE for e in elements):
+    if not elements:
+        return None
+    if any(len(e["value"]) > MAX_BUTTON_VALUE for e in elements):
+        # Slack refuses the whole message over a long value: the alert goes out without buttons
+        log.warning(
+            "slack_buttons_dropped ref=%s:%s reason=value_over_%d_chars",
+            event.repository,
+            event.tag,
+            MAX_BUTTON_VALUE,
+        )
         return None
     return {"type": "actions", "block_id": f"{ACTIONS_BLOCK}.{event.id or 0}", "elements": elements}
+
+
+def _restore_label(tag: str, digest: str, limit: int = 75) -> str:
+    """ "Restore TAG to sha256:abc…", within a label's 75 characters: a long tag is cut, never the
+    digest (what the person checks before tapping)."""
+    tail = f" to {models.short_digest(digest)}"
+    room = limit - len("Restore ") - len(tail)
+    if len(tag) > room:
+        tag = tag[: room - 1] + "…"
+    return f"Restore {tag}{tail}"
 
 
 def _plain(text: str, limit: int = 75) -> dict[str, Any]:
