@@ -3,15 +3,21 @@ registry, SQLite file)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.support import images
 from tests.support import registry as support_registry
-from tests.support.cli import run
+from tests.support.cli import clean_env, run
 from watchdog.registry import media
+from watchdog.store import claims, db
 
 
 def write_config(path: Path, host: str, repository: str, db: Path) -> Path:
@@ -132,3 +138,51 @@ def test_guard_exit_codes(
     proxy.stop()
     assert run("guard", proxied, cwd=tmp_path).returncode == 3
     assert run("guard", "not a ref", cwd=tmp_path).returncode == 2
+
+
+@pytest.mark.postgres
+def test_restore_waits_while_a_check_of_the_repository_holds_its_claim(
+    tmp_path: Path,
+    registry: support_registry.RegistryServer,
+    repo: str,
+    pusher: images.Pusher,
+    pg_url: str,
+) -> None:
+    """On PostgreSQL a hand-started restore takes the repository's claim, like a daemon's check:
+    it waits for a check under way (here the test holds the claim as a replica checking it would)
+    and puts the tag back only after it; no check can see the tag put back before `restored`."""
+    release = pusher.image(repo, "1.0.0", seed="release")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"database_url: {pg_url}\nwatches: [{{repository: '{registry.host}/{repo}', on_move: alert}}]\n"
+    )
+    ref = f"{registry.host}/{repo}:1.0.0"
+    assert run("scan", "-c", str(cfg)).returncode == 0
+    rebuilt = pusher.image(repo, "1.0.0", seed="rebuilt")
+    assert run("scan", "-c", str(cfg)).returncode == 1
+    engine = db.create_engine(pg_url)
+    try:
+        checking = claims.Claims(engine).acquire(
+            f"{registry.host}/{repo}", dt.datetime.now(dt.UTC), slot=None
+        )
+        assert checking is not None
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "watchdog", "restore", ref, "-c", str(cfg)],
+            cwd=tmp_path,
+            env=clean_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            time.sleep(2.0)
+            assert proc.poll() is None, proc.communicate()  # waiting for the check
+            assert tag_digest(registry, repo, "1.0.0") == rebuilt.digest  # nothing put yet
+        finally:
+            checking.release()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        engine.dispose()
+    assert proc.returncode == 0, err
+    assert f"restored {ref} to {release.digest}" in out
+    assert tag_digest(registry, repo, "1.0.0") == release.digest

@@ -9,10 +9,11 @@ complete (registry, auth or database unreachable). Heavy modules are imported la
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from watchdog import __version__, errors
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_DRIFT, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
 SCAN_ALERT_SECONDS = 20.0  # how long `scan` keeps retrying the alerts it queued before exiting
+CLAIM_WAIT = 30.0  # seconds `restore`/`accept` wait for a daemon's check of the repository (PG)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -191,6 +193,23 @@ def _open_store(settings: config.Settings) -> store_repo.Store:
     db.ensure_schema(engine, migrate_empty=True)
     # Events written by any command queue their alerts in the same transaction.
     return store_repo.Store(engine, channels=outbox.channel_names(settings))
+
+
+@contextlib.contextmanager
+def _holding(store: store_repo.Store, repository: str) -> Iterator[None]:
+    """No check of ``repository`` runs while a restore or accept is being written: on PostgreSQL,
+    where daemons take claims, wait for the one checking it (up to CLAIM_WAIT seconds)."""
+    import datetime as dt
+
+    from watchdog.store import claims
+
+    claim = claims.Claims(store.engine).wait(
+        repository, lambda: dt.datetime.now(dt.UTC), CLAIM_WAIT
+    )
+    try:
+        yield
+    finally:
+        claim.release()
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -430,7 +449,11 @@ def _restore(args: argparse.Namespace) -> int:
                 return await restorer.plan(ref, digest)
             return await restorer.run(ref, digest)
 
-    result = asyncio.run(go())
+    if args.dry_run:
+        result = asyncio.run(go())
+    else:
+        with _holding(store, ref.name):
+            result = asyncio.run(go())
     if isinstance(result, restore.Plan):
         code = EXIT_OK if result.ok else EXIT_FAILED
         if args.json:
@@ -459,9 +482,10 @@ def _accept(args: argparse.Namespace) -> int:
     ref = models.ImageRef.parse(args.ref, require_tag=True)
     settings = _load(args)
     store = _open_store(settings)
-    event = restore.accept(
-        store, ref, now=dt.datetime.now(dt.UTC), actor=_actor(), reason=args.reason
-    )
+    with _holding(store, ref.name):
+        event = restore.accept(
+            store, ref, now=dt.datetime.now(dt.UTC), actor=_actor(), reason=args.reason
+        )
     print(
         f"accepted {event.repository}:{event.tag}: {event.new_digest} is the recorded digest now "
         f"(was {event.old_digest})"

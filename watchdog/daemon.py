@@ -332,19 +332,9 @@ class Daemon:
         waited for up to ACTION_CLAIM_WAIT), for a restore or accept started by hand."""
         assert self.claims is not None
         async with self.lock(repository):
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + ACTION_CLAIM_WAIT
-            while True:
-                claim = await asyncio.to_thread(
-                    self.claims.acquire, repository, self.clock(), slot=None
-                )
-                if claim is not None:
-                    break
-                if loop.time() >= deadline:
-                    raise errors.StoreError(
-                        f"{repository} is being checked by another replica: try again in a moment"
-                    )
-                await asyncio.sleep(0.2)
+            claim = await asyncio.to_thread(
+                self.claims.wait, repository, self.clock, ACTION_CLAIM_WAIT
+            )
             try:
                 yield
             finally:
