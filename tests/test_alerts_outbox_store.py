@@ -125,3 +125,38 @@ def test_notices_are_queued_on_every_channel(alerting: repo.Store) -> None:
         "kind": "registry_unreachable",
         "registry": "ghcr.io",
     }
+
+
+def test_a_send_in_doubt_is_remembered_with_its_key_until_delivered(alerting: repo.Store) -> None:
+    """begin_send commits ``sent_at`` and the key before the send; a crash (the lease running
+    out) hands the row out again with both, so the next worker looks before sending again."""
+    (event,) = alerting.apply_check(REPO, T0, [_change("1.0", K.MOVED)])
+    (item,) = alerting.claim_alerts(T0, lease=60)
+    assert item.sent_at is None and item.send_key is None
+    alerting.begin_send(item.id, T0 + dt.timedelta(seconds=1), "k" * 32)
+    # the worker died after that: the row comes back with what the send carried
+    (again,) = alerting.claim_alerts(T0 + dt.timedelta(seconds=61), lease=60)
+    assert again.id == item.id and again.event == event
+    assert again.sent_at == T0 + dt.timedelta(seconds=1) and again.send_key == "k" * 32
+    # a later send keeps the first key (it must find the first send too) and its own start
+    alerting.begin_send(again.id, T0 + dt.timedelta(seconds=62), "x" * 32)
+    alerting.retry_alert(again.id, T0 + dt.timedelta(seconds=70), "HTTP 503")
+    (third,) = alerting.claim_alerts(T0 + dt.timedelta(seconds=70), lease=60)
+    assert third.sent_at == T0 + dt.timedelta(seconds=62) and third.send_key == "k" * 32
+    # Slack said no outright (429) and nothing earlier was in doubt: no lookup next time
+    alerting.retry_alert(third.id, T0 + dt.timedelta(seconds=80), "HTTP 429", not_sent=True)
+    (fourth,) = alerting.claim_alerts(T0 + dt.timedelta(seconds=80), lease=60)
+    assert fourth.sent_at is None and fourth.send_key == "k" * 32
+    assert alerting.last_remote_channel("slack") is None
+    alerting.mark_delivered(fourth.id, T0, "1700000000.000007", "C0123ABCD")
+    (row,) = alerting.outbox_rows()
+    assert (row["status"], row["remote_id"], row["remote_channel"]) == (
+        "delivered",
+        "1700000000.000007",
+        "C0123ABCD",
+    )
+    assert alerting.last_remote_channel("slack") == "C0123ABCD"
+    assert alerting.last_remote_channel("email") is None
+    # nothing about a delivered row changes any more
+    alerting.begin_send(fourth.id, T0 + dt.timedelta(hours=1), "y" * 32)
+    assert alerting.outbox_rows()[0]["sent_at"] == row["sent_at"]

@@ -153,12 +153,14 @@ def test_an_older_revision_is_outdated_and_upgrade_fixes_it(
     store: repo.Store, next_release: str
 ) -> None:
     assert db.head() == next_release
+    ours = db.current(store.engine)  # this release's head, older than the next one's
+    assert ours is not None and ours != next_release
     assert db.schema_status(store.engine) == "outdated"
     with pytest.raises(errors.SchemaMismatch) as caught:
         db.ensure_schema(store.engine, migrate_empty=True)
     message = str(caught.value)
     assert "tag-watchdog db upgrade -c CONFIG" in message
-    assert "0002" in message and next_release in message
+    assert ours in message and next_release in message
     db.upgrade(store.engine)
     assert db.current(store.engine) == next_release
     assert db.schema_status(store.engine) == "current"

@@ -267,6 +267,10 @@ class OutboxItem:
     e.g. ``{"kind": "registry_unreachable", ...}``) is set. ``first_seen`` is when the event's tag
     was first recorded; ``thread_id`` is the channel's id of the first message delivered about the
     same tag (Slack's ``ts``), for follow-ups to go into its thread.
+
+    ``sent_at`` is set when an earlier send of this item may have reached the channel without its
+    outcome being recorded (a crash, a timeout, a 5xx): when the earliest such send started.
+    ``send_key`` is the random key that send carried (Slack message metadata), to find it by.
     """
 
     id: int
@@ -277,6 +281,8 @@ class OutboxItem:
     notice: dict[str, Any] | None = None
     first_seen: dt.datetime | None = None
     thread_id: str | None = None
+    sent_at: dt.datetime | None = None
+    send_key: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -355,15 +355,60 @@ class Store:
                         notice=dict(m["notice"]) if m["notice"] is not None else None,
                         first_seen=m["first_seen"],
                         thread_id=thread,
+                        sent_at=m["sent_at"],
+                        send_key=m["send_key"],
                     )
                 )
             return items
 
-    def mark_delivered(self, item_id: int, now: dt.datetime, remote_id: str | None) -> None:
+    def begin_send(self, item_id: int, at: dt.datetime, key: str) -> None:
+        """Record, before alert ``item_id`` is sent, that a send starts whose outcome will be
+        unknown until it is recorded: ``sent_at = at`` and the ``key`` it carries (a key already
+        stored is kept: the lookup must find any earlier send too). Committed before this
+        returns, so that after a crash the next worker knows to look before sending again."""
+        _require_aware(at)
+        with db.writing(self.engine) as conn:
+            conn.execute(
+                sa.update(OB)
+                .where(OB.c.id == item_id, OB.c.status == "pending")
+                .values(sent_at=at, send_key=sa.func.coalesce(OB.c.send_key, key))
+            )
+
+    def mark_delivered(
+        self,
+        item_id: int,
+        now: dt.datetime,
+        remote_id: str | None,
+        remote_channel: str | None = None,
+    ) -> None:
         """Record that alert ``item_id`` reached its channel (``remote_id``: the channel's id of
-        the message, e.g. Slack's ts). Committed before this returns."""
+        the message, e.g. Slack's ts; ``remote_channel``: the id of the conversation it went
+        to, e.g. Slack's channel id). Committed before this returns."""
         _require_aware(now)
-        self._finish(item_id, status="delivered", delivered_at=now, remote_id=remote_id)
+        self._finish(
+            item_id,
+            status="delivered",
+            delivered_at=now,
+            remote_id=remote_id,
+            remote_channel=remote_channel,
+        )
+
+    def last_remote_channel(self, channel: str) -> str | None:
+        """The conversation id (e.g. Slack's channel id) of the newest alert delivered on
+        ``channel`` that recorded one, or None."""
+        query = (
+            sa.select(OB.c.remote_channel)
+            .where(
+                OB.c.channel == channel,
+                OB.c.status == "delivered",
+                OB.c.remote_channel.is_not(None),
+            )
+            .order_by(OB.c.id.desc())
+            .limit(1)
+        )
+        with db.translating(self.engine), self.engine.connect() as conn:
+            value = conn.execute(query).scalar()
+        return str(value) if value is not None else None
 
     def mark_failed(self, item_id: int, now: dt.datetime, reason: str) -> None:
         """Give up on alert ``item_id`` for good, keeping ``reason`` (one line, no secrets)."""
@@ -372,16 +417,23 @@ class Store:
             item_id, status="failed", delivered_at=None, last_error=errors.truncate(reason, 500)
         )
 
-    def retry_alert(self, item_id: int, next_try: dt.datetime, reason: str) -> None:
-        """Release alert ``item_id`` to be tried again at ``next_try``, keeping ``reason``."""
+    def retry_alert(
+        self, item_id: int, next_try: dt.datetime, reason: str, *, not_sent: bool = False
+    ) -> None:
+        """Release alert ``item_id`` to be tried again at ``next_try``, keeping ``reason``.
+        ``not_sent``: the channel is known not to have the alert (it refused this send and no
+        earlier send is in doubt), so ``sent_at`` is cleared and the next try needs no lookup."""
         _require_aware(next_try)
+        values: dict[str, Any] = {
+            "next_try": next_try,
+            "lease_until": None,
+            "last_error": errors.truncate(reason, 500),
+        }
+        if not_sent:
+            values["sent_at"] = None
         with db.writing(self.engine) as conn:
             conn.execute(
-                sa.update(OB)
-                .where(OB.c.id == item_id, OB.c.status == "pending")
-                .values(
-                    next_try=next_try, lease_until=None, last_error=errors.truncate(reason, 500)
-                )
+                sa.update(OB).where(OB.c.id == item_id, OB.c.status == "pending").values(**values)
             )
 
     def pending_alerts(self) -> int:

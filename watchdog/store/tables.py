@@ -149,6 +149,11 @@ outbox = sa.Table(
     sa.Column("delivered_at", UTCDateTime(), nullable=True),
     sa.Column("last_error", sa.Text(), nullable=True),
     sa.Column("remote_id", sa.String(64), nullable=True),  # e.g. Slack's message ts, for threads
+    # A send whose outcome is unknown (migration 0003): when the earliest such send started, the
+    # key it carried in Slack's message metadata, and the Slack channel id the message went to.
+    sa.Column("sent_at", UTCDateTime(), nullable=True),
+    sa.Column("send_key", sa.String(32), nullable=True),
+    sa.Column("remote_channel", sa.String(32), nullable=True),
     sa.UniqueConstraint("event_id", "channel"),
     sa.CheckConstraint("status IN ('pending', 'delivered', 'failed')", name="status"),
     sa.Index(None, "status", "next_try"),
