@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.slack_standin import TOKEN, Answer, SlackStandIn
+from tests.support.slack_standin import CHANNEL_ID, TOKEN, Answer, SlackStandIn
 from watchdog import config, errors, metrics, models
 from watchdog.alerts import outbox, slack
 from watchdog.store import repo
@@ -57,9 +57,14 @@ def moved(store: repo.Store, *tags: str) -> list[models.Event]:
 
 
 def worker(
-    store: repo.Store, standin: SlackStandIn, time: FakeTime, m: metrics.Metrics
+    store: repo.Store,
+    standin: SlackStandIn,
+    time: FakeTime,
+    m: metrics.Metrics,
+    channel: str = "#releases",
 ) -> outbox.Worker:
-    sender = slack.BotSender(config.Secret(TOKEN), "#releases", standin.base_url, timeout=2)
+    standin.clock = lambda: time.now.timestamp()  # Slack's ts and our clock agree
+    sender = slack.BotSender(config.Secret(TOKEN), channel, standin.base_url, timeout=2)
     return outbox.Worker(
         store,
         {"slack": sender},
@@ -84,15 +89,21 @@ async def test_an_outage_then_recovery_delivers_every_alert_exactly_once(
         Answer(502, "bad gateway"),
         Answer(503, "unavailable"),
         Answer(429, "", (("Retry-After", "30"),)),
+        method="chat.postMessage",
     )
     time, m = FakeTime(), metrics.Metrics()
-    assert await worker(alerting, standin, time, m).drain(3600) == 0
+    assert await worker(alerting, standin, time, m, CHANNEL_ID).drain(3600) == 0
 
     texts = [msg["text"] for msg in standin.messages()]
     assert len(texts) == 3
     for tag in ("1.0.0", "1.1.0", "1.2.0"):
         assert sum(f"{REPO}:{tag} moved" in t for t in texts) == 1
-    assert len(standin.requests) == 7  # 4 refused + 3 delivered
+    posts = [r for r in standin.requests if r.path == "/api/chat.postMessage"]
+    assert len(posts) == 7  # 4 refused + 3 delivered
+    # a 5xx leaves it unknown whether Slack posted: each such row was looked for (and not
+    # found) before it was sent again; the 429 said no, so its row was not looked for again
+    assert len(standin.lookups) == 3
+    assert {r.path for r in standin.lookups} == {"/api/conversations.history"}
     # the 429 said 30 s: its alert was not tried again before that
     assert sum(time.slept) >= 30 and max(time.slept) >= 29
     rows = alerting.outbox_rows()
@@ -101,6 +112,8 @@ async def test_an_outage_then_recovery_delivers_every_alert_exactly_once(
     assert all(r["remote_id"] for r in rows)
     assert sample(m, "tag_watchdog_alerts_total", channel="slack", result="delivered") == 3
     assert sample(m, "tag_watchdog_alerts_total", channel="slack", result="retry") == 4
+    assert sample(m, "tag_watchdog_alerts_total", channel="slack", result="found") is None
+    assert sample(m, "tag_watchdog_alerts_total", channel="slack", result="unverified") is None
     assert sample(m, "tag_watchdog_alert_outbox_pending") == 0
     # nothing is sent twice, however often the worker runs again
     assert await worker(alerting, standin, time, m).run_once() == 0
@@ -148,7 +161,7 @@ async def test_follow_ups_go_into_the_first_alert_s_thread(
     time, m = FakeTime(), metrics.Metrics()
     assert await worker(alerting, standin, time, m).drain(60) == 0
     head, follow_up = standin.messages()
-    assert "thread_ts" not in head and follow_up["thread_ts"] == "1700000000.000001"
+    assert "thread_ts" not in head and follow_up["thread_ts"] == standin.posted[0]["ts"]
     assert "restored" in follow_up["text"]
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.slack_standin import TOKEN, Answer, SlackStandIn
+from tests.support.slack_standin import CHANNEL_ID, TOKEN, Answer, SlackStandIn
 from watchdog import config, errors, models
 from watchdog.alerts import slack
 
@@ -206,7 +206,7 @@ def test_webhook_and_bot_deliver_blocks_and_fallback_and_bot_threads(
     msg = slack.render_event(event(K.MOVED), slack.Context(first_seen=FIRST))
     assert hook(standin).send(msg) is None  # webhooks cannot thread
     ts = bot(standin).send(msg)
-    assert ts == "1700000000.000001"
+    assert ts is not None and ts == standin.posted[0]["ts"]
     bot(standin).send(slack.render_event(event(K.RESTORED)), thread_id=ts)
     webhook_body, first, follow_up = standin.messages()
     assert webhook_body["text"] == msg.text and webhook_body["blocks"] == msg.blocks
@@ -246,6 +246,67 @@ def test_slack_answers_become_temporary_or_permanent_errors_without_secrets(
         sender.send(msg)
     assert down.value.temporary and "unreachable" in str(down.value)
     assert "standin-webhook-secret" not in str(down.value) and TOKEN not in str(down.value)
+
+
+def test_bot_alerts_carry_metadata_and_are_found_again_by_it(
+    standin: SlackStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """post() sends the alert's metadata; find() reads the channel's history (newest first,
+    paged) or, for a follow-up, its thread, and recognises the message by its send key only."""
+    sender = bot(standin)
+    assert sender.channel_id is None  # "#releases" is a name: unknown until Slack answers
+    since = dt.datetime.fromtimestamp(standin.clock(), dt.UTC) - dt.timedelta(seconds=1)
+    head = sender.post(slack.render_test(), None, slack.alert_metadata(1, 11, "a" * 32))
+    assert head.channel == CHANNEL_ID and sender.channel_id == CHANNEL_ID and head.ts
+    (sent,) = standin.messages()
+    assert sent["metadata"] == {
+        "event_type": "tag_watchdog_alert",
+        "event_payload": {"outbox_id": 1, "event_id": 11, "send_key": "a" * 32},
+    }
+    reply = sender.post(slack.render_test(), head.ts, slack.alert_metadata(2, 12, "b" * 32))
+    for i in range(7):  # later traffic in the channel, some of it with metadata of its own
+        sender.post(slack.render_test(), None, slack.alert_metadata(10 + i, None, f"{i:032d}"))
+    standin.max_page = 3  # Slack caps some apps' pages (at 15): the lookup pages on
+    assert sender.find(CHANNEL_ID, "a" * 32, since) == head
+    history = [r for r in standin.lookups if r.path == "/api/conversations.history"]
+    assert len(history) == 3  # 7 newer messages, 3 a page: the first alert is on page 3
+    assert history[0].body["include_all_metadata"] == "1" and "cursor" not in history[0].body
+    assert history[1].body["cursor"] and history[0].body["oldest"] == f"{since.timestamp():.6f}"
+    # a thread reply is not in the history: it is looked for in its thread
+    assert sender.find(CHANNEL_ID, "b" * 32, since) is None
+    assert sender.find(CHANNEL_ID, "b" * 32, since, thread_id=head.ts) == reply
+    assert standin.lookups[-1].path == "/api/conversations.replies"
+    # not there: an unknown key, or a message older than ``oldest``
+    assert sender.find(CHANNEL_ID, "c" * 32, since) is None
+    later = dt.datetime.fromtimestamp(float(reply.ts or 0), dt.UTC)
+    assert sender.find(CHANNEL_ID, "a" * 32, later) is None
+    # more pages than it reads: it cannot tell, and says so
+    monkeypatch.setattr(slack, "LOOKUP_MAX_PAGES", 2)
+    with pytest.raises(errors.AlertError, match="could not read the history to the end") as many:
+        sender.find(CHANNEL_ID, "c" * 32, since)
+    assert many.value.temporary
+    assert all(TOKEN not in json.dumps(r.body) for r in standin.requests)
+
+
+def test_a_lookup_without_the_history_scope_names_the_missing_scope(
+    standin: SlackStandIn,
+) -> None:
+    sender = slack.BotSender(config.Secret(TOKEN), CHANNEL_ID, standin.base_url, timeout=2)
+    assert sender.channel_id == CHANNEL_ID  # the setting is an id already
+    standin.scopes.discard("channels:history")
+    since = dt.datetime.fromtimestamp(standin.clock(), dt.UTC)
+    with pytest.raises(errors.AlertError) as caught:
+        sender.find(CHANNEL_ID, "a" * 32, since)
+    assert caught.value.needed_scope == "channels:history" and not caught.value.temporary
+    assert "missing_scope (needed: channels:history)" in str(caught.value)
+    assert TOKEN not in str(caught.value)
+    # posting needs chat:write only: it still works
+    assert sender.post(slack.render_test()).ts
+    standin.fail_next(Answer(429, "", (("Retry-After", "3"),)), method="conversations.history")
+    standin.scopes.add("channels:history")
+    with pytest.raises(errors.AlertError) as limited:
+        sender.find(CHANNEL_ID, "a" * 32, since)
+    assert limited.value.status == 429 and limited.value.needed_scope is None
 
 
 def test_a_wrong_token_is_a_permanent_invalid_auth(standin: SlackStandIn) -> None:

@@ -139,11 +139,13 @@ class AlertError(WatchdogError):
         status: int | None = None,
         temporary: bool = False,
         retry_after: float | None = None,
+        needed_scope: str | None = None,
     ) -> None:
         super().__init__(message, temporary=temporary)
         self.channel = channel
         self.status = status
         self.retry_after = retry_after
+        self.needed_scope = needed_scope  # Slack's ``missing_scope``: the scope it asked for
 
 
 class StoreError(WatchdogError):

@@ -13,7 +13,9 @@ from watchdog import __version__
 PREFIX = "tag_watchdog_"
 RESTORE_RESULTS = ("restored", "failed")
 CHECK_RESULTS = ("ok", "error")
-ALERT_RESULTS = ("delivered", "retry", "failed")
+# found: an earlier send whose outcome was unknown turned out to be in Slack (recorded, not sent
+# again); unverified: sent again although an earlier send may have got there (the lookup failed).
+ALERT_RESULTS = ("delivered", "found", "unverified", "retry", "failed")
 
 
 class Metrics:
@@ -88,7 +90,8 @@ class Metrics:
         )
         self.alerts = prom.Counter(
             p + "alerts",
-            "Alert deliveries, by channel and result.",
+            "Alert deliveries, by channel and result (delivered, found, unverified, retry, "
+            "failed).",
             ["channel", "result"],
             registry=r,
         )

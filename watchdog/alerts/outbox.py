@@ -10,9 +10,17 @@ leases due rows, sends each, and records the outcome in the database right after
   attempts -> ``mark_failed`` with the reason, counted in ``alerts_total{result="failed"}``.
 
 A row is leased (``lease`` seconds) before it is sent, so a second worker never sends it too; a
-worker that dies mid-send leaves the lease to run out and the row is sent again then. That is the
-one at-least-once window: a crash between the channel's 200 and the commit of ``delivered``
-(docs/ALERTS.md). The clock and sleep are injected; tests never sleep.
+worker that dies mid-send leaves the lease to run out and the row is tried again then.
+
+Exactly once in bot mode: before each send the row records that a send starts (``sent_at``, and a
+random ``send_key`` the message carries as Slack message metadata), committed. A row claimed again
+with ``sent_at`` set may already be in Slack (a crash between Slack's 200 and the ``delivered``
+commit, a timeout, a 5xx): it is first looked for in the channel's history by its key, and when
+found it is recorded as delivered (with its ``ts``) instead of being sent again. When the lookup
+cannot tell (``missing_scope``, rate limit, outage) the row is sent again, at-least-once, and
+counted as ``alerts_total{result="unverified"}``. Incoming Webhooks have no history to look in: a
+crash between their 200 and the commit sends the alert twice (docs/ALERTS.md). The clock and
+sleep are injected; tests never sleep.
 """
 
 from __future__ import annotations
@@ -20,7 +28,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import functools
 import logging
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
@@ -34,6 +44,10 @@ log = logging.getLogger("watchdog.alerts")
 DELIVERED_RETRY_FIRST = 0.5
 DELIVERED_RETRY_CAP = 5.0
 DELIVERED_RETRY_MARGIN = 6.0
+
+# A lookup reads the history from this long before the recorded start of the send: Slack's clock
+# (its ``ts``) and ours may disagree by a little.
+LOOKUP_MARGIN = dt.timedelta(minutes=5)
 
 Clock = Callable[[], dt.datetime]
 Sleep = Callable[[float], Awaitable[None]]
@@ -69,11 +83,23 @@ class OutboxStore(Protocol):
         self, now: dt.datetime, *, lease: float, limit: int = 50
     ) -> list[models.OutboxItem]: ...
 
-    def mark_delivered(self, item_id: int, now: dt.datetime, remote_id: str | None) -> None: ...
+    def begin_send(self, item_id: int, at: dt.datetime, key: str) -> None: ...
+
+    def mark_delivered(
+        self,
+        item_id: int,
+        now: dt.datetime,
+        remote_id: str | None,
+        remote_channel: str | None = None,
+    ) -> None: ...
+
+    def last_remote_channel(self, channel: str) -> str | None: ...
 
     def mark_failed(self, item_id: int, now: dt.datetime, reason: str) -> None: ...
 
-    def retry_alert(self, item_id: int, next_try: dt.datetime, reason: str) -> None: ...
+    def retry_alert(
+        self, item_id: int, next_try: dt.datetime, reason: str, *, not_sent: bool = False
+    ) -> None: ...
 
     def pending_alerts(self) -> int: ...
 
@@ -129,6 +155,7 @@ class Worker:
         self.lease = settings.slack.lease if lease is None else lease
         self.poll = poll
         self._wake = asyncio.Event()
+        self._warned: set[str] = set()  # lookup failures already warned about
 
     def wake(self) -> None:
         """Look at the outbox now rather than at the next poll (new alerts were queued)."""
@@ -206,25 +233,122 @@ class Worker:
             )
             return
         message = slack.render_item(item, self.settings)
+        bot = sender if isinstance(sender, slack.BotSender) else None
+        in_doubt = item.sent_at  # an earlier send may be in Slack already
+        unverified = False
+        if bot is not None and in_doubt is not None:
+            found = await self._look_up(item, bot, what)
+            if isinstance(found, slack.Posted):
+                await self._mark_delivered(item, found, lease_ends)
+                self._count(item.channel, "found")
+                log.info(
+                    "alert_found id=%d %s channel=%s attempts=%d ts=%s: an earlier send had "
+                    "reached Slack; recorded as delivered, not sent again",
+                    item.id,
+                    what,
+                    item.channel,
+                    item.attempts,
+                    found.ts,
+                )
+                return
+            if found is None:
+                in_doubt = None  # the history since that send has no such message
+            else:
+                unverified = True
         try:
-            remote_id = await asyncio.to_thread(sender.send, message, item.thread_id)
+            if bot is not None:
+                key = item.send_key or uuid.uuid4().hex
+                # Committed before the send: should this process die before ``delivered`` is,
+                # the next worker knows to look for the message first.
+                await asyncio.to_thread(
+                    self.store.begin_send, item.id, in_doubt or self.clock(), key
+                )
+                event_id = item.event.id if item.event is not None else None
+                metadata = slack.alert_metadata(item.id, event_id, key)
+                posted = await asyncio.to_thread(bot.post, message, item.thread_id, metadata)
+            else:
+                ts = await asyncio.to_thread(sender.send, message, item.thread_id)
+                posted = slack.Posted(ts, None)
         except errors.AlertError as exc:
-            await self._failed(item, what, exc)
+            # A send Slack refused outright did not post; anything else may have.
+            not_sent = bot is not None and in_doubt is None and _refused_outright(exc)
+            await self._failed(item, what, exc, not_sent=not_sent)
             return
         # Recorded at once: the shorter the gap between the channel's 200 and this commit, the
-        # smaller the window in which a crash would send the alert twice.
-        await self._mark_delivered(item, remote_id, lease_ends)
-        self._count(item.channel, "delivered")
+        # smaller the window in which a crash leaves the outcome unknown.
+        await self._mark_delivered(item, posted, lease_ends)
+        self._count(item.channel, "unverified" if unverified else "delivered")
         log.info(
-            "alert_delivered id=%d %s channel=%s attempts=%d",
+            "alert_delivered id=%d %s channel=%s attempts=%d%s",
             item.id,
             what,
             item.channel,
             item.attempts,
+            " unverified=true" if unverified else "",
+        )
+
+    async def _look_up(
+        self, item: models.OutboxItem, bot: slack.BotSender, what: str
+    ) -> slack.Posted | errors.AlertError | None:
+        """Look for ``item``'s message from an earlier send in its Slack channel: the message,
+        None when it is not there, or the error that kept the lookup from telling."""
+        assert item.sent_at is not None
+        channel_id = bot.channel_id or await asyncio.to_thread(
+            self.store.last_remote_channel, item.channel
+        )
+        try:
+            if item.send_key is None or channel_id is None:
+                raise errors.AlertError(
+                    "the Slack channel id is not known yet (no alert delivered; slack.channel "
+                    "set to the channel's id, e.g. C0123ABCD, avoids this)",
+                    channel=item.channel,
+                )
+            oldest = item.sent_at - LOOKUP_MARGIN
+            return await asyncio.to_thread(
+                bot.find, channel_id, item.send_key, oldest, item.thread_id
+            )
+        except errors.AlertError as exc:
+            self._lookup_failed(item, what, exc)
+            return exc
+
+    def _lookup_failed(self, item: models.OutboxItem, what: str, exc: errors.AlertError) -> None:
+        scope = exc.needed_scope
+        if scope is not None:
+            reason = "missing_scope"
+            advice = (
+                f"the bot token lacks the {scope} scope: add it to the Slack app (OAuth & "
+                "Permissions: channels:history for a public channel, groups:history for a "
+                "private one) and reinstall the app"
+            )
+        elif exc.status == 429:
+            reason, advice = "rate_limited", "Slack rate-limited the lookup"
+        elif exc.temporary:
+            reason, advice = "unavailable", "Slack could not be asked"
+        else:
+            reason, advice = "refused", "Slack refused the lookup"
+        # The missing scope is a setup problem: said loudly once, quietly after that.
+        level = (
+            logging.INFO
+            if reason == "missing_scope" and reason in self._warned
+            else logging.WARNING
+        )
+        self._warned.add(reason)
+        log.log(
+            level,
+            "alert_lookup_failed id=%d %s channel=%s reason=%s%s error=%r: cannot tell whether "
+            "an earlier send reached Slack, so the alert is sent again (at-least-once; "
+            'counted in alerts_total{result="unverified"}); %s',
+            item.id,
+            what,
+            item.channel,
+            reason,
+            f" needed={scope}" if scope else "",
+            str(exc),
+            advice,
         )
 
     async def _mark_delivered(
-        self, item: models.OutboxItem, remote_id: str | None, lease_ends: dt.datetime
+        self, item: models.OutboxItem, posted: slack.Posted, lease_ends: dt.datetime
     ) -> None:
         """Record that the channel took ``item``. While the database is temporarily unavailable
         (another process holding SQLite's write lock past busy_timeout, a PostgreSQL restart),
@@ -234,7 +358,9 @@ class Worker:
         delay = DELIVERED_RETRY_FIRST
         while True:
             try:
-                await asyncio.to_thread(self.store.mark_delivered, item.id, self.clock(), remote_id)
+                await asyncio.to_thread(
+                    self.store.mark_delivered, item.id, self.clock(), posted.ts, posted.channel
+                )
                 return
             except errors.StoreError as exc:
                 left = (lease_ends - self.clock()).total_seconds()
@@ -249,12 +375,20 @@ class Worker:
             await self.sleep(delay)
             delay = min(delay * 2, DELIVERED_RETRY_CAP)
 
-    async def _failed(self, item: models.OutboxItem, what: str, exc: errors.AlertError) -> None:
+    async def _failed(
+        self, item: models.OutboxItem, what: str, exc: errors.AlertError, *, not_sent: bool
+    ) -> None:
         now = self.clock()
         if exc.temporary and item.attempts < self.policy.max_attempts:
             delay = self.policy.delay(item.attempts, exc.retry_after)
             await asyncio.to_thread(
-                self.store.retry_alert, item.id, now + dt.timedelta(seconds=delay), str(exc)
+                functools.partial(
+                    self.store.retry_alert,
+                    item.id,
+                    now + dt.timedelta(seconds=delay),
+                    str(exc),
+                    not_sent=not_sent,
+                )
             )
             self._count(item.channel, "retry")
             log.warning(
@@ -285,6 +419,12 @@ class Worker:
     async def _report_pending(self) -> None:
         if self.observer is not None:
             self.observer.on_outbox_pending(await asyncio.to_thread(self.store.pending_alerts))
+
+
+def _refused_outright(exc: errors.AlertError) -> bool:
+    """True when the channel answered that it did not take the message (429, or another 4xx
+    but a timeout): unlike a timeout, a 5xx or a lost connection, such a send posted nothing."""
+    return exc.status is not None and 400 <= exc.status < 500 and exc.status != 408
 
 
 def _describe(item: models.OutboxItem) -> str:

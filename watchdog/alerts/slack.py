@@ -20,6 +20,7 @@ import datetime as dt
 import email.utils
 import json
 import logging
+import re
 from typing import Any, Protocol
 
 from slack_sdk import errors as slack_errors
@@ -490,6 +491,33 @@ class WebhookSender:
         )
 
 
+# Bot mode: every alert carries Slack message metadata with the outbox row's random send key, so
+# that after a crash between Slack taking an alert and the ``delivered`` commit, the outbox finds
+# the message in the channel (``conversations.history``, or ``.replies`` in a thread) instead of
+# sending it again. No secret goes into it. The lookup reads at most LOOKUP_MAX_PAGES pages.
+METADATA_EVENT_TYPE = "tag_watchdog_alert"
+LOOKUP_PAGE = 100  # messages a page (Slack may answer fewer: 15 for some apps since 2025)
+LOOKUP_MAX_PAGES = 10
+_CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{6,}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Posted:
+    """A message in Slack: its ``ts`` and the id of the channel it is in (None when unknown)."""
+
+    ts: str | None
+    channel: str | None
+
+
+def alert_metadata(item_id: int, event_id: int | None, send_key: str) -> dict[str, Any]:
+    """The message metadata of an alert (``chat.postMessage``'s ``metadata``): the outbox row,
+    its event and the row's random send key; nothing secret."""
+    return {
+        "event_type": METADATA_EVENT_TYPE,
+        "event_payload": {"outbox_id": item_id, "event_id": event_id, "send_key": send_key},
+    }
+
+
 class BotSender:
     """A bot token posting with ``chat.postMessage``; follow-ups go into the first alert's thread."""
 
@@ -508,10 +536,27 @@ class BotSender:
         base = base_url or DEFAULT_BASE_URL
         self._base_url = base if base.endswith("/") else base + "/"
         self._timeout = timeout
+        self._channel_id = channel if _CHANNEL_ID.match(channel) else None
+
+    @property
+    def channel_id(self) -> str | None:
+        """Slack's id of the configured channel, when known: the setting itself when it is an
+        id, else the channel Slack named in its answer to the last post (None before one)."""
+        return self._channel_id
 
     def send(self, message: Message, thread_id: str | None = None) -> str | None:
         """Post ``message`` (into ``thread_id``'s thread when given); return its ``ts``.
         Raises AlertError."""
+        return self.post(message, thread_id).ts
+
+    def post(
+        self,
+        message: Message,
+        thread_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Posted:
+        """Post ``message`` (into ``thread_id``'s thread when given) with message ``metadata``
+        (see ``alert_metadata``); return its ``ts`` and channel id. Raises AlertError."""
         resp = self._call(
             "chat.postMessage",
             channel=self._channel,
@@ -520,9 +565,54 @@ class BotSender:
             thread_ts=thread_id,
             unfurl_links=False,
             unfurl_media=False,
+            metadata=metadata,
         )
-        ts = resp.get("ts")
-        return str(ts) if ts else None
+        ts, channel = resp.get("ts"), resp.get("channel")
+        if channel:
+            self._channel_id = str(channel)
+        return Posted(str(ts) if ts else None, str(channel) if channel else None)
+
+    def find(
+        self, channel_id: str, send_key: str, oldest: dt.datetime, thread_id: str | None = None
+    ) -> Posted | None:
+        """The alert whose metadata carries ``send_key``, posted in ``channel_id`` (in
+        ``thread_id``'s thread when given) since ``oldest``; None when that history holds no
+        such message. Raises AlertError when it cannot tell: Slack refused the lookup
+        (``missing_scope`` sets ``needed_scope``: ``channels:history`` or ``groups:history``),
+        was unreachable or rate limited, or there were more than LOOKUP_MAX_PAGES pages."""
+        method = "conversations.replies" if thread_id else "conversations.history"
+        params: dict[str, Any] = {
+            "channel": channel_id,
+            "ts": thread_id,
+            "oldest": f"{oldest.timestamp():.6f}",
+            "limit": LOOKUP_PAGE,
+            "include_all_metadata": True,
+        }
+        for _ in range(LOOKUP_MAX_PAGES):
+            resp = self._call(method, form=True, **params)
+            for msg in resp.get("messages") or []:
+                meta = msg.get("metadata") if isinstance(msg, dict) else None
+                if not isinstance(meta, dict) or meta.get("event_type") != METADATA_EVENT_TYPE:
+                    continue
+                payload = meta.get("event_payload")
+                if (
+                    isinstance(payload, dict)
+                    and payload.get("send_key") == send_key
+                    and msg.get("ts")
+                ):
+                    return Posted(str(msg["ts"]), channel_id)
+            if not resp.get("has_more"):
+                return None
+            cursor = (resp.get("response_metadata") or {}).get("next_cursor")
+            if not cursor:
+                break
+            params["cursor"] = cursor
+        raise errors.AlertError(
+            f"slack {method}: could not read the history to the end "
+            f"({LOOKUP_MAX_PAGES} pages of {LOOKUP_PAGE})",
+            channel=CHANNEL,
+            temporary=True,
+        )
 
     def update(self, channel: str, ts: str, message: Message) -> None:
         """Replace the message ``ts`` in ``channel`` (``chat.update``). Raises AlertError."""
@@ -532,7 +622,7 @@ class BotSender:
         """Show ``text`` to ``user`` only (``chat.postEphemeral``). Raises AlertError."""
         self._call("chat.postEphemeral", channel=channel, user=user, text=text)
 
-    def _call(self, method: str, **params: Any) -> Any:
+    def _call(self, method: str, *, form: bool = False, **params: Any) -> Any:
         client = web.WebClient(
             token=self._token.reveal(),
             base_url=self._base_url,
@@ -541,8 +631,11 @@ class BotSender:
             retry_handlers=[],
         )
         secret = self._token.reveal()
+        given = {k: v for k, v in params.items() if v is not None}
         try:
-            return client.api_call(method, json={k: v for k, v in params.items() if v is not None})
+            if form:  # the read methods, as slack-sdk's own conversations_history sends them
+                return client.api_call(method, http_verb="GET", params=given)
+            return client.api_call(method, json=given)
         except slack_errors.SlackApiError as exc:
             r = exc.response
             data = r.data if isinstance(r.data, dict) else {}
@@ -550,7 +643,10 @@ class BotSender:
             status = int(r.status_code)
             if status == 200 and error in _TEMPORARY_API_ERRORS:
                 status = 503
-            raise _refused(method, status, error, r.headers or {}, secret) from None
+            needed = data.get("needed") if error == "missing_scope" else None
+            raise _refused(
+                method, status, error, r.headers or {}, secret, needed=needed and str(needed)
+            ) from None
         except Exception as exc:
             raise _unreachable(method, exc, secret) from None
 
@@ -585,8 +681,12 @@ def _redact(text: str, secret: str) -> str:
     return text.replace(secret, "***") if secret else text
 
 
-def _refused(what: str, status: int, body: str, headers: Any, secret: str) -> errors.AlertError:
+def _refused(
+    what: str, status: int, body: str, headers: Any, secret: str, *, needed: str | None = None
+) -> errors.AlertError:
     detail = _redact(errors.truncate(body or "no body", 200), secret)
+    if needed:
+        detail += f" (needed: {errors.truncate(needed, 100)})"
     if status == 429:
         retry_after = parse_retry_after(_header_value(headers, "Retry-After"))
         return errors.AlertError(
@@ -602,6 +702,7 @@ def _refused(what: str, status: int, body: str, headers: Any, secret: str) -> er
         channel=CHANNEL,
         status=status,
         temporary=temporary,
+        needed_scope=needed or None,
     )
 
 
