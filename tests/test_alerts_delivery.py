@@ -218,3 +218,37 @@ def test_the_lease_is_slack_lease_60s_unless_set(alerting: repo.Store) -> None:
     assert outbox.Worker(alerting, {}, short).lease == 2.0
     with pytest.raises(errors.ConfigError, match=r"slack\.lease.*at least 1s"):
         config.from_mapping({"slack": {"lease": "0.5s"}}, env={})
+
+
+class SlowSender:
+    """A channel that takes ``seconds`` (of the fake clock) per send, and notes how much of the
+    row's lease was left when each send started."""
+
+    def __init__(self, store: repo.Store, time: FakeTime, seconds: float) -> None:
+        self.store, self.time, self.seconds = store, time, seconds
+        self.left: list[float] = []
+        self.sent: list[str] = []
+
+    def send(self, message: slack.Message, thread_id: str | None = None) -> str | None:
+        (row,) = [r for r in self.store.outbox_rows() if f"{REPO}:{r['tag']} " in message.text]
+        self.left.append((row["lease_until"] - self.time.now).total_seconds())
+        self.sent.append(message.text)
+        self.time.now += dt.timedelta(seconds=self.seconds)
+        return None
+
+
+async def test_a_send_never_starts_on_a_lease_nearly_over(alerting: repo.Store) -> None:
+    """Slow sends use up the lease of a batch: the rows left are claimed afresh rather than sent
+    when another worker (a replica) could be taking them already."""
+    moved(alerting, "6.0.0", "6.1.0", "6.2.0")
+    time = FakeTime()
+    sender = SlowSender(alerting, time, seconds=25)
+    w = outbox.Worker(alerting, {"slack": sender}, config.Settings(), lease=60, clock=time)
+    assert await w.run_once() == 3  # claimed at once: 2 sent, then 10 s of the lease were left
+    assert len(sender.sent) == 2
+    time.now += dt.timedelta(seconds=10)  # its lease over, the third is claimed afresh
+    assert await w.run_once() == 1
+    assert len(sender.sent) == 3
+    assert all(f"6.{i}.0" in "".join(sender.sent) for i in range(3))
+    assert min(sender.left) >= outbox.SEND_MARGIN
+    assert alerting.pending_alerts() == 0

@@ -45,6 +45,11 @@ DELIVERED_RETRY_FIRST = 0.5
 DELIVERED_RETRY_CAP = 5.0
 DELIVERED_RETRY_MARGIN = 6.0
 
+# A send is started only while this much of its row's lease is left (at most half the lease): the
+# send itself takes up to the channel's timeout, and once the lease is over another worker (a
+# replica) may claim the row and send it too.
+SEND_MARGIN = 15.0
+
 # A lookup reads the history from this long before the recorded start of the send: Slack's clock
 # (its ``ts``) and ours may disagree by a little.
 LOOKUP_MARGIN = dt.timedelta(minutes=5)
@@ -255,6 +260,18 @@ class Worker:
                 in_doubt = None  # the history since that send has no such message
             else:
                 unverified = True
+        left = (lease_ends - self.clock()).total_seconds()
+        if left < min(SEND_MARGIN, self.lease / 2):
+            # slow sends (or a slow lookup) used up the lease of this batch: another worker may
+            # take the row any moment now. It is claimed afresh (and looked up if in doubt).
+            log.info(
+                "alert_deferred id=%d %s channel=%s reason=lease_nearly_over left=%.1fs",
+                item.id,
+                what,
+                item.channel,
+                left,
+            )
+            return
         try:
             if bot is not None:
                 key = item.send_key or uuid.uuid4().hex
