@@ -27,7 +27,7 @@ from tests.support import registry as support_registry
 from tests.support.cli import http_status, start_daemon, wait_for
 from tests.support.registry import free_port
 from tests.support.slack_standin import TOKEN, SlackStandIn
-from watchdog import config, errors, models, slack_actions
+from watchdog import config, errors, models, restore, slack_actions
 from watchdog.alerts import slack
 from watchdog.registry import media
 
@@ -237,14 +237,25 @@ def test_check_signature_takes_a_body_that_is_not_utf8() -> None:
 def test_a_signature_is_taken_once_within_the_window() -> None:
     clock = [1000.0]
     replays = slack_actions.Replays(now=lambda: clock[0])
-    assert replays.first("v0=aa") and replays.first("v0=bb")
-    assert not replays.first("v0=aa")
+    assert replays.take("v0=aa") is None and replays.take("v0=bb") is None
+    assert replays.take("v0=aa") == "replayed"
     # remembered longer than a timestamp stays acceptable on either side of now (2 x 5 min)...
     clock[0] += 2 * slack_actions.MAX_AGE
-    assert not replays.first("v0=aa")
+    assert replays.take("v0=aa") == "replayed"
     # ...then forgotten: the timestamp check refuses such a request by then
     clock[0] += slack_actions.REMEMBER
-    assert replays.first("v0=aa")
+    assert replays.take("v0=aa") is None
+
+
+def test_a_full_replay_memory_refuses_rather_than_forgets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(slack_actions, "MAX_REMEMBERED", 3)
+    clock = [0.0]
+    replays = slack_actions.Replays(now=lambda: clock[0])
+    assert [replays.take(f"v0={i}") for i in range(3)] == [None, None, None]
+    assert replays.take("v0=new") == "overloaded"
+    assert replays.take("v0=0") == "replayed"  # the oldest is still remembered
+    clock[0] += slack_actions.REMEMBER + 1
+    assert replays.take("v0=new") is None
 
 
 def test_a_long_tag_is_cut_in_the_restore_label_never_the_digest() -> None:
@@ -376,7 +387,9 @@ def test_one_tap_restore_and_accept_on_a_real_daemon(
                 assert resp.status_code == 200 and resp.content == b""
                 wait_for(lambda: len(standin.updates) == 2, what="progress and outcome updates")
                 progress, update = (u.body for u in standin.updates)
-                assert "Restoring, tapped by" in json.dumps(progress) and not buttons_of(progress)
+                assert "Restoring, tapped by" in json.dumps(progress)
+                # the buttons stay while it runs: should it never finish, nothing is lost
+                assert set(buttons_of(progress)) == {slack.ACTION_RESTORE, slack.ACTION_ACCEPT}
                 assert answers() == release.digest
                 restored = [e for e in history() if e["kind"] == "restored"]
                 assert len(restored) == 1
@@ -483,3 +496,23 @@ def test_a_payload_nested_too_deep_is_refused_not_a_crash() -> None:
     deep = "[" * 200_000 + "]" * 200_000
     with pytest.raises(errors.UsageError, match="payload=<JSON>"):
         slack_actions.parse_tap(urllib.parse.urlencode({"payload": deep}).encode())
+
+
+def test_a_restore_from_an_alert_is_judged_again_under_the_lock() -> None:
+    """What the tap saw must still hold when the restore runs (an accept may have got there
+    first while the tap waited for the repository's lock)."""
+    ref = models.ImageRef.parse("ghcr.io/deephaven/server:0.15.0")
+    at = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
+
+    def record(recorded: str, current: str, state: models.TagState) -> models.TagRecord:
+        return models.TagRecord(ref.name, "0.15.0", recorded, current, None, state, at, at, at)
+
+    drifted = record(OLD, NEW, models.TagState.DRIFTED)
+    assert restore.check_still_wanted(drifted, ref, OLD) is None  # go ahead
+    with pytest.raises(errors.UsageError, match="changed since") as caught:
+        restore.check_still_wanted(record(NEW, NEW, models.TagState.OK), ref, OLD)  # accepted
+    assert not isinstance(caught.value, restore.AlreadyDone)
+    with pytest.raises(restore.AlreadyDone):
+        restore.check_still_wanted(record(OLD, OLD, models.TagState.OK), ref, OLD)  # restored
+    with pytest.raises(errors.UsageError, match="never recorded"):
+        restore.check_still_wanted(None, ref, OLD)

@@ -33,8 +33,17 @@ class Actions(Protocol):
     """What the daemon does for the write endpoints (the same code as the CLI)."""
 
     async def restore(
-        self, ref: models.ImageRef, digest: str | None, dry_run: bool, actor: str
-    ) -> restore.Plan | restore.Outcome: ...
+        self,
+        ref: models.ImageRef,
+        digest: str | None,
+        dry_run: bool,
+        actor: str,
+        *,
+        still_recorded: bool = False,
+    ) -> restore.Plan | restore.Outcome:
+        """``still_recorded``: only while ``digest`` is the tag's record and the tag does not
+        answer it already, judged under the repository's lock (restore.check_still_wanted)."""
+        ...
 
     async def accept(
         self, ref: models.ImageRef, reason: str | None, actor: str, expected: str | None = None

@@ -328,17 +328,36 @@ class Daemon:
 
     @contextlib.asynccontextmanager
     async def holding(self, repository: str) -> AsyncIterator[None]:
-        """Hold ``repository`` against checks, here (``lock``) and on other replicas (its claim,
-        waited for up to ACTION_CLAIM_WAIT), for a restore or accept started by hand."""
+        """Hold ``repository`` against checks, here (``lock``) and on other replicas (its claim),
+        for a restore or accept started by hand. Waits at most ACTION_CLAIM_WAIT seconds in all
+        for a check under way, then raises StoreError (the API answers 503, Slack says to tap
+        again). Polls without tying up a worker thread."""
         assert self.claims is not None
-        async with self.lock(repository):
-            claim = await asyncio.to_thread(
-                self.claims.wait, repository, self.clock, ACTION_CLAIM_WAIT
-            )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ACTION_CLAIM_WAIT
+        busy = errors.StoreError(f"{repository} is being checked right now: try again in a moment")
+        lock = self.lock(repository)
+        try:
+            await asyncio.wait_for(lock.acquire(), ACTION_CLAIM_WAIT)
+        except TimeoutError:
+            raise busy from None
+        try:
+            while True:
+                # a quick try (pg_try_advisory_lock), never a blocking wait in a worker thread
+                claim = await asyncio.to_thread(
+                    self.claims.acquire, repository, self.clock(), slot=None
+                )
+                if claim is not None:
+                    break
+                if loop.time() >= deadline:
+                    raise busy
+                await asyncio.sleep(0.2)
             try:
                 yield
             finally:
                 await asyncio.to_thread(claim.release)
+        finally:
+            lock.release()
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready = database answers, scheduler runs, every watch completed a cycle recently."""
@@ -370,7 +389,13 @@ class _Actions:
         self.daemon = daemon
 
     async def restore(
-        self, ref: models.ImageRef, digest: str | None, dry_run: bool, actor: str
+        self,
+        ref: models.ImageRef,
+        digest: str | None,
+        dry_run: bool,
+        actor: str,
+        *,
+        still_recorded: bool = False,
     ) -> restore.Plan | restore.Outcome:
         d = self.daemon
         assert d.store is not None and d.checker is not None
@@ -380,6 +405,10 @@ class _Actions:
         if dry_run:
             return await restorer.plan(ref, digest)
         async with d.holding(ref.name):
+            if still_recorded:
+                assert digest is not None and ref.tag is not None
+                record = await asyncio.to_thread(d.store.get_tag, ref.name, ref.tag)
+                restore.check_still_wanted(record, ref, digest)
             outcome = await restorer.run(ref, digest)
         result = "restored" if outcome.restored else "failed"
         d.metrics.restores.labels(repository=ref.name, result=result).inc()

@@ -99,7 +99,7 @@ class Metrics:
             p + "slack_actions",
             "Taps on the Slack buttons, by action (restore, accept, unknown) and result "
             "(restored, failed, accepted, already, refused, error; or why the request was "
-            "refused: unsigned, bad_signature, stale, replayed, not_allowed, busy, stopping, "
+            "refused: unsigned, bad_signature, stale, replayed, not_allowed, busy, stopping, overloaded, "
             "malformed).",
             ["action", "result"],
             registry=r,

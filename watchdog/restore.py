@@ -36,6 +36,26 @@ K = models.EventKind
 _TRUSTED_NEW = (K.FIRST_SEEN, K.ACCEPTED, K.RESTORED, K.REVERTED)
 
 
+class AlreadyDone(errors.UsageError):
+    """The tag answers, as its record, the digest a restore or accept was asked for: nothing
+    to do (a second tap, or someone was quicker)."""
+
+
+def check_still_wanted(record: models.TagRecord | None, ref: models.ImageRef, digest: str) -> None:
+    """For a restore to ``digest`` asked on the strength of an alert: raise UsageError unless
+    ``digest`` is still the tag's record, AlreadyDone when the tag is back at it already. Called
+    under the repository's lock, so that an accept or restore that got there first wins."""
+    if record is None:
+        raise errors.UsageError(f"{ref.name}:{ref.tag} was never recorded")
+    if record.recorded_digest != digest:
+        raise errors.UsageError(
+            f"the record of {ref.name}:{ref.tag} changed since (now "
+            f"{models.short_digest(record.recorded_digest)}): nothing was restored"
+        )
+    if record.state is models.TagState.OK and record.current_digest == digest:
+        raise AlreadyDone(f"{ref.name}:{ref.tag} already answers {models.short_digest(digest)}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """What a restore of one tag would do; computed without changing anything."""
@@ -390,7 +410,9 @@ def accept(
     if record.state is models.TagState.DELETED or record.current_digest is None:
         raise errors.UsageError(f"{record.ref} is deleted: there is no current digest to accept")
     if record.current_digest == record.recorded_digest:
-        raise errors.UsageError(
+        # accepted already (when it is the digest asked for), or back at its record meanwhile
+        done = expected is None or expected == record.recorded_digest
+        raise (AlreadyDone if done else errors.UsageError)(
             f"{record.ref} already answers its recorded digest {record.recorded_digest}"
         )
     if expected is not None and record.current_digest != expected:

@@ -121,17 +121,22 @@ class Replays:
         self._now = now
         self._seen: dict[str, float] = {}  # signature -> when it may be forgotten (insertion order)
 
-    def first(self, sig: str) -> bool:
-        """True the first time ``sig`` is seen within the window (and remember it)."""
+    def take(self, sig: str) -> str | None:
+        """None the first time ``sig`` is seen within the window (and remember it); else why
+        not: ``replayed``, or ``overloaded`` when MAX_REMEMBERED signatures are still live (the
+        window is never shortened to make room: a replay would then pass)."""
         now = self._now()
-        for old, until in list(self._seen.items()):
-            if until > now and len(self._seen) < MAX_REMEMBERED:
+        while self._seen:
+            oldest, until = next(iter(self._seen.items()))
+            if until > now:
                 break
-            del self._seen[old]
+            del self._seen[oldest]
         if sig in self._seen:
-            return False
+            return "replayed"
+        if len(self._seen) >= MAX_REMEMBERED:
+            return "overloaded"
         self._seen[sig] = now + REMEMBER
-        return True
+        return None
 
 
 def parse_tap(body: bytes) -> Tap:
@@ -226,13 +231,20 @@ class Responder:
             result = await self._precheck(tap)
             if result is None:
                 if tap.action == slack.ACTION_RESTORE:
-                    # a restore can take a while: say so at once, and no one taps again meanwhile
+                    # a restore can take a while: say so at once (the buttons stay, so nothing is
+                    # lost if this never finishes; a second tap meanwhile is refused as busy)
                     progress = await self._report(
                         tap,
                         f":hourglass_flowing_sand: Restoring, tapped by "
                         f"{slack.actor_mrkdwn(tap.actor)}…",
+                        progress=True,
                     )
-                result = await self._act(tap)
+                try:
+                    result = await self._act(tap)
+                except Exception:
+                    # a bug, not an expected failure: say so rather than leave "Restoring…"
+                    log.exception("slack_action_crashed action=%s ref=%s", tap.verb, ref)
+                    result = _Result("error", _could_not("an internal error, see the log"), False)
             if self.observer is not None:
                 self.observer.on_slack_action(tap.verb, result.result)
             log.info(
@@ -303,7 +315,9 @@ class Responder:
         short = models.short_digest(tap.digest)
         try:
             if tap.action == slack.ACTION_RESTORE:
-                done = await self.actions.restore(tap.ref, tap.digest, False, tap.actor)
+                done = await self.actions.restore(
+                    tap.ref, tap.digest, False, tap.actor, still_recorded=True
+                )
                 assert isinstance(done, restore.Outcome)
                 if done.restored:
                     return _Result(
@@ -325,6 +339,9 @@ class Responder:
                 f"digest of `{ref_text}`.",
                 update=True,
             )
+        except restore.AlreadyDone as exc:
+            # someone was quicker (an accept, a restore, a check): the message keeps its outcome
+            return _Result("already", f"Nothing to do: {slack.escape(str(exc))}.", update=False)
         except errors.UsageError as exc:
             return _Result(
                 "refused", f":warning: {who}: nothing was done: {slack.escape(str(exc))}", True
@@ -333,9 +350,10 @@ class Responder:
             # nothing changed and the same tap may work in a minute: the buttons stay
             return _Result("error", _could_not(str(exc)), update=False)
 
-    async def _report(self, tap: Tap, outcome: str | None) -> bool:
+    async def _report(self, tap: Tap, outcome: str | None, *, progress: bool = False) -> bool:
         """Show ``outcome`` in the alert in place of its buttons (None: the alert as it was
-        sent, buttons included). True when Slack took the update."""
+        sent, buttons included; ``progress``: above its buttons, which stay). True when Slack
+        took the update."""
         if tap.channel is None or tap.message_ts is None:
             return False
         assert tap.ref.tag is not None
@@ -354,12 +372,16 @@ class Responder:
                 (w.on_move for w in self.settings.watches if w.name == event.repository), None
             )
             context = slack.Context(on_move=on_move, first_seen=first_seen)
-            if outcome is None:
+            if outcome is None or progress:
                 message = slack.render_event(event, dataclasses.replace(context, buttons=True))
+                if outcome is not None:
+                    blocks = list(message.blocks)
+                    blocks.insert(max(len(blocks) - 2, 0), _section(outcome))
+                    message = slack.Message(text=message.text, blocks=blocks)
             else:
                 message = slack.render_outcome(event, outcome, context)
-        elif outcome is None:
-            return False  # the alert cannot be rebuilt: better its progress line than nothing
+        elif outcome is None or progress:
+            return False  # the alert cannot be rebuilt: leave it as it is
         else:
             message = slack.Message(text=outcome, blocks=[_section(outcome)])
         try:
@@ -446,8 +468,12 @@ def routes(
             sig,
             now=clock,
         )
-        if why is None and sig is not None and not replays.first(sig):
-            why = "replayed"
+        if why is None and sig is not None:
+            why = replays.take(sig)
+        if why == "overloaded":
+            log.warning("slack_action_refused reason=overloaded client=%s", client)
+            refused("unknown", why)
+            return JSONResponse({"error": "too many taps: try again in a minute"}, status_code=503)
         if why is not None:
             log.warning("slack_action_refused reason=%s client=%s", why, client)
             refused("unknown", why)

@@ -122,7 +122,8 @@ class Claims:
         """A claim on ``repository`` for a restore or accept started by hand (CLI, API, Slack),
         so that no check of it runs meanwhile on any replica: a check that saw the tag put back
         before the restore is recorded would take it for someone else's `reverted`. Waits up to
-        ``timeout`` seconds for a check holding it; then raises errors.StoreError. Blocking."""
+        ``timeout`` seconds for a check holding it; then raises errors.StoreError. Blocking (the
+        CLI; the daemon polls ``acquire`` itself, off its worker threads)."""
         deadline = time.monotonic() + timeout
         while True:
             claim = self.acquire(repository, now(), slot=None)
