@@ -14,7 +14,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 from watchdog import __version__, errors
 
@@ -247,20 +247,39 @@ def _scan(args: argparse.Namespace) -> int:
     store = _open_store(settings)
 
     import asyncio
+    import tempfile
 
     from watchdog import metrics, service
     from watchdog.alerts import outbox
 
     undelivered = 0
+    drift = failed = False
+    shown = 0
+    # --json: each watch's JSON goes to a temporary file as soon as it is ready, and the document
+    # is written when the scan is over, in the shape it always had ("exit_code" first, known only
+    # at the end): memory does not grow with the fleet, and stdout gets one whole document or,
+    # when the scan is cut short (an internal error, Ctrl-C), nothing.
+    spool = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115 (closed below)
 
-    async def scan_all() -> list[service.CheckResult]:
+    def show(r: service.CheckResult) -> None:
+        # Each result is printed (or spooled) in config order as soon as it and those before it
+        # are done, and then dropped: memory stays at a few repositories' working sets.
+        nonlocal drift, failed, shown
+        drift = drift or bool(r.drifted)
+        failed = failed or not r.ok
+        if args.json:
+            spool.write(",\n" if shown else "\n")
+            json.dump(_result_json(r), spool, indent=2)
+        else:
+            _print_result(r)
+        shown += 1
+
+    async def scan_all() -> None:
         nonlocal undelivered
         clients = service.Clients(settings)
         checker = service.Checker(settings, store, clients, metrics.Metrics())
         try:
-            results = list(
-                await asyncio.gather(*(checker.check_watch(w) for w in settings.watches))
-            )
+            await service.check_all(checker, settings.watches, show)
         finally:
             await clients.aclose()
         # Deliver what this scan queued (and anything left over), for a bounded time.
@@ -269,34 +288,42 @@ def _scan(args: argparse.Namespace) -> int:
             undelivered = await worker.drain(SCAN_ALERT_SECONDS)
         except errors.StoreError as exc:
             print(f"tag-watchdog: alerts not delivered: {exc}", file=sys.stderr)
-        return results
 
-    results = asyncio.run(scan_all())
-    if undelivered:
-        print(
-            f"tag-watchdog: {undelivered} alert(s) not delivered yet (see the log); "
-            "they stay queued for `tag-watchdog run` or the next scan",
-            file=sys.stderr,
-        )
-    drift = any(r.drifted for r in results)
-    failed = any(not r.ok for r in results)
-    # Drift found is a definite answer even when some other watch failed; say both.
-    code = EXIT_DRIFT if drift else (EXIT_FAILED if failed else EXIT_OK)
-    if args.json:
-        _print_json(
-            {
-                "exit_code": code,
-                "drift": drift,
-                "complete": not failed,
-                "watches": [_result_json(r) for r in results],
-            }
-        )
-        return code
-    for r in results:
-        _print_result(r)
+    try:
+        asyncio.run(scan_all())
+        if undelivered:
+            print(
+                f"tag-watchdog: {undelivered} alert(s) not delivered yet (see the log); "
+                "they stay queued for `tag-watchdog run` or the next scan",
+                file=sys.stderr,
+            )
+        # Drift found is a definite answer even when some other watch failed; say both.
+        code = EXIT_DRIFT if drift else (EXIT_FAILED if failed else EXIT_OK)
+        if args.json:
+            _write_scan_json(code, drift=drift, complete=not failed, watches=spool)
+            return code
+    finally:
+        spool.close()
     if failed:
         print("tag-watchdog: some checks could not complete (see above)", file=sys.stderr)
     return code
+
+
+def _write_scan_json(code: int, *, drift: bool, complete: bool, watches: IO[str]) -> None:
+    """Write ``{"exit_code", "drift", "complete", "watches"}`` byte for byte as ``_print_json``
+    would, the "watches" items copied from ``watches``: a file holding each item's JSON
+    (``indent=2``), each after a newline, separated by commas."""
+    head = json.dumps({"exit_code": code, "drift": drift, "complete": complete}, indent=2)
+    sys.stdout.write(head.removesuffix("\n}") + ',\n  "watches": [')
+    watches.seek(0)
+    first = watches.readline()  # "\n" before the first item; "" when there is none
+    if not first:
+        sys.stdout.write("]\n}\n")
+        return
+    sys.stdout.write(first)
+    for line in watches:  # JSON strings hold no raw newline: every line is the item's own
+        sys.stdout.write("    " + line)
+    sys.stdout.write("\n  ]\n}\n")
 
 
 def _result_json(r: Any) -> dict[str, Any]:

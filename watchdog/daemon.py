@@ -44,7 +44,7 @@ log = logging.getLogger("watchdog.daemon")
 SHUTDOWN_GRACE = 30.0  # seconds given to running checks on shutdown
 # /readyz turns false when a watch has not completed a cycle for this many intervals
 STALE_AFTER_INTERVALS = 3
-MAX_CONCURRENT_CHECKS = 8  # watches checked at once (each holds database connections)
+MAX_CONCURRENT_CHECKS = service.MAX_CONCURRENT_CHECKS  # watches checked at once
 NOTIFIED_RECHECK_DELAY = 1.0  # seconds: the second look after a registry notification
 # seconds a hand-started restore or accept waits for a check of its repository running on another
 # replica (PostgreSQL), then gives up (the API answers 503, Slack asks to tap again)

@@ -8,6 +8,7 @@ become a log line, a state and a metric; the loop goes on.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import datetime as dt
 import json
@@ -27,6 +28,14 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 Clock = Callable[[], dt.datetime]
+
+# Watches checked at once (`scan`, and the daemon's slots). Each check holds its repository's
+# records, registry answers and archived manifests until its one transaction commits, and a
+# database connection while it writes: this bounds memory by a few repositories' working sets and
+# SQLite's writers by a few, whatever the number of watches.
+MAX_CONCURRENT_CHECKS = 8
+# `scan`: watches started but not yet printed, per check slot (see check_all)
+WINDOW_PER_CHECK = 4
 
 
 def utcnow() -> dt.datetime:
@@ -111,6 +120,45 @@ class _TagOutcome:
     manifests: list[models.Manifest]
     # for a move: created time and revision/source labels of the "old" and "new" image
     images: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+
+
+async def check_all(
+    checker: Checker,
+    watches: Sequence[config.WatchSettings],
+    on_result: Callable[[CheckResult], None],
+    *,
+    limit: int = MAX_CONCURRENT_CHECKS,
+    window: int | None = None,
+) -> None:
+    """``checker.check_watch`` every watch, at most ``limit`` at once, handing each result to
+    ``on_result`` in the order of ``watches`` (reproducible output) as soon as it and those
+    before it are done.
+
+    At most ``window`` (default ``4 * limit``) watches are started and not yet handed over: a
+    watch slower than the next ``window - 1`` together holds the rest back rather than letting
+    finished results pile up behind it. So a scan of any number of watches holds at most
+    ``window`` results and ``limit`` working sets. A check that raises (a bug: expected failures
+    are in the result) cancels the others and the exception propagates.
+    """
+    window = max(limit, window if window is not None else WINDOW_PER_CHECK * limit)
+    slots = asyncio.Semaphore(limit)
+    pending: collections.deque[asyncio.Task[CheckResult]] = collections.deque()
+
+    async def one(watch: config.WatchSettings) -> CheckResult:
+        async with slots:
+            return await checker.check_watch(watch)
+
+    try:
+        for watch in watches:
+            if len(pending) >= window:
+                on_result(await pending.popleft())
+            pending.append(asyncio.create_task(one(watch)))
+        while pending:
+            on_result(await pending.popleft())
+    finally:
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 class Checker:
