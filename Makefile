@@ -1,7 +1,7 @@
 # Developer shortcuts. The README's two commands need none of this.
 PY ?= .venv/bin/python
 
-.PHONY: help venv test lint fmt bench run demo clean
+.PHONY: help venv test lint fmt bench bench-100k run demo clean
 
 help:
 	@echo "make venv   - create .venv with tag-watchdog and its test dependencies"
@@ -9,6 +9,7 @@ help:
 	@echo "make lint   - ruff, mypy (strict), import-linter"
 	@echo "make fmt    - ruff format + ruff check --fix"
 	@echo "make bench  - scan benchmarks against a local registry (bench/, docs/PERFORMANCE.md)"
+	@echo "make bench-100k - peak RSS and tags/s of \`tag-watchdog scan\` at 100,000 tags (~15 min)"
 	@echo "make run    - run the daemon on config.example.yaml"
 	@echo "make demo   - replay the overwritten-release story offline and watch it put back"
 
@@ -32,6 +33,9 @@ fmt: venv
 bench: venv
 	$(PY) -m bench.scan_bench --tags 1000 --rounds 3
 	$(PY) -m bench.fleet_bench
+
+bench-100k: venv
+	$(PY) -m bench.scale_bench --repos 1000 --tags 100 --rounds 1
 
 run: venv
 	.venv/bin/tag-watchdog run -c config.example.yaml

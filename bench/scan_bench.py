@@ -20,12 +20,9 @@ import argparse
 import asyncio
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from bench import fleet_bench
@@ -48,23 +45,9 @@ def seed(server: support_registry.RegistryServer, repos: int, tags: int) -> list
 
 
 def run_scan(config: Path, workdir: Path) -> dict[str, float]:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "watchdog", "scan", "--json", "-c", str(config)],
-        capture_output=True,
-        text=True,
-        cwd=workdir,
-        check=False,
-    )
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise SystemExit(f"scan failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    data = json.loads(proc.stdout)
-    checked = sum(w["tags_checked"] for w in data["watches"])
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"wall": wall, "tags": checked, "cpu": cpu, "maxrss_mb": after.ru_maxrss / 1024}
+    run = fleet_bench.cli_scan(config, workdir, "--json")
+    checked = sum(w["tags_checked"] for w in json.loads(run["stdout"])["watches"])
+    return {"wall": run["wall"], "tags": checked, "cpu": run["cpu"], "maxrss_mb": run["maxrss_mb"]}
 
 
 def main() -> None:
