@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
-import os
+import json
 import resource
 import shutil
 import statistics
@@ -176,23 +176,43 @@ def skopeo_loop(host: str, refs: list[tuple[str, str]]) -> dict[str, float] | No
     return {"wall": wall, "cpu": cpu, "tags": len(refs)}
 
 
+# The measured process is started by this small parent (a bare interpreter, ~10 MB), never by the
+# bench itself: Linux counts in a child's ru_maxrss the parent's pages it shares between fork and
+# exec, so a bench holding 250 MB of parsed results reported >= 250 MB for any scan it started.
+_MEASURE = """
+import json, os, subprocess, sys, time
+start = time.perf_counter()
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+with open(sys.argv[1], "w") as f:
+    json.dump({
+        "wall": time.perf_counter() - start,
+        "cpu": usage.ru_utime + usage.ru_stime,
+        "maxrss_mb": usage.ru_maxrss / 1024,
+        "code": os.waitstatus_to_exitcode(status),
+    }, f)
+"""
+
+
 def run_measured(cmd: list[str], workdir: Path) -> dict[str, Any]:
-    """Run ``cmd`` to the end; its own wall time, CPU seconds and peak RSS (``wait4``: this one
-    process, not the running maximum over every child that ``RUSAGE_CHILDREN`` reports), exit
-    code and output."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=workdir)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
+    """Run ``cmd`` to the end; its own wall time, CPU seconds and peak RSS (``wait4`` on this one
+    process, started by a small parent: see ``_MEASURE``), exit code and output."""
+    with (
+        tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        tempfile.NamedTemporaryFile("r", suffix=".json") as usage,
+    ):
+        subprocess.run(
+            [sys.executable, "-c", _MEASURE, usage.name, *cmd],
+            stdout=out,
+            stderr=err,
+            cwd=workdir,
+            check=True,
+        )
         out.seek(0)
         err.seek(0)
         return {
-            "wall": wall,
-            "cpu": usage.ru_utime + usage.ru_stime,
-            "maxrss_mb": usage.ru_maxrss / 1024,  # Linux: KiB
-            "code": proc.returncode,
+            **json.loads(usage.read()),
             "stdout": out.read().decode(errors="replace"),
             "stderr": err.read().decode(errors="replace"),
         }

@@ -127,15 +127,19 @@ def main() -> None:
             seeded_file = registry_dir / "seeded.json"
             shape = [args.repos, args.tags, args.multi]
             if seeded_file.exists() and json.loads(seeded_file.read_text())["shape"] == shape:
-                refs = [(r, t) for r, t in json.loads(seeded_file.read_text())["refs"]]
-                print(f"# reusing {len(refs)} tags seeded in {registry_dir}", file=sys.stderr)
+                saved = json.loads(seeded_file.read_text())
+                refs = [(r, t) for r, t in saved["refs"]]
+                seeding = f"seeded earlier in {saved['seconds']:.0f}s, reused"
             else:
                 refs = fleet_bench.seed(
                     server, args.repos, args.tags, multi=args.multi, workers=args.seed_workers
                 )
-                seeded_file.write_text(json.dumps({"shape": shape, "refs": refs}))
-            seeded = time.perf_counter() - t0
-            print(f"# seeded {len(refs)} tags in {seeded:.0f}s ({load()})", file=sys.stderr)
+                seconds = time.perf_counter() - t0
+                seeded_file.write_text(
+                    json.dumps({"shape": shape, "refs": refs, "seconds": seconds})
+                )
+                seeding = f"seeded in {seconds:.0f}s, {args.seed_workers} workers"
+            print(f"# {len(refs)} tags {seeding} ({load()})", file=sys.stderr)
 
             class SqliteFile:
                 def __init__(self, i: int) -> None:
@@ -160,7 +164,7 @@ def main() -> None:
 
     repos = len({r for r, _ in refs})
     print(
-        f"{len(refs)} tags in {repos} repositories (seeded in {seeded:.0f}s); concurrency "
+        f"{len(refs)} tags in {repos} repositories ({seeding}); concurrency "
         f"{fleet_bench.CONCURRENCY}; python {sys.version.split()[0]}; {os.cpu_count()} cpus"
     )
     print()
