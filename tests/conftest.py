@@ -7,6 +7,7 @@ import pytest
 pytest_plugins = [
     "tests.support.registry_fixtures",
     "tests.support.db_fixtures",
+    "tests.support.slack_fixtures",
 ]
 
 _skipped: list[str] = []

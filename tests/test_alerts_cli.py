@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import sqlalchemy as sa
 
 from tests.support import images
@@ -19,12 +17,6 @@ from tests.support import registry as support_registry
 from tests.support.cli import http_status, run, start_daemon, wait_for
 from tests.support.registry import free_port
 from tests.support.slack_standin import TOKEN, WEBHOOK_PATH, Answer, SlackStandIn
-
-
-@pytest.fixture
-def standin() -> Iterator[SlackStandIn]:
-    with SlackStandIn() as s:
-        yield s
 
 
 def bot_config(

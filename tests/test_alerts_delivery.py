@@ -5,7 +5,6 @@ sleeping only moves it: nothing here waits for real."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 
 import pytest
 
@@ -34,12 +33,6 @@ class FakeTime:
     async def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
         self.now += dt.timedelta(seconds=seconds)
-
-
-@pytest.fixture
-def standin() -> Iterator[SlackStandIn]:
-    with SlackStandIn() as s:
-        yield s
 
 
 @pytest.fixture

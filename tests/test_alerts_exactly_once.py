@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -55,12 +54,6 @@ class DiesAtDelivered:
 
     def mark_delivered(self, *args: Any, **kwargs: Any) -> None:
         raise Killed("SIGKILL between Slack's answer and the delivered commit")
-
-
-@pytest.fixture
-def standin() -> Iterator[SlackStandIn]:
-    with SlackStandIn() as s:
-        yield s
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -184,12 +183,6 @@ def test_block_kit_limits_hold_for_huge_values() -> None:
 
 
 # --- sending through slack-sdk -------------------------------------------------------------------
-
-
-@pytest.fixture
-def standin() -> Iterator[SlackStandIn]:
-    with SlackStandIn() as s:
-        yield s
 
 
 def bot(standin: SlackStandIn, token: str = TOKEN) -> slack.BotSender:

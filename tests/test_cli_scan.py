@@ -32,16 +32,6 @@ def write_config(path: Path, host: str, repository: str, *, db: str, extra: str 
     return path
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Any:
-    """A private registry this test may stop."""
-    if support_registry.find_binary() is None:
-        pytest.skip("docker-registry is not installed")
-    srv = support_registry.RegistryServer(tmp_path / "registry", "open").start()
-    yield srv
-    srv.close()
-
-
 def test_scan_records_then_exits_1_on_a_move_and_history_shows_it(
     tmp_path: Path, server: support_registry.RegistryServer
 ) -> None:

@@ -15,7 +15,6 @@ import sys
 import threading
 import weakref
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -151,15 +150,6 @@ def test_scan_json_is_written_as_one_document_would_be(
     streamed = capsys.readouterr().out
     cli._print_json({"exit_code": 1, "drift": True, "complete": False, "watches": items})
     assert streamed == capsys.readouterr().out
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Any:
-    if support_registry.find_binary() is None:
-        pytest.skip("docker-registry is not installed")
-    srv = support_registry.RegistryServer(tmp_path / "registry", "open").start()
-    yield srv
-    srv.close()
 
 
 def _push_fleet(server: support_registry.RegistryServer, names: list[str]) -> None:

@@ -156,3 +156,13 @@ def fault_proxy(
 ) -> faultproxy.FaultProxy:
     """A FaultProxy in front of the open ``registry`` (``.host`` to point a client at it)."""
     return make_fault_proxy(registry)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[support_registry.RegistryServer]:
+    """An open registry of this test's own (it may stop it, or fill it with many repositories)."""
+    if support_registry.find_binary() is None:
+        pytest.skip("docker-registry is not installed")
+    srv = support_registry.RegistryServer(tmp_path / "registry", "open").start()
+    yield srv
+    srv.close()
