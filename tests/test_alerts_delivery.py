@@ -5,6 +5,7 @@ sleeping only moves it: nothing here waits for real."""
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import pytest
 
@@ -35,11 +36,6 @@ class FakeTime:
         self.now += dt.timedelta(seconds=seconds)
 
 
-@pytest.fixture
-def alerting(store: repo.Store) -> repo.Store:
-    return repo.Store(store.engine, channels=("slack",))
-
-
 def moved(store: repo.Store, *tags: str) -> list[models.Event]:
     changes = []
     for tag in tags:
@@ -55,9 +51,13 @@ def worker(
     time: FakeTime,
     m: metrics.Metrics,
     channel: str = "#releases",
+    **overrides: Any,
 ) -> outbox.Worker:
+    """A fresh worker with a fresh sender (what a restarted daemon has), on the fake clock;
+    ``overrides``: more outbox.Worker arguments."""
     standin.clock = lambda: time.now.timestamp()  # Slack's ts and our clock agree
     sender = slack.BotSender(config.Secret(TOKEN), channel, standin.base_url, timeout=2)
+    kwargs: dict[str, Any] = {"policy": outbox.RetryPolicy(base=1.0, factor=2.0, cap=60.0)}
     return outbox.Worker(
         store,
         {"slack": sender},
@@ -65,7 +65,7 @@ def worker(
         observer=m,
         clock=time,
         sleep=time.sleep,
-        policy=outbox.RetryPolicy(base=1.0, factor=2.0, cap=60.0),
+        **(kwargs | overrides),
     )
 
 

@@ -14,28 +14,14 @@ from typing import Any
 
 import pytest
 
+from tests import test_alerts_delivery as delivery
 from tests.support.slack_standin import CHANNEL_ID, TOKEN, Answer, SlackStandIn
-from watchdog import config, metrics, models
-from watchdog.alerts import outbox, slack
+from tests.test_alerts_delivery import NEW, OLD, REPO, T0, FakeTime, K
+from watchdog import metrics, models
+from watchdog.alerts import outbox
 from watchdog.store import repo
 
-K = models.EventKind
-REPO = "ghcr.io/deephaven/server"
-T0 = dt.datetime(2026, 11, 28, 9, 0, tzinfo=dt.UTC)
-OLD = "sha256:" + "a" * 64
-NEW = "sha256:" + "b" * 64
 LEASE = 60.0
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> dt.datetime:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += dt.timedelta(seconds=seconds)
 
 
 class Killed(Exception):
@@ -56,11 +42,6 @@ class DiesAtDelivered:
         raise Killed("SIGKILL between Slack's answer and the delivered commit")
 
 
-@pytest.fixture
-def alerting(store: repo.Store) -> repo.Store:
-    return repo.Store(store.engine, channels=("slack",))
-
-
 def queue(store: repo.Store, tag: str, kind: K = K.MOVED) -> models.Event:
     record = models.TagRecord(REPO, tag, OLD, NEW, None, models.TagState.DRIFTED, T0, T0, T0)
     event = models.Event(REPO, tag, kind, T0, old_digest=OLD, new_digest=NEW)
@@ -72,16 +53,8 @@ def worker(
     store: Any, standin: SlackStandIn, time: FakeTime, m: metrics.Metrics, channel: str
 ) -> outbox.Worker:
     """A fresh worker with a fresh sender: what a restarted daemon has."""
-    standin.clock = lambda: time.now.timestamp()
-    sender = slack.BotSender(config.Secret(TOKEN), channel, standin.base_url, timeout=2)
-    return outbox.Worker(
-        store,
-        {"slack": sender},
-        config.Settings(),
-        observer=m,
-        clock=time,
-        sleep=time.sleep,
-        lease=LEASE,
+    return delivery.worker(
+        store, standin, time, m, channel, lease=LEASE, policy=outbox.RetryPolicy()
     )
 
 

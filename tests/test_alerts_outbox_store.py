@@ -33,11 +33,6 @@ def _count(engine: sa.Engine, table: sa.Table) -> int:
         return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
 
 
-@pytest.fixture
-def alerting(store: repo.Store) -> repo.Store:
-    return repo.Store(store.engine, channels=("slack",))
-
-
 def test_alerted_events_get_one_outbox_row_per_channel_first_sight_none(
     alerting: repo.Store,
 ) -> None:

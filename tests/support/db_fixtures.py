@@ -159,3 +159,9 @@ def downgrade():
     )
     monkeypatch.setattr(db, "script_location", lambda: str(scripts))
     return "9999"
+
+
+@pytest.fixture
+def alerting(store: repo.Store) -> repo.Store:
+    """``store`` with the Slack channel configured: events it records queue their alerts."""
+    return repo.Store(store.engine, channels=("slack",))
