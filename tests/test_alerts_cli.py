@@ -173,7 +173,14 @@ def test_the_daemon_alerts_once_per_move_even_across_sigkill_while_slack_is_down
         # Slack goes down; the next move is queued, tried, and the daemon is killed outright
         standin.stop()
         pusher.image(repo, "0.16.0", seed="b-rebuilt")
-        wait_for(lambda: any(r["tag"] == "0.16.0" and r["attempts"] >= 1 for r in _outbox(db_file)))
+        # attempts counts claims; last_error is written after the failed send: wait for both,
+        # or the kill can land between the claim and the failed send being recorded
+        wait_for(
+            lambda: any(
+                r["tag"] == "0.16.0" and r["attempts"] >= 1 and r["last_error"]
+                for r in _outbox(db_file)
+            )
+        )
         logs.append(_stop(proc, kill=True))
         assert proc.returncode == -9
         (row,) = [r for r in _outbox(db_file) if r["tag"] == "0.16.0"]
