@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import pathlib
 from typing import Any
 
 import pytest
@@ -331,3 +332,60 @@ def test_restore_messages_name_the_digest_put_back() -> None:
     assert f"crane tag {REPO}@{OLD} 0.15.0" in failed.text + json.dumps(failed.blocks)
     restored = slack.render_event(event(K.RESTORED, old_digest=NEW, new_digest=OLD))
     assert restored.text.endswith(models.short_digest(OLD))
+
+
+# --- golden messages -----------------------------------------------------------------------------
+
+GOLDEN = pathlib.Path(__file__).parent / "data" / "slack_messages.json"
+
+
+def golden_messages() -> dict[str, dict[str, Any]]:
+    """Every event kind in two contexts (alert with buttons and every detail; restore, bare),
+    an outcome, each notice and the test message, as sent: text and blocks."""
+    rich = {
+        "changed_platforms": ["linux/amd64", "linux/arm64/v8"],
+        "images": {
+            "old": {"created": "2024-01-01T00:00:00Z", "revision": "abc123"},
+            "new": {"revision": "def456", "source": "https://example.invalid/src"},
+        },
+        "recorded_digest": OLD,
+        "reason": "layer blob sha256:abc is gone",
+    }
+    alert = slack.Context(on_move="alert", first_seen=FIRST, buttons=True)
+    restore = slack.Context(on_move="restore")
+    messages: dict[str, slack.Message] = {}
+    for kind in K:
+        messages[f"{kind.value}/alert"] = slack.render_event(
+            event(kind, detail=rich, actor="slack:U0123ABCD (alice)"), alert
+        )
+        messages[f"{kind.value}/restore"] = slack.render_event(
+            event(kind, old_digest=None, id=None, actor="watchdog"), restore
+        )
+    messages["outcome"] = slack.render_outcome(
+        event(K.MOVED, detail=rich), "*Restored* by <@U0123ABCD>.", alert
+    )
+    notices: list[dict[str, Any]] = [
+        {"kind": "registry_unreachable", "registry": "ghcr.io", "since": "09:00", "error": "x"},
+        {"kind": "registry_recovered", "registry": "ghcr.io", "down_for": "12m"},
+        {"kind": "something_else", "text": "free text & more"},
+    ]
+    for notice in notices:
+        messages[f"notice/{notice['kind']}"] = slack.render_notice(notice)
+    messages["test"] = slack.render_test()
+    return {name: {"text": m.text, "blocks": m.blocks} for name, m in messages.items()}
+
+
+def write_golden() -> None:
+    """Rewrite the golden file from the rendering as it is (after a deliberate change of text):
+    ``python -c "from tests import test_alerts_slack as t; t.write_golden()"``."""
+    text = json.dumps(golden_messages(), indent=1, ensure_ascii=False, sort_keys=True)
+    GOLDEN.write_text(text + "\n", encoding="utf-8")
+
+
+def test_every_message_is_byte_for_byte_the_golden_one() -> None:
+    expected = json.loads(GOLDEN.read_text(encoding="utf-8"))
+    actual = golden_messages()
+    assert sorted(actual) == sorted(expected)
+    assert len(actual) == 2 * len(K) + 5
+    for name, message in actual.items():
+        assert message == expected[name], name
