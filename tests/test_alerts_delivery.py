@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.slack_standin import CHANNEL_ID, TOKEN, Answer, SlackStandIn
 from watchdog import config, errors, metrics, models
-from watchdog.alerts import outbox, slack
+from watchdog.alerts import outbox, render, slack
 from watchdog.store import repo
 
 K = models.EventKind
@@ -171,10 +171,10 @@ class Flaky:
     name = "slack"
 
     def __init__(self) -> None:
-        self.sent: list[slack.Message] = []
+        self.sent: list[render.Message] = []
         self.calls = 0
 
-    def send(self, message: slack.Message, thread_id: str | None = None) -> str | None:
+    def send(self, message: render.Message, thread_id: str | None = None) -> str | None:
         self.calls += 1
         if self.calls == 1:
             raise RuntimeError("a bug in a sender")
@@ -222,7 +222,7 @@ class SlowSender:
         self.left: list[float] = []
         self.sent: list[str] = []
 
-    def send(self, message: slack.Message, thread_id: str | None = None) -> str | None:
+    def send(self, message: render.Message, thread_id: str | None = None) -> str | None:
         (row,) = [r for r in self.store.outbox_rows() if f"{REPO}:{r['tag']} " in message.text]
         self.left.append((row["lease_until"] - self.time.now).total_seconds())
         self.sent.append(message.text)
