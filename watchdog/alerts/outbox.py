@@ -82,7 +82,7 @@ class RetryPolicy:
 
 
 class OutboxStore(Protocol):
-    """What the worker needs of the store (watchdog.store.repo.Store)."""
+    """What the worker needs of the store (watchdog.store.outbox.Outbox, a ``Store``'s ``outbox``)."""
 
     def claim_alerts(
         self, now: dt.datetime, *, lease: float, limit: int = 50
