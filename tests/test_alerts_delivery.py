@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.slack_standin import CHANNEL_ID, TOKEN, Answer, SlackStandIn
 from watchdog import config, errors, metrics, models
-from watchdog.alerts import outbox, slack
+from watchdog.alerts import outbox, render, slack
 from watchdog.store import repo
 
 K = models.EventKind
@@ -46,7 +46,7 @@ def moved(store: repo.Store, *tags: str) -> list[models.Event]:
 
 
 def worker(
-    store: repo.Store,
+    store: outbox.OutboxStore,
     standin: SlackStandIn,
     time: FakeTime,
     m: metrics.Metrics,
@@ -85,7 +85,7 @@ async def test_an_outage_then_recovery_delivers_every_alert_exactly_once(
         method="chat.postMessage",
     )
     time, m = FakeTime(), metrics.Metrics()
-    assert await worker(alerting, standin, time, m, CHANNEL_ID).drain(3600) == 0
+    assert await worker(alerting.outbox, standin, time, m, CHANNEL_ID).drain(3600) == 0
 
     texts = [msg["text"] for msg in standin.messages()]
     assert len(texts) == 3
@@ -99,7 +99,7 @@ async def test_an_outage_then_recovery_delivers_every_alert_exactly_once(
     assert {r.path for r in standin.lookups} == {"/api/conversations.history"}
     # the 429 said 30 s: its alert was not tried again before that
     assert sum(time.slept) >= 30 and max(time.slept) >= 29
-    rows = alerting.outbox_rows()
+    rows = alerting.outbox.outbox_rows()
     assert {r["status"] for r in rows} == {"delivered"}
     assert sorted(r["attempts"] for r in rows) == [2, 2, 3]
     assert all(r["remote_id"] for r in rows)
@@ -109,7 +109,7 @@ async def test_an_outage_then_recovery_delivers_every_alert_exactly_once(
     assert sample(m, "tag_watchdog_alerts_total", channel="slack", result="unverified") is None
     assert sample(m, "tag_watchdog_alert_outbox_pending") == 0
     # nothing is sent twice, however often the worker runs again
-    assert await worker(alerting, standin, time, m).run_once() == 0
+    assert await worker(alerting.outbox, standin, time, m).run_once() == 0
     assert len(standin.messages()) == 3
 
 
@@ -119,8 +119,8 @@ async def test_a_permanent_refusal_is_marked_failed_with_its_reason_and_counted(
     moved(alerting, "2.0.0")
     standin.fail_next(Answer(200, {"ok": False, "error": "channel_not_found"}))
     time, m = FakeTime(), metrics.Metrics()
-    assert await worker(alerting, standin, time, m).drain(60) == 0
-    (row,) = alerting.outbox_rows()
+    assert await worker(alerting.outbox, standin, time, m).drain(60) == 0
+    (row,) = alerting.outbox.outbox_rows()
     assert row["status"] == "failed" and row["attempts"] == 1
     assert "channel_not_found" in row["last_error"] and TOKEN not in row["last_error"]
     assert sample(m, "tag_watchdog_alerts_total", channel="slack", result="failed") == 1
@@ -133,14 +133,14 @@ async def test_drain_gives_up_at_its_deadline_and_leaves_the_alert_queued(
     moved(alerting, "3.0.0")
     standin.stop()
     time, m = FakeTime(), metrics.Metrics()
-    assert await worker(alerting, standin, time, m).drain(10) == 1
+    assert await worker(alerting.outbox, standin, time, m).drain(10) == 1
     assert time.now - T0 <= dt.timedelta(seconds=10)
-    (row,) = alerting.outbox_rows()
+    (row,) = alerting.outbox.outbox_rows()
     assert row["status"] == "pending" and "unreachable" in row["last_error"]
     assert sample(m, "tag_watchdog_alert_outbox_pending") == 1
     standin.start()
     time.now += dt.timedelta(minutes=5)
-    assert await worker(alerting, standin, time, m).drain(10) == 0
+    assert await worker(alerting.outbox, standin, time, m).drain(10) == 0
     assert len(standin.messages()) == 1
 
 
@@ -152,7 +152,7 @@ async def test_follow_ups_go_into_the_first_alert_s_thread(
     restored = models.Event(REPO, "4.0.0", K.RESTORED, T0, old_digest=NEW, new_digest=OLD)
     alerting.apply_check(REPO, T0, [models.Change(REPO, "4.0.0", record, restored)])
     time, m = FakeTime(), metrics.Metrics()
-    assert await worker(alerting, standin, time, m).drain(60) == 0
+    assert await worker(alerting.outbox, standin, time, m).drain(60) == 0
     head, follow_up = standin.messages()
     assert "thread_ts" not in head and follow_up["thread_ts"] == standin.posted[0]["ts"]
     assert "restored" in follow_up["text"]
@@ -171,10 +171,10 @@ class Flaky:
     name = "slack"
 
     def __init__(self) -> None:
-        self.sent: list[slack.Message] = []
+        self.sent: list[render.Message] = []
         self.calls = 0
 
-    def send(self, message: slack.Message, thread_id: str | None = None) -> str | None:
+    def send(self, message: render.Message, thread_id: str | None = None) -> str | None:
         self.calls += 1
         if self.calls == 1:
             raise RuntimeError("a bug in a sender")
@@ -189,7 +189,7 @@ async def test_the_running_worker_survives_a_bug_and_stops_when_asked(
 
     moved(alerting, "5.0.0")
     sender = Flaky()
-    w = outbox.Worker(alerting, {"slack": sender}, config.Settings(), lease=0.05, poll=0.01)
+    w = outbox.Worker(alerting.outbox, {"slack": sender}, config.Settings(), lease=0.05, poll=0.01)
     stop = asyncio.Event()
     task = asyncio.create_task(w.run(stop))
     for _ in range(300):
@@ -199,16 +199,16 @@ async def test_the_running_worker_survives_a_bug_and_stops_when_asked(
     stop.set()
     await asyncio.wait_for(task, 5)
     assert len(sender.sent) == 1 and sender.calls == 2
-    assert alerting.pending_alerts() == 0
+    assert alerting.outbox.pending_alerts() == 0
 
 
 def test_the_lease_is_slack_lease_60s_unless_set(alerting: repo.Store) -> None:
     """How long an alert whose send was interrupted (the daemon died mid-send) waits before it is
     sent again: ``slack.lease``, 60 s by default; the crash tests shorten it."""
     assert config.from_mapping({}, env={}).slack.lease == 60.0
-    assert outbox.Worker(alerting, {}, config.Settings()).lease == 60.0
+    assert outbox.Worker(alerting.outbox, {}, config.Settings()).lease == 60.0
     short = config.from_mapping({"slack": {"webhook_url": "http://x", "lease": "2s"}}, env={})
-    assert outbox.Worker(alerting, {}, short).lease == 2.0
+    assert outbox.Worker(alerting.outbox, {}, short).lease == 2.0
     with pytest.raises(errors.ConfigError, match=r"slack\.lease.*at least 1s"):
         config.from_mapping({"slack": {"lease": "0.5s"}}, env={})
 
@@ -222,8 +222,10 @@ class SlowSender:
         self.left: list[float] = []
         self.sent: list[str] = []
 
-    def send(self, message: slack.Message, thread_id: str | None = None) -> str | None:
-        (row,) = [r for r in self.store.outbox_rows() if f"{REPO}:{r['tag']} " in message.text]
+    def send(self, message: render.Message, thread_id: str | None = None) -> str | None:
+        (row,) = [
+            r for r in self.store.outbox.outbox_rows() if f"{REPO}:{r['tag']} " in message.text
+        ]
         self.left.append((row["lease_until"] - self.time.now).total_seconds())
         self.sent.append(message.text)
         self.time.now += dt.timedelta(seconds=self.seconds)
@@ -236,7 +238,7 @@ async def test_a_send_never_starts_on_a_lease_nearly_over(alerting: repo.Store) 
     moved(alerting, "6.0.0", "6.1.0", "6.2.0")
     time = FakeTime()
     sender = SlowSender(alerting, time, seconds=25)
-    w = outbox.Worker(alerting, {"slack": sender}, config.Settings(), lease=60, clock=time)
+    w = outbox.Worker(alerting.outbox, {"slack": sender}, config.Settings(), lease=60, clock=time)
     assert await w.run_once() == 3  # claimed at once: 2 sent, then 10 s of the lease were left
     assert len(sender.sent) == 2
     time.now += dt.timedelta(seconds=10)  # its lease over, the third is claimed afresh
@@ -244,4 +246,4 @@ async def test_a_send_never_starts_on_a_lease_nearly_over(alerting: repo.Store) 
     assert len(sender.sent) == 3
     assert all(f"6.{i}.0" in "".join(sender.sent) for i in range(3))
     assert min(sender.left) >= outbox.SEND_MARGIN
-    assert alerting.pending_alerts() == 0
+    assert alerting.outbox.pending_alerts() == 0

@@ -32,7 +32,7 @@ class DiesAtDelivered:
     """The store of a worker that dies right after Slack took an alert: every call goes to the
     real store except the ``delivered`` commit, which never happens."""
 
-    def __init__(self, store: repo.Store) -> None:
+    def __init__(self, store: outbox.OutboxStore) -> None:
         self._store = store
 
     def __getattr__(self, name: str) -> Any:
@@ -61,7 +61,9 @@ def worker(
 async def crash(store: repo.Store, standin: SlackStandIn, time: FakeTime, channel: str) -> None:
     """Run a worker until it dies after Slack took an alert; then let its lease run out."""
     with pytest.raises(Killed):
-        await worker(DiesAtDelivered(store), standin, time, metrics.Metrics(), channel).run_once()
+        await worker(
+            DiesAtDelivered(store.outbox), standin, time, metrics.Metrics(), channel
+        ).run_once()
     time.now += dt.timedelta(seconds=LEASE + 1)
 
 
@@ -85,17 +87,17 @@ async def test_a_crash_after_slack_took_the_alert_does_not_send_it_again(
     last alert delivered, kept in the outbox: a restarted worker has it from there)."""
     time = FakeTime()
     first = queue(alerting, "1.0.0")
-    assert await worker(alerting, standin, time, metrics.Metrics(), channel).drain(60) == 0
+    assert await worker(alerting.outbox, standin, time, metrics.Metrics(), channel).drain(60) == 0
     second = queue(alerting, "1.1.0")
     await crash(alerting, standin, time, channel)
     assert sent(standin) == {first.id: 1, second.id: 1}
-    in_doubt = alerting.outbox_rows()[1]
+    in_doubt = alerting.outbox.outbox_rows()[1]
     assert in_doubt["status"] == "pending" and in_doubt["sent_at"] is not None
 
     m = metrics.Metrics()
-    assert await worker(alerting, standin, time, m, channel).drain(60) == 0
+    assert await worker(alerting.outbox, standin, time, m, channel).drain(60) == 0
     assert sent(standin) == {first.id: 1, second.id: 1}  # no second message
-    row = alerting.outbox_rows()[1]
+    row = alerting.outbox.outbox_rows()[1]
     assert row["status"] == "delivered"
     # the message found is the one Slack holds: its ts serves threads and chat.update
     assert (row["remote_id"], row["remote_channel"]) == (standin.posted[1]["ts"], CHANNEL_ID)
@@ -113,11 +115,13 @@ async def test_a_follow_up_cut_short_is_found_in_its_thread(
 ) -> None:
     time = FakeTime()
     moved = queue(alerting, "2.0.0")
-    assert await worker(alerting, standin, time, metrics.Metrics(), CHANNEL_ID).drain(60) == 0
+    assert (
+        await worker(alerting.outbox, standin, time, metrics.Metrics(), CHANNEL_ID).drain(60) == 0
+    )
     restored = queue(alerting, "2.0.0", K.RESTORED)
     await crash(alerting, standin, time, CHANNEL_ID)
     m = metrics.Metrics()
-    assert await worker(alerting, standin, time, m, CHANNEL_ID).drain(60) == 0
+    assert await worker(alerting.outbox, standin, time, m, CHANNEL_ID).drain(60) == 0
     assert sent(standin) == {moved.id: 1, restored.id: 1}
     assert standin.posted[1]["thread_ts"] == standin.posted[0]["ts"]
     (lookup,) = standin.lookups
@@ -138,11 +142,11 @@ async def test_without_the_history_scope_it_is_sent_again_once_warned_once_and_c
     standin.scopes.discard("channels:history")
     m = metrics.Metrics()
     with caplog.at_level(logging.INFO, logger="watchdog.alerts"):
-        assert await worker(alerting, standin, time, m, CHANNEL_ID).drain(60) == 0
+        assert await worker(alerting.outbox, standin, time, m, CHANNEL_ID).drain(60) == 0
     # both were looked for, neither lookup could tell: both sent again, b a second time
     assert len(standin.lookups) == 2
     assert sent(standin) == {a.id: 1, b.id: 2}
-    assert {r["status"] for r in alerting.outbox_rows()} == {"delivered"}
+    assert {r["status"] for r in alerting.outbox.outbox_rows()} == {"delivered"}
     assert count(m, "unverified") == 2 and count(m, "found") == 0
     failed = [r for r in caplog.records if "alert_lookup_failed" in r.getMessage()]
     assert len(failed) == 2
@@ -175,7 +179,7 @@ async def test_a_lookup_that_fails_sends_the_alert_again(
     standin.fail_next(answer, method="conversations.history")
     m = metrics.Metrics()
     with caplog.at_level(logging.WARNING, logger="watchdog.alerts"):
-        assert await worker(alerting, standin, time, m, CHANNEL_ID).drain(60) == 0
+        assert await worker(alerting.outbox, standin, time, m, CHANNEL_ID).drain(60) == 0
     assert sent(standin) == {a.id: 2}  # at-least-once: never lost for want of a lookup
     assert count(m, "unverified") == 1 and count(m, "retry") == 0
     assert f"reason={reason}" in caplog.text
@@ -190,6 +194,6 @@ async def test_a_send_slack_refused_outright_needs_no_lookup(
     a = queue(alerting, "5.0.0")
     standin.fail_next(Answer(429, "", (("Retry-After", "5"),)), method="chat.postMessage")
     m = metrics.Metrics()
-    assert await worker(alerting, standin, time, m, CHANNEL_ID).drain(60) == 0
+    assert await worker(alerting.outbox, standin, time, m, CHANNEL_ID).drain(60) == 0
     assert sent(standin) == {a.id: 1} and standin.lookups == []
     assert count(m, "delivered") == 1 and count(m, "retry") == 1

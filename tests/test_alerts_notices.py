@@ -27,7 +27,7 @@ async def _no_sleep(seconds: float) -> None:
 
 
 def notices(store: repo.Store) -> list[dict[str, str]]:
-    return [r["notice"] for r in store.outbox_rows() if r["notice"] is not None]
+    return [r["notice"] for r in store.outbox.outbox_rows() if r["notice"] is not None]
 
 
 async def test_one_alert_when_a_registry_stays_unreachable_and_one_when_it_is_back(

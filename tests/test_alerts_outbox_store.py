@@ -37,16 +37,16 @@ def test_alerted_events_get_one_outbox_row_per_channel_first_sight_none(
     alerting: repo.Store,
 ) -> None:
     events = alerting.apply_check(REPO, T0, [_change("1.0", K.FIRST_SEEN), _change("2.0", K.MOVED)])
-    rows = alerting.outbox_rows()
+    rows = alerting.outbox.outbox_rows()
     assert [(r["event_id"], r["channel"], r["status"]) for r in rows] == [
         (events[1].id, "slack", "pending")
     ]
     assert rows[0]["repository"] == REPO and rows[0]["tag"] == "2.0"
-    assert alerting.pending_alerts() == 1
+    assert alerting.outbox.pending_alerts() == 1
     # a store without channels queues nothing
     silent = repo.Store(alerting.engine)
     silent.apply_check(REPO, T0, [_change("3.0", K.MOVED)])
-    assert alerting.pending_alerts() == 1
+    assert alerting.outbox.pending_alerts() == 1
 
 
 def test_a_failure_mid_transaction_leaves_neither_event_nor_outbox_row(
@@ -74,17 +74,17 @@ def test_a_failure_mid_transaction_leaves_neither_event_nor_outbox_row(
 
 def test_claims_lease_rows_and_a_crashed_worker_s_lease_runs_out(alerting: repo.Store) -> None:
     (event,) = alerting.apply_check(REPO, T0, [_change("1.0", K.MOVED)])
-    (item,) = alerting.claim_alerts(T0, lease=60)
+    (item,) = alerting.outbox.claim_alerts(T0, lease=60)
     assert item.event == event and item.attempts == 1 and item.thread_id is None
     assert item.first_seen == T0
     # leased: nobody else gets it, not even a second worker
-    assert alerting.claim_alerts(T0 + dt.timedelta(seconds=30), lease=60) == []
+    assert alerting.outbox.claim_alerts(T0 + dt.timedelta(seconds=30), lease=60) == []
     # the worker died without a word: the lease runs out and the row is handed out again
-    (again,) = alerting.claim_alerts(T0 + dt.timedelta(seconds=61), lease=60)
+    (again,) = alerting.outbox.claim_alerts(T0 + dt.timedelta(seconds=61), lease=60)
     assert again.id == item.id and again.attempts == 2
-    alerting.mark_delivered(item.id, T0 + dt.timedelta(seconds=62), "1700000000.000001")
-    assert alerting.pending_alerts() == 0
-    assert alerting.claim_alerts(T0 + dt.timedelta(hours=1), lease=60) == []
+    alerting.outbox.mark_delivered(item.id, T0 + dt.timedelta(seconds=62), "1700000000.000001")
+    assert alerting.outbox.pending_alerts() == 0
+    assert alerting.outbox.claim_alerts(T0 + dt.timedelta(hours=1), lease=60) == []
 
 
 def test_follow_ups_wait_for_earlier_alerts_of_their_tag_and_go_into_its_thread(
@@ -94,28 +94,28 @@ def test_follow_ups_wait_for_earlier_alerts_of_their_tag_and_go_into_its_thread(
         REPO, T0, [_change("1.0", K.MOVED), _change("1.0", K.RESTORED)]
     )
     (other,) = alerting.apply_check(REPO, T0, [_change("2.0", K.DELETED)])
-    first = alerting.claim_alerts(T0, lease=60, limit=1)
+    first = alerting.outbox.claim_alerts(T0, lease=60, limit=1)
     assert [i.event.id for i in first if i.event] == [moved.id]
     # the move is out for delivery: the restore of the same tag waits, another tag does not
-    assert [i.event.id for i in alerting.claim_alerts(T0, lease=60) if i.event] == [other.id]
-    alerting.retry_alert(first[0].id, T0 + dt.timedelta(seconds=10), "HTTP 500")
-    assert alerting.claim_alerts(T0 + dt.timedelta(seconds=5), lease=60) == []
-    assert alerting.next_alert_due() is not None
-    (again,) = alerting.claim_alerts(T0 + dt.timedelta(seconds=10), lease=60)
+    assert [i.event.id for i in alerting.outbox.claim_alerts(T0, lease=60) if i.event] == [other.id]
+    alerting.outbox.retry_alert(first[0].id, T0 + dt.timedelta(seconds=10), "HTTP 500")
+    assert alerting.outbox.claim_alerts(T0 + dt.timedelta(seconds=5), lease=60) == []
+    assert alerting.outbox.next_alert_due() is not None
+    (again,) = alerting.outbox.claim_alerts(T0 + dt.timedelta(seconds=10), lease=60)
     assert again.id == first[0].id and again.attempts == 2
-    alerting.mark_delivered(again.id, T0, "1700000000.000042")
-    (follow_up,) = alerting.claim_alerts(T0 + dt.timedelta(seconds=11), lease=60)
+    alerting.outbox.mark_delivered(again.id, T0, "1700000000.000042")
+    (follow_up,) = alerting.outbox.claim_alerts(T0 + dt.timedelta(seconds=11), lease=60)
     assert follow_up.event is not None and follow_up.event.id == restored.id
     assert follow_up.thread_id == "1700000000.000042"
-    alerting.mark_failed(follow_up.id, T0, "invalid_auth")
-    rows = {r["event_id"]: r for r in alerting.outbox_rows()}
+    alerting.outbox.mark_failed(follow_up.id, T0, "invalid_auth")
+    rows = {r["event_id"]: r for r in alerting.outbox.outbox_rows()}
     assert rows[restored.id]["status"] == "failed"
     assert rows[restored.id]["last_error"] == "invalid_auth"
 
 
 def test_notices_are_queued_on_every_channel(alerting: repo.Store) -> None:
-    alerting.enqueue_notice({"kind": "registry_unreachable", "registry": "ghcr.io"}, T0)
-    (item,) = alerting.claim_alerts(T0, lease=60)
+    alerting.outbox.enqueue_notice({"kind": "registry_unreachable", "registry": "ghcr.io"}, T0)
+    (item,) = alerting.outbox.claim_alerts(T0, lease=60)
     assert item.event is None and item.notice == {
         "kind": "registry_unreachable",
         "registry": "ghcr.io",
@@ -126,32 +126,32 @@ def test_a_send_in_doubt_is_remembered_with_its_key_until_delivered(alerting: re
     """begin_send commits ``sent_at`` and the key before the send; a crash (the lease running
     out) hands the row out again with both, so the next worker looks before sending again."""
     (event,) = alerting.apply_check(REPO, T0, [_change("1.0", K.MOVED)])
-    (item,) = alerting.claim_alerts(T0, lease=60)
+    (item,) = alerting.outbox.claim_alerts(T0, lease=60)
     assert item.sent_at is None and item.send_key is None
-    alerting.begin_send(item.id, T0 + dt.timedelta(seconds=1), "k" * 32)
+    alerting.outbox.begin_send(item.id, T0 + dt.timedelta(seconds=1), "k" * 32)
     # the worker died after that: the row comes back with what the send carried
-    (again,) = alerting.claim_alerts(T0 + dt.timedelta(seconds=61), lease=60)
+    (again,) = alerting.outbox.claim_alerts(T0 + dt.timedelta(seconds=61), lease=60)
     assert again.id == item.id and again.event == event
     assert again.sent_at == T0 + dt.timedelta(seconds=1) and again.send_key == "k" * 32
     # a later send keeps the first key (it must find the first send too) and its own start
-    alerting.begin_send(again.id, T0 + dt.timedelta(seconds=62), "x" * 32)
-    alerting.retry_alert(again.id, T0 + dt.timedelta(seconds=70), "HTTP 503")
-    (third,) = alerting.claim_alerts(T0 + dt.timedelta(seconds=70), lease=60)
+    alerting.outbox.begin_send(again.id, T0 + dt.timedelta(seconds=62), "x" * 32)
+    alerting.outbox.retry_alert(again.id, T0 + dt.timedelta(seconds=70), "HTTP 503")
+    (third,) = alerting.outbox.claim_alerts(T0 + dt.timedelta(seconds=70), lease=60)
     assert third.sent_at == T0 + dt.timedelta(seconds=62) and third.send_key == "k" * 32
     # Slack said no outright (429) and nothing earlier was in doubt: no lookup next time
-    alerting.retry_alert(third.id, T0 + dt.timedelta(seconds=80), "HTTP 429", not_sent=True)
-    (fourth,) = alerting.claim_alerts(T0 + dt.timedelta(seconds=80), lease=60)
+    alerting.outbox.retry_alert(third.id, T0 + dt.timedelta(seconds=80), "HTTP 429", not_sent=True)
+    (fourth,) = alerting.outbox.claim_alerts(T0 + dt.timedelta(seconds=80), lease=60)
     assert fourth.sent_at is None and fourth.send_key == "k" * 32
-    assert alerting.last_remote_channel("slack") is None
-    alerting.mark_delivered(fourth.id, T0, "1700000000.000007", "C0123ABCD")
-    (row,) = alerting.outbox_rows()
+    assert alerting.outbox.last_remote_channel("slack") is None
+    alerting.outbox.mark_delivered(fourth.id, T0, "1700000000.000007", "C0123ABCD")
+    (row,) = alerting.outbox.outbox_rows()
     assert (row["status"], row["remote_id"], row["remote_channel"]) == (
         "delivered",
         "1700000000.000007",
         "C0123ABCD",
     )
-    assert alerting.last_remote_channel("slack") == "C0123ABCD"
-    assert alerting.last_remote_channel("email") is None
+    assert alerting.outbox.last_remote_channel("slack") == "C0123ABCD"
+    assert alerting.outbox.last_remote_channel("email") is None
     # nothing about a delivered row changes any more
-    alerting.begin_send(fourth.id, T0 + dt.timedelta(hours=1), "y" * 32)
-    assert alerting.outbox_rows()[0]["sent_at"] == row["sent_at"]
+    alerting.outbox.begin_send(fourth.id, T0 + dt.timedelta(hours=1), "y" * 32)
+    assert alerting.outbox.outbox_rows()[0]["sent_at"] == row["sent_at"]

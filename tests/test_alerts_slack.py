@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import pathlib
 from typing import Any
 
 import pytest
 
 from tests.support.slack_standin import CHANNEL_ID, TOKEN, Answer, SlackStandIn
 from watchdog import config, errors, models
-from watchdog.alerts import slack
+from watchdog.alerts import render, slack
 
 K = models.EventKind
 REPO = "ghcr.io/deephaven/server"
@@ -27,18 +28,18 @@ def event(kind: K, *, repository: str = REPO, tag: str = "0.15.0", **kw: Any) ->
     return models.Event(repository, tag, kind, AT, **fields)
 
 
-def everything(message: slack.Message) -> str:
+def everything(message: render.Message) -> str:
     """All text a person could read in a message (fallback and every block)."""
     return message.text + "\n" + json.dumps(message.blocks, ensure_ascii=False)
 
 
-def sections(message: slack.Message) -> list[str]:
+def sections(message: render.Message) -> list[str]:
     return [b["text"]["text"] for b in message.blocks if b["type"] == "section" and "text" in b]
 
 
 def test_a_move_says_what_happened_and_how_to_put_it_back() -> None:
     ev = event(K.MOVED, detail={"changed_platforms": ["linux/amd64", "linux/arm64/v8"]})
-    msg = slack.render_event(ev, slack.Context(on_move="alert", first_seen=FIRST))
+    msg = render.render_event(ev, render.Context(on_move="alert", first_seen=FIRST))
     text = everything(msg)
     assert msg.blocks[0] == {
         "type": "header",
@@ -57,7 +58,7 @@ def test_a_move_says_what_happened_and_how_to_put_it_back() -> None:
     assert msg.text.startswith(f"tag-watchdog: {REPO}:0.15.0 moved")
     assert models.short_digest(OLD) in msg.text and models.short_digest(NEW) in msg.text
     assert f"tag-watchdog restore {REPO}:0.15.0" in msg.text
-    restoring = slack.render_event(ev, slack.Context(on_move="restore"))
+    restoring = render.render_event(ev, render.Context(on_move="restore"))
     assert "restoring the recorded digest" in everything(restoring)
 
 
@@ -95,7 +96,9 @@ def test_a_move_says_what_happened_and_how_to_put_it_back() -> None:
 def test_every_event_kind_has_its_message(
     kind: K, kw: dict[str, Any], expected: list[str], manual: bool
 ) -> None:
-    msg = slack.render_event(event(kind, **kw), slack.Context(on_move="restore", first_seen=FIRST))
+    msg = render.render_event(
+        event(kind, **kw), render.Context(on_move="restore", first_seen=FIRST)
+    )
     text = everything(msg)
     for needle in expected:
         assert needle in text, needle
@@ -106,7 +109,7 @@ def test_every_event_kind_has_its_message(
 
 
 def test_registry_notices_one_down_one_recovered() -> None:
-    down = slack.render_notice(
+    down = render.render_notice(
         {
             "kind": "registry_unreachable",
             "registry": "ghcr.io",
@@ -116,7 +119,7 @@ def test_registry_notices_one_down_one_recovered() -> None:
     )
     assert "Registry unreachable: ghcr.io" in everything(down)
     assert "connection refused" in down.text and "since 2026-11-28 09:00:00 UTC" in down.text
-    up = slack.render_notice(
+    up = render.render_notice(
         {"kind": "registry_recovered", "registry": "ghcr.io", "down_for": "12m"}
     )
     assert "reachable again" in up.text and "12m" in everything(up)
@@ -130,7 +133,7 @@ def test_hostile_values_are_escaped_everywhere_and_nothing_else_is() -> None:
         actor="<@U123> & friends",
         detail={"reason": hostile, "changed_platforms": ["linux/<!here>"]},
     )
-    msg = slack.render_event(ev)
+    msg = render.render_event(ev)
     for block in msg.blocks:
         if block["type"] == "header":
             continue  # plain_text: Slack never parses it
@@ -141,8 +144,8 @@ def test_hostile_values_are_escaped_everywhere_and_nothing_else_is() -> None:
     assert "&lt;!channel&gt; &amp; &lt;https://evil.example|click&gt; &gt;" in text
     assert "&lt;@U123&gt; &amp; friends" in text
     assert "<!channel>" not in msg.text and "&amp;co" in msg.text
-    assert slack.escape("a*b_c~`d") == "a*b_c~`d"  # only &, <, > are Slack's to escape
-    notice = slack.render_notice(
+    assert render.escape("a*b_c~`d") == "a*b_c~`d"  # only &, <, > are Slack's to escape
+    notice = render.render_notice(
         {"kind": "registry_unreachable", "registry": "r", "error": hostile}
     )
     assert "<!channel>" not in everything(notice)
@@ -153,32 +156,32 @@ def test_a_move_shows_both_images_created_time_and_labels_escaped() -> None:
         "old": {"created": "2024-01-01T00:00:00Z", "revision": "abc123", "source": "https://x/a"},
         "new": {"revision": "<!channel> & `rm`", "source": "https://x/b"},
     }
-    msg = slack.render_event(event(K.MOVED, detail={"images": images}))
+    msg = render.render_event(event(K.MOVED, detail={"images": images}))
     block = next(s for s in sections(msg) if "Old image" in s)
     assert (
         "*Old image:* created `2024-01-01T00:00:00Z`, revision `abc123`, source `https://x/a`"
         in block
     )
     assert "*New image:* revision `&lt;!channel&gt; &amp; 'rm'`, source `https://x/b`" in block
-    assert "Old image" not in everything(slack.render_event(event(K.MOVED)))
+    assert "Old image" not in everything(render.render_event(event(K.MOVED)))
 
 
 def test_block_kit_limits_hold_for_huge_values() -> None:
     platforms = [f"linux/arch{i}" + "&" * 50 for i in range(400)]
     ev = event(K.MOVED, detail={"changed_platforms": platforms}, actor="x" * 10_000)
-    msg = slack.render_event(ev)
-    assert len(msg.blocks) <= slack.MAX_BLOCKS
+    msg = render.render_event(ev)
+    assert len(msg.blocks) <= render.MAX_BLOCKS
     for block in msg.blocks:
         if block["type"] == "section" and "text" in block:
             text = block["text"]["text"]
-            assert len(text) <= slack.MAX_SECTION
+            assert len(text) <= render.MAX_SECTION
             assert text.count("```") % 2 == 0
             tail = text[text.rfind("&") :] if "&" in text else ""
             assert not tail or ";" in tail  # no half an entity
         if block["type"] == "header":
-            assert len(block["text"]["text"]) <= slack.MAX_HEADER
+            assert len(block["text"]["text"]) <= render.MAX_HEADER
     long_code = "```" + "&amp;" * 1000 + "```"
-    cut = slack.truncate_mrkdwn(long_code, 100)
+    cut = render.truncate_mrkdwn(long_code, 100)
     assert len(cut) <= 100 and cut.endswith("```") and "&am…" not in cut
 
 
@@ -196,11 +199,11 @@ def hook(standin: SlackStandIn) -> slack.WebhookSender:
 def test_webhook_and_bot_deliver_blocks_and_fallback_and_bot_threads(
     standin: SlackStandIn,
 ) -> None:
-    msg = slack.render_event(event(K.MOVED), slack.Context(first_seen=FIRST))
+    msg = render.render_event(event(K.MOVED), render.Context(first_seen=FIRST))
     assert hook(standin).send(msg) is None  # webhooks cannot thread
     ts = bot(standin).send(msg)
     assert ts is not None and ts == standin.posted[0]["ts"]
-    bot(standin).send(slack.render_event(event(K.RESTORED)), thread_id=ts)
+    bot(standin).send(render.render_event(event(K.RESTORED)), thread_id=ts)
     webhook_body, first, follow_up = standin.messages()
     assert webhook_body["text"] == msg.text and webhook_body["blocks"] == msg.blocks
     assert first["channel"] == "#releases" and first["blocks"] == msg.blocks
@@ -215,7 +218,7 @@ def test_slack_answers_become_temporary_or_permanent_errors_without_secrets(
     standin: SlackStandIn, mode: str
 ) -> None:
     sender = hook(standin) if mode == "webhook" else bot(standin)
-    msg = slack.render_test()
+    msg = render.render_test()
     cases = [
         (Answer(500, "oops"), True, None),
         (Answer(503, {"ok": False, "error": "service_unavailable"}), True, None),
@@ -249,16 +252,16 @@ def test_bot_alerts_carry_metadata_and_are_found_again_by_it(
     sender = bot(standin)
     assert sender.channel_id is None  # "#releases" is a name: unknown until Slack answers
     since = dt.datetime.fromtimestamp(standin.clock(), dt.UTC) - dt.timedelta(seconds=1)
-    head = sender.post(slack.render_test(), None, slack.alert_metadata(1, 11, "a" * 32))
+    head = sender.post(render.render_test(), None, slack.alert_metadata(1, 11, "a" * 32))
     assert head.channel == CHANNEL_ID and sender.channel_id == CHANNEL_ID and head.ts
     (sent,) = standin.messages()
     assert sent["metadata"] == {
         "event_type": "tag_watchdog_alert",
         "event_payload": {"outbox_id": 1, "event_id": 11, "send_key": "a" * 32},
     }
-    reply = sender.post(slack.render_test(), head.ts, slack.alert_metadata(2, 12, "b" * 32))
+    reply = sender.post(render.render_test(), head.ts, slack.alert_metadata(2, 12, "b" * 32))
     for i in range(7):  # later traffic in the channel, some of it with metadata of its own
-        sender.post(slack.render_test(), None, slack.alert_metadata(10 + i, None, f"{i:032d}"))
+        sender.post(render.render_test(), None, slack.alert_metadata(10 + i, None, f"{i:032d}"))
     standin.max_page = 3  # Slack caps some apps' pages (at 15): the lookup pages on
     assert sender.find(CHANNEL_ID, "a" * 32, since) == head
     history = [r for r in standin.lookups if r.path == "/api/conversations.history"]
@@ -294,7 +297,7 @@ def test_a_lookup_without_the_history_scope_names_the_missing_scope(
     assert "missing_scope (needed: channels:history)" in str(caught.value)
     assert TOKEN not in str(caught.value)
     # posting needs chat:write only: it still works
-    assert sender.post(slack.render_test()).ts
+    assert sender.post(render.render_test()).ts
     standin.fail_next(Answer(429, "", (("Retry-After", "3"),)), method="conversations.history")
     standin.scopes.add("channels:history")
     with pytest.raises(errors.AlertError) as limited:
@@ -304,7 +307,7 @@ def test_a_lookup_without_the_history_scope_names_the_missing_scope(
 
 def test_a_wrong_token_is_a_permanent_invalid_auth(standin: SlackStandIn) -> None:
     with pytest.raises(errors.AlertError) as caught:
-        bot(standin, token="xoxb-wrong").send(slack.render_test())
+        bot(standin, token="xoxb-wrong").send(render.render_test())
     assert not caught.value.temporary and "invalid_auth" in str(caught.value)
     assert "xoxb-wrong" not in str(caught.value)
 
@@ -317,7 +320,7 @@ def test_retry_after_may_be_an_http_date() -> None:
 
 def test_a_second_move_points_back_at_the_record_not_the_first_intruder() -> None:
     third = "sha256:" + "ab" * 32
-    msg = slack.render_event(
+    msg = render.render_event(
         event(K.MOVED, old_digest=NEW, new_digest=third, detail={"recorded_digest": OLD})
     )
     text = msg.text + json.dumps(msg.blocks)
@@ -327,7 +330,64 @@ def test_a_second_move_points_back_at_the_record_not_the_first_intruder() -> Non
 
 def test_restore_messages_name_the_digest_put_back() -> None:
     # a restore's event goes from the overwritten digest (old) to the recorded one (new)
-    failed = slack.render_event(event(K.RESTORE_FAILED, old_digest=NEW, new_digest=OLD))
+    failed = render.render_event(event(K.RESTORE_FAILED, old_digest=NEW, new_digest=OLD))
     assert f"crane tag {REPO}@{OLD} 0.15.0" in failed.text + json.dumps(failed.blocks)
-    restored = slack.render_event(event(K.RESTORED, old_digest=NEW, new_digest=OLD))
+    restored = render.render_event(event(K.RESTORED, old_digest=NEW, new_digest=OLD))
     assert restored.text.endswith(models.short_digest(OLD))
+
+
+# --- golden messages -----------------------------------------------------------------------------
+
+GOLDEN = pathlib.Path(__file__).parent / "data" / "slack_messages.json"
+
+
+def golden_messages() -> dict[str, dict[str, Any]]:
+    """Every event kind in two contexts (alert with buttons and every detail; restore, bare),
+    an outcome, each notice and the test message, as sent: text and blocks."""
+    rich = {
+        "changed_platforms": ["linux/amd64", "linux/arm64/v8"],
+        "images": {
+            "old": {"created": "2024-01-01T00:00:00Z", "revision": "abc123"},
+            "new": {"revision": "def456", "source": "https://example.invalid/src"},
+        },
+        "recorded_digest": OLD,
+        "reason": "layer blob sha256:abc is gone",
+    }
+    alert = render.Context(on_move="alert", first_seen=FIRST, buttons=True)
+    restore = render.Context(on_move="restore")
+    messages: dict[str, render.Message] = {}
+    for kind in K:
+        messages[f"{kind.value}/alert"] = render.render_event(
+            event(kind, detail=rich, actor="slack:U0123ABCD (alice)"), alert
+        )
+        messages[f"{kind.value}/restore"] = render.render_event(
+            event(kind, old_digest=None, id=None, actor="watchdog"), restore
+        )
+    messages["outcome"] = render.render_outcome(
+        event(K.MOVED, detail=rich), "*Restored* by <@U0123ABCD>.", alert
+    )
+    notices: list[dict[str, Any]] = [
+        {"kind": "registry_unreachable", "registry": "ghcr.io", "since": "09:00", "error": "x"},
+        {"kind": "registry_recovered", "registry": "ghcr.io", "down_for": "12m"},
+        {"kind": "something_else", "text": "free text & more"},
+    ]
+    for notice in notices:
+        messages[f"notice/{notice['kind']}"] = render.render_notice(notice)
+    messages["test"] = render.render_test()
+    return {name: {"text": m.text, "blocks": m.blocks} for name, m in messages.items()}
+
+
+def write_golden() -> None:
+    """Rewrite the golden file from the rendering as it is (after a deliberate change of text):
+    ``python -c "from tests import test_alerts_slack as t; t.write_golden()"``."""
+    text = json.dumps(golden_messages(), indent=1, ensure_ascii=False, sort_keys=True)
+    GOLDEN.write_text(text + "\n", encoding="utf-8")
+
+
+def test_every_message_is_byte_for_byte_the_golden_one() -> None:
+    expected = json.loads(GOLDEN.read_text(encoding="utf-8"))
+    actual = golden_messages()
+    assert sorted(actual) == sorted(expected)
+    assert len(actual) == 2 * len(K) + 5
+    for name, message in actual.items():
+        assert message == expected[name], name

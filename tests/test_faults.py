@@ -342,7 +342,7 @@ async def test_no_false_events_under_fault(
         if fault.errors:
             assert not result.ok, f"a check under {fault.id} passed as ok"
     under_fault_errors = errors_counted(checker, proxy.host) - errors_before
-    alerts_under_fault = len(store.outbox_rows())
+    alerts_under_fault = len(store.outbox.outbox_rows())
     after_fault = {t.tag: t for t in store.all_tags(name)}
     status = {w.repository: w for w in store.watch_status()}[name]
     logged = [r for r in caplog.records if r.levelno >= logging.WARNING]
@@ -361,7 +361,7 @@ async def test_no_false_events_under_fault(
         false_events += len(extra)
         assert keys[0][1] is K.FIRST_SEEN, (tag, keys)
     # one alert per true event, never two for the same event
-    alerted = [(row["tag"], row["event_id"]) for row in store.outbox_rows()]
+    alerted = [(row["tag"], row["event_id"]) for row in store.outbox.outbox_rows()]
     duplicate_alerts = len(alerted) - len(set(alerted))
     lost_alerts = len(truth) - len(set(alerted))
 

@@ -28,7 +28,7 @@ from tests.support.cli import http_status, start_daemon, wait_for
 from tests.support.registry import free_port
 from tests.support.slack_standin import TOKEN, SlackStandIn
 from watchdog import config, errors, models, restore, slack_actions
-from watchdog.alerts import slack
+from watchdog.alerts import render
 from watchdog.registry import media
 
 SIGNING_SECRET = "signing-secret-for-tests-0123456789"
@@ -108,9 +108,9 @@ def moved_event(**kw: Any) -> models.Event:
 
 
 def test_a_move_alert_carries_restore_and_accept_buttons_in_bot_mode() -> None:
-    message = slack.render_event(moved_event(), slack.Context(on_move="alert", buttons=True))
+    message = render.render_event(moved_event(), render.Context(on_move="alert", buttons=True))
     buttons = buttons_of({"blocks": message.blocks})
-    restore_b, accept_b = buttons[slack.ACTION_RESTORE], buttons[slack.ACTION_ACCEPT]
+    restore_b, accept_b = buttons[render.ACTION_RESTORE], buttons[render.ACTION_ACCEPT]
     assert restore_b["text"]["text"] == f"Restore 0.15.0 to {models.short_digest(OLD)}"
     assert json.loads(restore_b["value"]) == {
         "event": 42,
@@ -146,7 +146,7 @@ def test_a_move_alert_carries_restore_and_accept_buttons_in_bot_mode() -> None:
 def test_which_events_get_which_buttons(
     event: models.Event, on_move: str, expected: set[str]
 ) -> None:
-    message = slack.render_event(event, slack.Context(on_move=on_move, buttons=True))
+    message = render.render_event(event, render.Context(on_move=on_move, buttons=True))
     assert {k.rsplit(".", 1)[1] for k in buttons_of({"blocks": message.blocks})} == expected
 
 
@@ -160,16 +160,16 @@ def test_no_buttons_without_the_signing_secret_or_in_webhook_mode() -> None:
         bot, signing_secret=config.Secret(SIGNING_SECRET), allowed_users=(ALLOWED,)
     )
     for settings, has in [(bot, False), (webhook, False), (full, True)]:
-        message = slack.render_item(item, config.Settings(slack=settings))
+        message = render.render_item(item, config.Settings(slack=settings))
         assert bool(buttons_of({"blocks": message.blocks})) is has, settings
 
 
 def test_an_action_by_a_slack_user_is_shown_as_a_mention() -> None:
     event = moved_event(kind=models.EventKind.RESTORED, actor=f"slack:{ALLOWED} (alice)")
-    texts = json.dumps(slack.render_event(event).blocks)
+    texts = json.dumps(render.render_event(event).blocks)
     assert f"by <@{ALLOWED}> (alice)" in texts
     forged = moved_event(kind=models.EventKind.RESTORED, actor="slack:<!channel> (x)")
-    assert "<!channel>" not in json.dumps(slack.render_event(forged).blocks)
+    assert "<!channel>" not in json.dumps(render.render_event(forged).blocks)
 
 
 @pytest.mark.parametrize(
@@ -260,8 +260,10 @@ def test_a_full_replay_memory_refuses_rather_than_forgets(monkeypatch: pytest.Mo
 
 def test_a_long_tag_is_cut_in_the_restore_label_never_the_digest() -> None:
     tag = "1.2.3-" + "x" * 120  # tags may be 128 characters
-    message = slack.render_event(moved_event(tag=tag), slack.Context(on_move="alert", buttons=True))
-    label = buttons_of({"blocks": message.blocks})[slack.ACTION_RESTORE]["text"]["text"]
+    message = render.render_event(
+        moved_event(tag=tag), render.Context(on_move="alert", buttons=True)
+    )
+    label = buttons_of({"blocks": message.blocks})[render.ACTION_RESTORE]["text"]["text"]
     assert len(label) <= 75
     assert label.startswith("Restore 1.2.3-x") and "…" in label
     assert label.endswith(f" to {models.short_digest(OLD)}")
@@ -269,8 +271,8 @@ def test_a_long_tag_is_cut_in_the_restore_label_never_the_digest() -> None:
 
 def test_parse_tap() -> None:
     button = {
-        "action_id": slack.ACTION_RESTORE,
-        "value": slack.button_value(moved_event(), OLD),
+        "action_id": render.ACTION_RESTORE,
+        "value": render.button_value(moved_event(), OLD),
     }
     tap = slack_actions.parse_tap(tap_body(button, name="al<!here>ice"))
     assert tap.ref.name == "ghcr.io/deephaven/server" and tap.ref.tag == "0.15.0"
@@ -290,19 +292,19 @@ def test_parse_tap() -> None:
             "unknown action",
         ),
         (
-            tap_body({"action_id": slack.ACTION_ACCEPT, "value": '{"ref": "x", "digest": "y"}'}),
+            tap_body({"action_id": render.ACTION_ACCEPT, "value": '{"ref": "x", "digest": "y"}'}),
             "not one of ours",
         ),
         (
             tap_body(
                 {
-                    "action_id": slack.ACTION_ACCEPT,
+                    "action_id": render.ACTION_ACCEPT,
                     "value": json.dumps({"ref": "a/b:1", "digest": "sha256:1"}),
                 }
             ),
             "not one of ours",
         ),
-        (tap_body({"action_id": slack.ACTION_ACCEPT, "value": "{}"}, user=""), "no Slack user"),
+        (tap_body({"action_id": render.ACTION_ACCEPT, "value": "{}"}, user=""), "no Slack user"),
     ],
 )
 def test_parse_tap_refuses_what_is_not_our_button(body: bytes, fragment: str) -> None:
@@ -347,7 +349,7 @@ def test_one_tap_restore_and_accept_on_a_real_daemon(
         def alert_about(digest: str) -> dict[str, Any] | None:
             for m in standin.messages():
                 if buttons_of(m) and json.dumps(m).count(digest):
-                    b = buttons_of(m).get(slack.ACTION_ACCEPT)
+                    b = buttons_of(m).get(render.ACTION_ACCEPT)
                     if b and json.loads(b["value"])["digest"] == digest:
                         return m
             return None
@@ -357,7 +359,7 @@ def test_one_tap_restore_and_accept_on_a_real_daemon(
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as c:
                 rebuilt = pusher.index(repo, "0.15.0", seed="rebuilt")
                 alert = wait_for(lambda: alert_about(rebuilt.digest), what="the move alert")
-                restore_b = buttons_of(alert)[slack.ACTION_RESTORE]
+                restore_b = buttons_of(alert)[render.ACTION_RESTORE]
                 assert json.loads(restore_b["value"])["digest"] == release.digest
 
                 # Refused, each of them, and nothing changes.
@@ -389,7 +391,7 @@ def test_one_tap_restore_and_accept_on_a_real_daemon(
                 progress, update = (u.body for u in standin.updates)
                 assert "Restoring, tapped by" in json.dumps(progress)
                 # the buttons stay while it runs: should it never finish, nothing is lost
-                assert set(buttons_of(progress)) == {slack.ACTION_RESTORE, slack.ACTION_ACCEPT}
+                assert set(buttons_of(progress)) == {render.ACTION_RESTORE, render.ACTION_ACCEPT}
                 assert answers() == release.digest
                 restored = [e for e in history() if e["kind"] == "restored"]
                 assert len(restored) == 1
@@ -426,13 +428,13 @@ def test_one_tap_restore_and_accept_on_a_real_daemon(
                 # longer what the tag answers), the new alert's Accept records it.
                 deliberate = pusher.index(repo, "0.15.0", seed="deliberate")
                 second = wait_for(lambda: alert_about(deliberate.digest), what="the second alert")
-                old_accept = tap_body(buttons_of(alert)[slack.ACTION_ACCEPT])
+                old_accept = tap_body(buttons_of(alert)[render.ACTION_ACCEPT])
                 c.post("/slack/actions", content=old_accept, headers=signed_headers(old_accept))
                 wait_for(lambda: len(standin.updates) == 3, what="the refusal update")
                 assert "nothing was done" in json.dumps(standin.updates[2].body)
                 assert "accepted" not in {e["kind"] for e in history()}
 
-                accept = tap_body(buttons_of(second)[slack.ACTION_ACCEPT], message_ts="17.2")
+                accept = tap_body(buttons_of(second)[render.ACTION_ACCEPT], message_ts="17.2")
                 c.post("/slack/actions", content=accept, headers=signed_headers(accept))
                 wait_for(lambda: len(standin.updates) == 4, what="the accept update")
                 assert "*Accepted* by" in json.dumps(standin.updates[3].body)

@@ -25,7 +25,7 @@ from tests.support.cli import http_status, run, start_daemon, wait_for
 from tests.support.registry import free_port
 from tests.support.slack_standin import TOKEN, SlackStandIn
 from tests.test_slack_actions import ALLOWED, SIGNING_SECRET, buttons_of, signed_headers, tap_body
-from watchdog.alerts import slack
+from watchdog.alerts import render
 
 TAGS = ("1.0.0", "2.0.0")
 ENV = {"SLACK_TOKEN": TOKEN, "SIGNING": SIGNING_SECRET}
@@ -112,7 +112,7 @@ def setup(
             def restore_buttons() -> dict[str, dict[str, Any]]:
                 found = {}
                 for m in standin.messages():
-                    b = buttons_of(m).get(slack.ACTION_RESTORE)
+                    b = buttons_of(m).get(render.ACTION_RESTORE)
                     if b:
                         found[json.loads(b["value"])["ref"].rsplit(":", 1)[1]] = b
                 return found if set(found) == set(TAGS) else {}

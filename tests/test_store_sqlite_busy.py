@@ -112,11 +112,11 @@ def _change(kind: models.EventKind, digest: str, old: str | None = None) -> mode
 def _seed(store: repo.Store) -> None:
     """A baseline and one queued alert (a notice), so every write below has something to do."""
     store.apply_check(REPO, T0, [_change(models.EventKind.FIRST_SEEN, DIGEST_A)])
-    store.enqueue_notice({"kind": "registry_unreachable", "registry": "127.0.0.1:5000"}, T0)
+    store.outbox.enqueue_notice({"kind": "registry_unreachable", "registry": "127.0.0.1:5000"}, T0)
 
 
 def _outbox_id(store: repo.Store) -> int:
-    return int(store.outbox_rows()[0]["id"])
+    return int(store.outbox.outbox_rows()[0]["id"])
 
 
 # Every public write of the store. Several read before they write (claim_alerts first of all):
@@ -129,11 +129,11 @@ WRITES: dict[str, Callable[[repo.Store], object]] = {
         REPO, T0, [_change(models.EventKind.MOVED, DIGEST_B, DIGEST_A)]
     ),
     "record_watch_error": lambda s: s.record_watch_error(REPO, T0, "registry down"),
-    "enqueue_notice": lambda s: s.enqueue_notice({"kind": "registry_recovered"}, T0),
-    "claim_alerts": lambda s: s.claim_alerts(T0 + dt.timedelta(hours=1), lease=60),
-    "mark_delivered": lambda s: s.mark_delivered(_outbox_id(s), T0, "1.2"),
-    "mark_failed": lambda s: s.mark_failed(_outbox_id(s), T0, "refused"),
-    "retry_alert": lambda s: s.retry_alert(_outbox_id(s), T0, "503"),
+    "enqueue_notice": lambda s: s.outbox.enqueue_notice({"kind": "registry_recovered"}, T0),
+    "claim_alerts": lambda s: s.outbox.claim_alerts(T0 + dt.timedelta(hours=1), lease=60),
+    "mark_delivered": lambda s: s.outbox.mark_delivered(_outbox_id(s), T0, "1.2"),
+    "mark_failed": lambda s: s.outbox.mark_failed(_outbox_id(s), T0, "refused"),
+    "retry_alert": lambda s: s.outbox.retry_alert(_outbox_id(s), T0, "503"),
 }
 
 
@@ -210,7 +210,7 @@ def test_reads_go_on_while_another_process_holds_the_write_lock(
         store.ping()
         assert set(store.load_tags(REPO)) == {"1.0.0"}
         assert [e.kind for e in store.history(REPO, "1.0.0")] == [models.EventKind.FIRST_SEEN]
-        assert store.pending_alerts() == 1
+        assert store.outbox.pending_alerts() == 1
         assert time.monotonic() - started < 0.3
 
 
@@ -246,19 +246,19 @@ async def test_a_delivery_is_recorded_after_a_lock_longer_than_the_budget_and_no
     try:
         _seed(store)
         sender = _LockingSender(db_file, 1.5)
-        worker = outbox.Worker(store, {"slack": sender}, config.Settings(), lease=60)
+        worker = outbox.Worker(store.outbox, {"slack": sender}, config.Settings(), lease=60)
         started = time.monotonic()
         assert await worker.run_once() == 1
         waited = time.monotonic() - started
         for holder in sender.holders:
             holder.__exit__()
         assert waited >= 1.2  # it outlasted the hold rather than giving up after 0.2 s
-        assert store.pending_alerts() == 0
-        [row] = store.outbox_rows()
+        assert store.outbox.pending_alerts() == 0
+        [row] = store.outbox.outbox_rows()
         assert (row["status"], row["remote_id"]) == ("delivered", "1.1")
         # the lease running out sends nothing again
         later = outbox.Worker(
-            store,
+            store.outbox,
             {"slack": sender},
             config.Settings(),
             lease=60,

@@ -283,7 +283,7 @@ def _scan(args: argparse.Namespace) -> int:
         finally:
             await clients.aclose()
         # Deliver what this scan queued (and anything left over), for a bounded time.
-        worker = outbox.Worker(store, outbox.senders(settings), settings)
+        worker = outbox.Worker(store.outbox, outbox.senders(settings), settings)
         try:
             undelivered = await worker.drain(SCAN_ALERT_SECONDS)
         except errors.StoreError as exc:

@@ -121,7 +121,7 @@ class Daemon:
             await asyncio.to_thread(db.ensure_schema, engine, migrate_empty=True)
             self.store = store_repo.Store(engine, channels=outbox.channel_names(self.settings))
             self.alerts = outbox.Worker(
-                self.store,
+                self.store.outbox,
                 outbox.senders(self.settings),
                 self.settings,
                 observer=self.metrics,

@@ -247,7 +247,7 @@ class Checker:
             return
         log.warning("%s registry=%s", notice["kind"], host)
         try:
-            await asyncio.to_thread(self.store.enqueue_notice, notice, now)
+            await asyncio.to_thread(self.store.outbox.enqueue_notice, notice, now)
         except errors.StoreError as exc:
             log.warning("notice_not_queued registry=%s error=%r", host, str(exc))
             if outage is not None and notice["kind"] == "registry_unreachable":

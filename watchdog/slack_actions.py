@@ -37,7 +37,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from watchdog import api, config, errors, models, restore
-from watchdog.alerts import slack
+from watchdog.alerts import render, slack
 from watchdog.store import repo as store_repo
 
 log = logging.getLogger("watchdog.slack_actions")
@@ -68,7 +68,7 @@ class Observer(Protocol):
 class Tap:
     """One button press, as Slack reported it (after the signature was checked)."""
 
-    action: str  # slack.ACTION_RESTORE | slack.ACTION_ACCEPT
+    action: str  # render.ACTION_RESTORE | render.ACTION_ACCEPT
     user: str  # Slack user id
     user_name: str  # Slack user name ("" when not given), for the record only
     ref: models.ImageRef
@@ -83,7 +83,7 @@ class Tap:
 
     @property
     def verb(self) -> str:
-        return "restore" if self.action == slack.ACTION_RESTORE else "accept"
+        return "restore" if self.action == render.ACTION_RESTORE else "accept"
 
 
 def check_signature(
@@ -156,7 +156,7 @@ def parse_tap(body: bytes) -> Tap:
     actions = doc.get("actions")
     action = _dict(actions[0]) if isinstance(actions, list) and actions else {}
     action_id = action.get("action_id")
-    if action_id not in (slack.ACTION_RESTORE, slack.ACTION_ACCEPT):
+    if action_id not in (render.ACTION_RESTORE, render.ACTION_ACCEPT):
         raise errors.UsageError(f"unknown action {str(action_id)[:60]!r}")
     try:
         value = json.loads(str(action.get("value") or ""))
@@ -230,13 +230,13 @@ class Responder:
         try:
             result = await self._precheck(tap)
             if result is None:
-                if tap.action == slack.ACTION_RESTORE:
+                if tap.action == render.ACTION_RESTORE:
                     # a restore can take a while: say so at once (the buttons stay, so nothing is
                     # lost if this never finishes; a second tap meanwhile is refused as busy)
                     progress = await self._report(
                         tap,
                         f":hourglass_flowing_sand: Restoring, tapped by "
-                        f"{slack.actor_mrkdwn(tap.actor)}…",
+                        f"{render.actor_mrkdwn(tap.actor)}…",
                         progress=True,
                     )
                 try:
@@ -275,8 +275,8 @@ class Responder:
     async def _precheck(self, tap: Tap) -> _Result | None:
         """The answer when ``tap`` must not (or need not) act; None when it may."""
         assert tap.ref.tag is not None
-        ref_text = slack.escape(f"{tap.ref.name}:{tap.ref.tag}")
-        who = slack.actor_mrkdwn(tap.actor)
+        ref_text = render.escape(f"{tap.ref.name}:{tap.ref.tag}")
+        who = render.actor_mrkdwn(tap.actor)
         try:
             record = await asyncio.to_thread(self.store.get_tag, tap.ref.name, tap.ref.tag)
         except errors.StoreError as exc:
@@ -291,14 +291,14 @@ class Responder:
         if settled and record.current_digest == tap.digest:
             # done already (this tap's twin, a replay after a restart, or someone else): the
             # message keeps the outcome it shows
-            what = "restored" if tap.action == slack.ACTION_RESTORE else "accepted"
+            what = "restored" if tap.action == render.ACTION_RESTORE else "accepted"
             return _Result(
                 "already",
                 f"`{ref_text}` already answers `{models.short_digest(tap.digest)}` as its recorded "
                 f"digest: nothing to do (already {what}).",
                 update=False,
             )
-        if tap.action == slack.ACTION_RESTORE and record.recorded_digest != tap.digest:
+        if tap.action == render.ACTION_RESTORE and record.recorded_digest != tap.digest:
             return _Result(
                 "refused",
                 f":warning: {who} tapped Restore, but the record of `{ref_text}` changed since "
@@ -310,11 +310,11 @@ class Responder:
 
     async def _act(self, tap: Tap) -> _Result:
         assert tap.ref.tag is not None
-        ref_text = slack.escape(f"{tap.ref.name}:{tap.ref.tag}")
-        who = slack.actor_mrkdwn(tap.actor)
+        ref_text = render.escape(f"{tap.ref.name}:{tap.ref.tag}")
+        who = render.actor_mrkdwn(tap.actor)
         short = models.short_digest(tap.digest)
         try:
-            if tap.action == slack.ACTION_RESTORE:
+            if tap.action == render.ACTION_RESTORE:
                 done = await self.actions.restore(
                     tap.ref, tap.digest, False, tap.actor, still_recorded=True
                 )
@@ -329,7 +329,7 @@ class Responder:
                 return _Result(
                     "failed",
                     f":x: {who} tapped Restore and it *failed*: "
-                    f"{slack.escape(done.reason or 'unknown reason')}. The tag was left as it was.",
+                    f"{render.escape(done.reason or 'unknown reason')}. The tag was left as it was.",
                     update=True,
                 )
             await self.actions.accept(tap.ref, "accepted from Slack", tap.actor, tap.digest)
@@ -341,10 +341,10 @@ class Responder:
             )
         except restore.AlreadyDone as exc:
             # someone was quicker (an accept, a restore, a check): the message keeps its outcome
-            return _Result("already", f"Nothing to do: {slack.escape(str(exc))}.", update=False)
+            return _Result("already", f"Nothing to do: {render.escape(str(exc))}.", update=False)
         except errors.UsageError as exc:
             return _Result(
-                "refused", f":warning: {who}: nothing was done: {slack.escape(str(exc))}", True
+                "refused", f":warning: {who}: nothing was done: {render.escape(str(exc))}", True
             )
         except errors.WatchdogError as exc:
             # nothing changed and the same tap may work in a minute: the buttons stay
@@ -371,19 +371,19 @@ class Responder:
             on_move = next(
                 (w.on_move for w in self.settings.watches if w.name == event.repository), None
             )
-            context = slack.Context(on_move=on_move, first_seen=first_seen)
+            context = render.Context(on_move=on_move, first_seen=first_seen)
             if outcome is None or progress:
-                message = slack.render_event(event, dataclasses.replace(context, buttons=True))
+                message = render.render_event(event, dataclasses.replace(context, buttons=True))
                 if outcome is not None:
                     blocks = list(message.blocks)
                     blocks.insert(max(len(blocks) - 2, 0), _section(outcome))
-                    message = slack.Message(text=message.text, blocks=blocks)
+                    message = render.Message(text=message.text, blocks=blocks)
             else:
-                message = slack.render_outcome(event, outcome, context)
+                message = render.render_outcome(event, outcome, context)
         elif outcome is None or progress:
             return False  # the alert cannot be rebuilt: leave it as it is
         else:
-            message = slack.Message(text=outcome, blocks=[_section(outcome)])
+            message = render.Message(text=outcome, blocks=[_section(outcome)])
         try:
             await asyncio.to_thread(self.sender.update, tap.channel, tap.message_ts, message)
         except errors.AlertError as exc:
@@ -407,13 +407,13 @@ def _tag_key(tap: Tap) -> tuple[str, str]:
 
 def _could_not(error: str) -> str:
     return (
-        f":x: could not complete ({slack.escape(error)}); nothing was changed. "
+        f":x: could not complete ({render.escape(error)}); nothing was changed. "
         "Tap again in a minute."
     )
 
 
 def _section(text: str) -> dict[str, Any]:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": slack.truncate_mrkdwn(text)}}
+    return {"type": "section", "text": {"type": "mrkdwn", "text": render.truncate_mrkdwn(text)}}
 
 
 def routes(
@@ -499,7 +499,7 @@ def routes(
                 responder.tell(
                     tap,
                     f"You are not on tag-watchdog's `slack.allowed_users` list: nothing was "
-                    f"done to `{slack.escape(ref)}`.",
+                    f"done to `{render.escape(ref)}`.",
                 ),
                 "slack tell",
             )
@@ -512,7 +512,7 @@ def routes(
             spawn(
                 responder.tell(
                     tap,
-                    f"Another tap on `{slack.escape(ref)}` is being acted on: its outcome will "
+                    f"Another tap on `{render.escape(ref)}` is being acted on: its outcome will "
                     "replace the buttons. Nothing more was done.",
                 ),
                 "slack tell",
@@ -533,7 +533,7 @@ def routes(
                 await asyncio.wait_for(
                     responder.tell(
                         tap,
-                        f"tag-watchdog is restarting: nothing was done to `{slack.escape(ref)}`. "
+                        f"tag-watchdog is restarting: nothing was done to `{render.escape(ref)}`. "
                         "Tap again in a minute.",
                     ),
                     TELL_TIMEOUT,

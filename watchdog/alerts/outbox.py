@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 from watchdog import config, errors, models
-from watchdog.alerts import slack
+from watchdog.alerts import render, slack
 
 log = logging.getLogger("watchdog.alerts")
 
@@ -82,7 +82,7 @@ class RetryPolicy:
 
 
 class OutboxStore(Protocol):
-    """What the worker needs of the store (watchdog.store.repo.Store)."""
+    """What the worker needs of the store (watchdog.store.outbox.Outbox, a ``Store``'s ``outbox``)."""
 
     def claim_alerts(
         self, now: dt.datetime, *, lease: float, limit: int = 50
@@ -237,7 +237,7 @@ class Worker:
                 "alert_failed id=%d %s channel=%s reason=%r", item.id, what, item.channel, reason
             )
             return
-        message = slack.render_item(item, self.settings)
+        message = render.render_item(item, self.settings)
         bot = sender if isinstance(sender, slack.BotSender) else None
         in_doubt = item.sent_at  # an earlier send may be in Slack already
         unverified = False
@@ -454,7 +454,7 @@ async def send_test(settings: config.Settings) -> dict[str, str | None]:
     """Send the test message through every configured channel; channel -> None when it was
     delivered, else the reason it was not. Empty when no channel is configured."""
     results: dict[str, str | None] = {}
-    message = slack.render_test()
+    message = render.render_test()
     for name, s in senders(settings).items():
         try:
             await asyncio.to_thread(s.send, message, None)

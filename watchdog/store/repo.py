@@ -1,4 +1,6 @@
-"""Every query of tag-watchdog, behind one class: ``Store``.
+"""The tag records, the event log, the manifest archive and the watch status, behind one class:
+``Store``. The alert outbox's queries are ``store.outbox``'s (``Store.outbox``), and the rows
+that the events of a write queue there are written in that write's own transaction.
 
 Synchronous SQLAlchemy Core; the service calls it from worker threads (``asyncio.to_thread``), and
 one ``Store`` may be shared by many threads (the engine's pool gives each call its own connection).
@@ -19,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from watchdog import errors, models
-from watchdog.store import db, tables
+from watchdog.store import db, outbox, rows, tables
 
 # Long enough for a registry's error and our context; the full story is in the logs.
 MAX_WATCH_ERROR = 1000
@@ -28,12 +30,6 @@ T = tables.tags
 E = tables.events
 M = tables.manifests
 W = tables.watches
-OB = tables.outbox
-
-# Events that reach a person; first sight of a tag is a silent baseline, an accept was done by one.
-ALERTED_KINDS = frozenset(
-    k for k in models.EventKind if k not in (models.EventKind.FIRST_SEEN, models.EventKind.ACCEPTED)
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,13 +44,14 @@ class WatchStatus:
 
 
 class Store:
-    """The tag records, the event log, the manifest archive and the watch status of one database."""
+    """The tag records, the event log, the manifest archive and the watch status of one database;
+    ``outbox``: its alert outbox (``store.outbox.Outbox``)."""
 
     def __init__(self, engine: Engine, *, channels: Sequence[str] = ()) -> None:
         """``channels``: the configured alert channels (e.g. ``("slack",)``); every alerted event
         gets one outbox row per channel, in the event's own transaction."""
         self.engine = engine
-        self.channels = tuple(channels)
+        self.outbox = outbox.Outbox(engine, channels=channels)
         self._dialect = engine.dialect.name
         if self._dialect not in ("sqlite", "postgresql"):
             raise errors.StoreError(f"unsupported database {self._dialect!r}")
@@ -71,20 +68,20 @@ class Store:
         if repository is not None:
             query = query.where(T.c.repository == repository)
         with db.translating(self.engine), self.engine.connect() as conn:
-            return [_record(row) for row in conn.execute(query).mappings()]
+            return [rows.record(row) for row in conn.execute(query).mappings()]
 
     def get_tag(self, repository: str, tag: str) -> models.TagRecord | None:
         """The record of one tag, or None when it was never seen."""
         query = sa.select(T).where(T.c.repository == repository, T.c.tag == tag)
         with db.translating(self.engine), self.engine.connect() as conn:
             row = conn.execute(query).mappings().first()
-        return None if row is None else _record(row)
+        return None if row is None else rows.record(row)
 
     def history(self, repository: str, tag: str) -> list[models.Event]:
         """The events of one tag, oldest first (in the order they were written)."""
         query = sa.select(E).where(E.c.repository == repository, E.c.tag == tag).order_by(E.c.id)
         with db.translating(self.engine), self.engine.connect() as conn:
-            return [_event(row) for row in conn.execute(query).mappings()]
+            return [rows.event(row) for row in conn.execute(query).mappings()]
 
     def last_events_of_drifted(self, repository: str) -> dict[str, models.Event]:
         """The latest event of every drifted tag of ``repository``, by tag, in one query.
@@ -100,7 +97,7 @@ class Store:
         )
         query = sa.select(E).where(E.c.id.in_(last))
         with db.translating(self.engine), self.engine.connect() as conn:
-            return {e.tag: e for e in map(_event, conn.execute(query).mappings())}
+            return {e.tag: e for e in map(rows.event, conn.execute(query).mappings())}
 
     def get_manifest(self, repository: str, digest: str) -> models.Manifest | None:
         """The archived manifest ``digest`` of ``repository``, byte-identical to what was served.
@@ -169,7 +166,7 @@ class Store:
         The number of statements depends on the number of changes and manifests, never on the
         number of unchanged tags.
         """
-        _require_aware(now)
+        rows.require_aware(now)
         for change in changes:
             _check_change(repository, change)
         for manifest in manifests:
@@ -184,11 +181,11 @@ class Store:
 
         with db.writing(self.engine) as conn:
             if records:
-                conn.execute(self._upsert_tags(), [_record_row(r) for r in records])
+                conn.execute(self._upsert_tags(), [rows.record_row(r) for r in records])
             saved = self._insert_events(conn, new_events)
             if manifests:
                 conn.execute(
-                    self._archive(), [_manifest_row(repository, m, now) for m in manifests]
+                    self._archive(), [rows.manifest_row(repository, m, now) for m in manifests]
                 )
             conn.execute(self._touch(repository, now, untouched))
             if error is not None:
@@ -217,14 +214,14 @@ class Store:
         every event in the order given; tags not named and the watch status are left alone.
         Returns the events with their ids.
         """
-        _require_aware(now)
+        rows.require_aware(now)
         for change in changes:
             _check_change(repository, change)
         latest = {c.record.tag: c.record for c in changes if c.record is not None}
         new_events = [c.event for c in changes if c.event is not None]
         with db.writing(self.engine) as conn:
             if latest:
-                conn.execute(self._upsert_tags(), [_record_row(r) for r in latest.values()])
+                conn.execute(self._upsert_tags(), [rows.record_row(r) for r in latest.values()])
             return self._insert_events(conn, new_events)
 
     def count_events(
@@ -235,7 +232,7 @@ class Store:
         since: dt.datetime,
     ) -> int:
         """How many events of ``kinds`` the tag has at or after ``since``."""
-        _require_aware(since)
+        rows.require_aware(since)
         query = (
             sa.select(sa.func.count())
             .select_from(E)
@@ -252,221 +249,9 @@ class Store:
     def record_watch_error(self, repository: str, now: dt.datetime, error: str) -> None:
         """Note a failed (or partly failed) check of ``repository``: last attempt, the error (one
         line, truncated) and one more consecutive error. Tag records are left as they were."""
-        _require_aware(now)
+        rows.require_aware(now)
         with db.writing(self.engine) as conn:
             conn.execute(self._watch_error(repository, now, error))
-
-    # --- alert outbox ----------------------------------------------------------------------------
-
-    def enqueue_notice(self, notice: Mapping[str, Any], now: dt.datetime) -> None:
-        """Queue an alert about the watchdog itself (``notice["kind"]`` names it, e.g.
-        ``registry_unreachable``) on every configured channel, in one transaction."""
-        _require_aware(now)
-        if not self.channels:
-            return
-        rows = [_outbox_row(c, now, notice=dict(notice)) for c in self.channels]
-        with db.writing(self.engine) as conn:
-            conn.execute(sa.insert(OB), rows)
-
-    def claim_alerts(
-        self, now: dt.datetime, *, lease: float, limit: int = 50
-    ) -> list[models.OutboxItem]:
-        """Lease up to ``limit`` pending alerts that are due at ``now``, oldest first, for
-        ``lease`` seconds, and count one more attempt on each.
-
-        A row already leased by someone else (another worker, or one that crashed less than
-        ``lease`` ago) is not handed out; neither is a row queued after an undelivered one about
-        the same tag on the same channel (so that follow-ups keep their order and their thread).
-        Each claim is a conditional UPDATE: two workers never hold one row.
-        """
-        _require_aware(now)
-        until = now + dt.timedelta(seconds=lease)
-        query = (
-            sa.select(
-                OB.c.id, OB.c.channel, OB.c.repository, OB.c.tag, OB.c.next_try, OB.c.lease_until
-            )
-            .where(OB.c.status == "pending")
-            .order_by(OB.c.id)
-            .limit(limit * 4)
-        )
-        claimed: list[int] = []
-        with db.writing(self.engine) as conn:
-            blocked: set[tuple[str, str | None, str | None]] = set()
-            for row in conn.execute(query):
-                key = (row.channel, row.repository, row.tag)
-                busy = row.next_try > now or (row.lease_until is not None and row.lease_until > now)
-                if row.tag is not None and key in blocked:
-                    continue
-                if busy:
-                    blocked.add(key)
-                    continue
-                won = conn.execute(
-                    sa.update(OB)
-                    .where(
-                        OB.c.id == row.id,
-                        OB.c.status == "pending",
-                        sa.or_(OB.c.lease_until.is_(None), OB.c.lease_until <= now),
-                    )
-                    .values(lease_until=until, attempts=OB.c.attempts + 1)
-                ).rowcount
-                if won == 1:
-                    claimed.append(row.id)
-                blocked.add(key)
-                if len(claimed) >= limit:
-                    break
-            if not claimed:
-                return []
-            rows = conn.execute(
-                sa.select(OB, T.c.first_seen, *[E.c[c.name].label("e_" + c.name) for c in E.c])
-                .select_from(
-                    OB.outerjoin(E, E.c.id == OB.c.event_id).outerjoin(
-                        T, sa.and_(T.c.repository == OB.c.repository, T.c.tag == OB.c.tag)
-                    )
-                )
-                .where(OB.c.id.in_(claimed))
-                .order_by(OB.c.id)
-            ).mappings()
-            items = []
-            for m in rows:
-                thread = None
-                if m["tag"] is not None:
-                    thread = conn.execute(
-                        sa.select(OB.c.remote_id)
-                        .where(
-                            OB.c.channel == m["channel"],
-                            OB.c.repository == m["repository"],
-                            OB.c.tag == m["tag"],
-                            OB.c.status == "delivered",
-                            OB.c.remote_id.is_not(None),
-                        )
-                        .order_by(OB.c.id)
-                        .limit(1)
-                    ).scalar()
-                event = None
-                if m["event_id"] is not None:
-                    event = _event({c.name: m["e_" + c.name] for c in E.c})  # type: ignore[arg-type]
-                items.append(
-                    models.OutboxItem(
-                        id=m["id"],
-                        channel=m["channel"],
-                        attempts=m["attempts"],
-                        created_at=m["created_at"],
-                        event=event,
-                        notice=dict(m["notice"]) if m["notice"] is not None else None,
-                        first_seen=m["first_seen"],
-                        thread_id=thread,
-                        sent_at=m["sent_at"],
-                        send_key=m["send_key"],
-                    )
-                )
-            return items
-
-    def begin_send(self, item_id: int, at: dt.datetime, key: str) -> None:
-        """Record, before alert ``item_id`` is sent, that a send starts whose outcome will be
-        unknown until it is recorded: ``sent_at = at`` and the ``key`` it carries (a key already
-        stored is kept: the lookup must find any earlier send too). Committed before this
-        returns, so that after a crash the next worker knows to look before sending again."""
-        _require_aware(at)
-        with db.writing(self.engine) as conn:
-            conn.execute(
-                sa.update(OB)
-                .where(OB.c.id == item_id, OB.c.status == "pending")
-                .values(sent_at=at, send_key=sa.func.coalesce(OB.c.send_key, key))
-            )
-
-    def mark_delivered(
-        self,
-        item_id: int,
-        now: dt.datetime,
-        remote_id: str | None,
-        remote_channel: str | None = None,
-    ) -> None:
-        """Record that alert ``item_id`` reached its channel (``remote_id``: the channel's id of
-        the message, e.g. Slack's ts; ``remote_channel``: the id of the conversation it went
-        to, e.g. Slack's channel id). Committed before this returns."""
-        _require_aware(now)
-        self._finish(
-            item_id,
-            status="delivered",
-            delivered_at=now,
-            remote_id=remote_id,
-            remote_channel=remote_channel,
-        )
-
-    def last_remote_channel(self, channel: str) -> str | None:
-        """The conversation id (e.g. Slack's channel id) of the newest alert delivered on
-        ``channel`` that recorded one, or None."""
-        query = (
-            sa.select(OB.c.remote_channel)
-            .where(
-                OB.c.channel == channel,
-                OB.c.status == "delivered",
-                OB.c.remote_channel.is_not(None),
-            )
-            .order_by(OB.c.id.desc())
-            .limit(1)
-        )
-        with db.translating(self.engine), self.engine.connect() as conn:
-            value = conn.execute(query).scalar()
-        return str(value) if value is not None else None
-
-    def mark_failed(self, item_id: int, now: dt.datetime, reason: str) -> None:
-        """Give up on alert ``item_id`` for good, keeping ``reason`` (one line, no secrets)."""
-        _require_aware(now)
-        self._finish(
-            item_id, status="failed", delivered_at=None, last_error=errors.truncate(reason, 500)
-        )
-
-    def retry_alert(
-        self, item_id: int, next_try: dt.datetime, reason: str, *, not_sent: bool = False
-    ) -> None:
-        """Release alert ``item_id`` to be tried again at ``next_try``, keeping ``reason``.
-        ``not_sent``: the channel is known not to have the alert (it refused this send and no
-        earlier send is in doubt), so ``sent_at`` is cleared and the next try needs no lookup."""
-        _require_aware(next_try)
-        values: dict[str, Any] = {
-            "next_try": next_try,
-            "lease_until": None,
-            "last_error": errors.truncate(reason, 500),
-        }
-        if not_sent:
-            values["sent_at"] = None
-        with db.writing(self.engine) as conn:
-            conn.execute(
-                sa.update(OB).where(OB.c.id == item_id, OB.c.status == "pending").values(**values)
-            )
-
-    def pending_alerts(self) -> int:
-        """How many alerts are queued and not yet delivered (nor given up on)."""
-        query = sa.select(sa.func.count()).select_from(OB).where(OB.c.status == "pending")
-        with db.translating(self.engine), self.engine.connect() as conn:
-            return int(conn.execute(query).scalar_one())
-
-    def next_alert_due(self) -> dt.datetime | None:
-        """When the earliest pending alert is due (or its lease ends), or None with none pending."""
-        query = sa.select(sa.func.min(sa.func.coalesce(OB.c.lease_until, OB.c.next_try))).where(
-            OB.c.status == "pending"
-        )
-        with db.translating(self.engine), self.engine.connect() as conn:
-            value = conn.execute(query).scalar()
-        if value is None:
-            return None
-        if isinstance(value, str):  # SQLite's min() over a computed value loses the type
-            value = dt.datetime.fromisoformat(value)
-        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-
-    def outbox_rows(self) -> list[dict[str, Any]]:
-        """Every outbox row as plain data, oldest first (for ``alerts`` commands and tests)."""
-        with db.translating(self.engine), self.engine.connect() as conn:
-            return [dict(r) for r in conn.execute(sa.select(OB).order_by(OB.c.id)).mappings()]
-
-    def _finish(self, item_id: int, **values: Any) -> None:
-        with db.writing(self.engine) as conn:
-            conn.execute(
-                sa.update(OB)
-                .where(OB.c.id == item_id, OB.c.status == "pending")
-                .values(lease_until=None, **values)
-            )
 
     # --- statements ------------------------------------------------------------------------------
 
@@ -484,17 +269,10 @@ class Store:
         # "insertmanyvalues"): one round trip per batch instead of one per event.
         ids = conn.execute(
             sa.insert(E).returning(E.c.id, sort_by_parameter_order=True),
-            [_event_row(e) for e in events],
+            [rows.event_row(e) for e in events],
         ).scalars()
         saved = [dataclasses.replace(e, id=i) for e, i in zip(events, ids, strict=True)]
-        outbox = [
-            _outbox_row(channel, e.at, event=e)
-            for e in saved
-            if e.kind in ALERTED_KINDS
-            for channel in self.channels
-        ]
-        if outbox:
-            conn.execute(sa.insert(OB), outbox)
+        self.outbox.queue_events(conn, saved)
         return saved
 
     def _insert(self, table: sa.Table) -> Any:
@@ -565,12 +343,7 @@ class Store:
         return stmt.where(T.c.tag.not_in(sa.select(listed.c.value)))
 
 
-# --- rows <-> models -----------------------------------------------------------------------------
-
-
-def _require_aware(when: dt.datetime) -> None:
-    if when.tzinfo is None or when.utcoffset() is None:
-        raise ValueError(f"naive datetime {when!r}: the store takes timezone-aware datetimes")
+# --- checks before anything is written ---------------------------------------------------------
 
 
 def _check_change(repository: str, change: models.Change) -> None:
@@ -594,90 +367,3 @@ def _verify(repository: str, manifest: models.Manifest) -> None:
             f"refusing to archive {repository}@{errors.truncate(manifest.digest, 80)}: "
             f"its bytes hash to {actual}"
         )
-
-
-def _record(row: sa.RowMapping) -> models.TagRecord:
-    return models.TagRecord(
-        repository=row["repository"],
-        tag=row["tag"],
-        recorded_digest=row["recorded_digest"],
-        current_digest=row["current_digest"],
-        media_type=row["media_type"],
-        state=models.TagState(row["state"]),
-        first_seen=row["first_seen"],
-        last_checked=row["last_checked"],
-        last_changed=row["last_changed"],
-        missing_count=row["missing_count"],
-    )
-
-
-def _record_row(record: models.TagRecord) -> dict[str, Any]:
-    return {
-        "repository": record.repository,
-        "tag": record.tag,
-        "recorded_digest": record.recorded_digest,
-        "current_digest": record.current_digest,
-        "media_type": record.media_type,
-        "state": record.state.value,
-        "missing_count": record.missing_count,
-        "first_seen": record.first_seen,
-        "last_checked": record.last_checked,
-        "last_changed": record.last_changed,
-    }
-
-
-def _event(row: sa.RowMapping) -> models.Event:
-    return models.Event(
-        id=row["id"],
-        repository=row["repository"],
-        tag=row["tag"],
-        kind=models.EventKind(row["kind"]),
-        at=row["at"],
-        old_digest=row["old_digest"],
-        new_digest=row["new_digest"],
-        detail=dict(row["detail"] or {}),
-        actor=row["actor"],
-    )
-
-
-def _event_row(event: models.Event) -> dict[str, Any]:
-    return {
-        "repository": event.repository,
-        "tag": event.tag,
-        "kind": event.kind.value,
-        "at": event.at,
-        "old_digest": event.old_digest,
-        "new_digest": event.new_digest,
-        "detail": event.detail,
-        "actor": event.actor,
-    }
-
-
-def _outbox_row(
-    channel: str,
-    at: dt.datetime,
-    *,
-    event: models.Event | None = None,
-    notice: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    return {
-        "event_id": event.id if event is not None else None,
-        "notice": notice,
-        "channel": channel,
-        "repository": event.repository if event is not None else None,
-        "tag": event.tag if event is not None else None,
-        "status": "pending",
-        "attempts": 0,
-        "created_at": at,
-        "next_try": at,
-    }
-
-
-def _manifest_row(repository: str, manifest: models.Manifest, now: dt.datetime) -> dict[str, Any]:
-    return {
-        "repository": repository,
-        "digest": manifest.digest,
-        "media_type": manifest.media_type,
-        "body": manifest.body,
-        "archived_at": now,
-    }

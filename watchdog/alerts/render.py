@@ -1,0 +1,461 @@
+"""Slack messages: Block Kit rendering, pure.
+
+Rendering turns an event (or a notice about the watchdog itself) and its context into a
+``Message``: Block Kit ``blocks`` plus a plain-text fallback ``text``. It does no I/O, escapes
+every value that came from outside (``&``, ``<``, ``>``: Slack's only control characters in
+mrkdwn, so a label like ``<!channel>`` cannot ping anyone) and keeps within Block Kit's limits
+(50 blocks, 3,000 characters a section, 150 a header). Sending is ``alerts.slack``'s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from watchdog import config, models
+
+MAX_BLOCKS = 50
+MAX_SECTION = 3000
+MAX_HEADER = 150
+MAX_FALLBACK = 3000
+
+# The Slack channel's logger (not this module's name): what log filters already select on.
+log = logging.getLogger("watchdog.alerts.slack")
+
+# Interactive buttons: the action ids /slack/actions answers, and Slack's limit on a button value.
+ACTION_RESTORE = "tag_watchdog.restore"
+ACTION_ACCEPT = "tag_watchdog.accept"
+ACTIONS_BLOCK = "tag_watchdog.actions"
+MAX_BUTTON_VALUE = 2000
+
+
+@dataclasses.dataclass(frozen=True)
+class Message:
+    """What is sent: the fallback ``text`` (notifications, screen readers) and the ``blocks``."""
+
+    text: str
+    blocks: list[dict[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What rendering knows beyond the event: the watch's policy and when the tag was recorded."""
+
+    on_move: str | None = None  # "alert" | "restore" | None (repository no longer watched)
+    first_seen: dt.datetime | None = None
+    buttons: bool = False  # Restore/Accept buttons (bot mode with slack.signing_secret)
+
+
+# --- escaping and limits -------------------------------------------------------------------------
+
+
+def escape(value: object) -> str:
+    """``value`` as mrkdwn-safe text: ``&``, ``<`` and ``>`` become entities; nothing else changes."""
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _code(value: object) -> str:
+    # Inside `code` a backtick would end the span early: outside values lose theirs.
+    return "`" + escape(str(value).replace("`", "'")) + "`"
+
+
+def truncate_mrkdwn(text: str, limit: int = MAX_SECTION) -> str:
+    """``text`` cut to at most ``limit`` characters without splitting an ``&..;`` entity and with
+    a code block it opened closed again."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 5]
+    amp, semi = cut.rfind("&"), cut.rfind(";")
+    if amp > semi:
+        cut = cut[:amp]
+    cut += "…"
+    if cut.count("```") % 2:
+        cut += "```"
+    return cut
+
+
+def _section(text: str) -> dict[str, Any]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": truncate_mrkdwn(text)}}
+
+
+def _header(text: str) -> dict[str, Any]:
+    plain = " ".join(text.split())
+    if len(plain) > MAX_HEADER:
+        plain = plain[: MAX_HEADER - 1] + "…"
+    return {"type": "header", "text": {"type": "plain_text", "text": plain, "emoji": False}}
+
+
+def _context(text: str) -> dict[str, Any]:
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": truncate_mrkdwn(text)}]}
+
+
+def _message(fallback: str, blocks: list[dict[str, Any]]) -> Message:
+    if len(blocks) > MAX_BLOCKS:
+        blocks = [*blocks[: MAX_BLOCKS - 1], _context("(more details left out)")]
+    return Message(text=truncate_mrkdwn(fallback, MAX_FALLBACK), blocks=blocks)
+
+
+def _when(value: dt.datetime | None) -> str:
+    if value is None:
+        return "unknown"
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+# --- rendering -----------------------------------------------------------------------------------
+
+_TITLES = {
+    models.EventKind.MOVED: "Release tag moved",
+    models.EventKind.DELETED: "Release tag deleted",
+    models.EventKind.REAPPEARED: "Release tag reappeared",
+    models.EventKind.REVERTED: "Release tag back at its recorded digest",
+    models.EventKind.RESTORED: "Release tag restored",
+    models.EventKind.RESTORE_FAILED: "Restore FAILED",
+    models.EventKind.ACCEPTED: "New digest accepted",
+    models.EventKind.FIRST_SEEN: "Release tag recorded",
+}
+
+
+# Events after which a person may want to put the tag back by hand.
+_MANUAL_RESTORE_KINDS = frozenset(
+    {"moved", "deleted", "reappeared", "restore_failed", "restore_stopped"}
+)
+
+
+def restore_commands(event: models.Event, recorded: str | None) -> list[str]:
+    """The commands that put the tag back at ``recorded`` by hand (empty when unknown)."""
+    if not recorded:
+        return []
+    return [
+        f"tag-watchdog restore {event.repository}:{event.tag}",
+        f"crane tag {event.repository}@{recorded} {event.tag}",
+    ]
+
+
+def _recorded(event: models.Event) -> str | None:
+    """The trusted digest an event is about: what a restore would put back."""
+    recorded = event.detail.get("recorded_digest")
+    if isinstance(recorded, str) and recorded:
+        # The record itself, when the event carries it: after two moves, the old digest of the
+        # second one is the first intruder, not the release.
+        return recorded
+    if event.kind in (models.EventKind.MOVED, models.EventKind.DELETED):
+        return event.old_digest
+    if event.kind is models.EventKind.REAPPEARED:
+        return str(event.detail.get("recorded_digest") or event.old_digest or "") or None
+    if event.kind in (models.EventKind.RESTORED, models.EventKind.RESTORE_FAILED):
+        return event.new_digest  # the digest put back (or that could not be): the record
+    return event.old_digest or event.new_digest
+
+
+# --- event summaries: what happened, one mrkdwn sentence and the plain fallback -------------------
+
+# Each gets the event, its ``repository:tag`` and the recorded digest (see ``_recorded``).
+Summary = Callable[[models.Event, str, str | None], tuple[str, str]]
+
+
+def _moved(event: models.Event, ref: str, recorded: str | None) -> tuple[str, str]:
+    return (
+        f"*{_code(ref)}* now answers another digest. The recorded digest stays the trusted one.",
+        f"tag-watchdog: {ref} moved {models.short_digest(event.old_digest or '')} -> "
+        f"{models.short_digest(event.new_digest or '')}",
+    )
+
+
+def _deleted(event: models.Event, ref: str, recorded: str | None) -> tuple[str, str]:
+    return (
+        f"*{_code(ref)}* is gone: absent from the tag list and the registry answers "
+        "`MANIFEST_UNKNOWN`, twice in a row.",
+        f"tag-watchdog: {ref} was deleted (was {models.short_digest(event.old_digest or '')})",
+    )
+
+
+def _reappeared(event: models.Event, ref: str, recorded: str | None) -> tuple[str, str]:
+    return (
+        f"*{_code(ref)}* answers again, after it was deleted.",
+        f"tag-watchdog: {ref} reappeared at {models.short_digest(event.new_digest or '')}",
+    )
+
+
+def _reverted(event: models.Event, ref: str, recorded: str | None) -> tuple[str, str]:
+    return (
+        f"*{_code(ref)}* is back at its recorded digest (put back by someone else).",
+        f"tag-watchdog: {ref} is back at its recorded digest",
+    )
+
+
+def _restored(event: models.Event, ref: str, recorded: str | None) -> tuple[str, str]:
+    return (
+        f"The watchdog put *{_code(ref)}* back at its recorded digest.",
+        f"tag-watchdog: {ref} restored to {models.short_digest(recorded or '')}",
+    )
+
+
+def _restore_failed(event: models.Event, ref: str, recorded: str | None) -> tuple[str, str]:
+    reason = event.detail.get("reason") or event.detail.get("error") or "unknown reason"
+    return (
+        f"The watchdog could *not* put *{_code(ref)}* back: {escape(reason)}. Nothing was changed.",
+        f"tag-watchdog: restoring {ref} FAILED: {reason}",
+    )
+
+
+def _restore_stopped(event: models.Event, ref: str, recorded: str | None) -> tuple[str, str]:
+    return (
+        f"*Something keeps pushing {_code(ref)}*: automatic restores of this tag are stopped "
+        "(loop protection). Find the pipeline that pushes it.",
+        f"tag-watchdog: auto-restore of {ref} stopped: something keeps pushing it",
+    )
+
+
+def _other(event: models.Event, ref: str, recorded: str | None) -> tuple[str, str]:
+    # Kinds that are never alerted (first sight, accept) still render, plainly.
+    kind = event.kind.value
+    return f"*{_code(ref)}*: {escape(kind)}.", f"tag-watchdog: {ref} {kind}"
+
+
+_SUMMARIES: dict[models.EventKind, Summary] = {
+    models.EventKind.MOVED: _moved,
+    models.EventKind.DELETED: _deleted,
+    models.EventKind.REAPPEARED: _reappeared,
+    models.EventKind.REVERTED: _reverted,
+    models.EventKind.RESTORED: _restored,
+    models.EventKind.RESTORE_FAILED: _restore_failed,
+    models.EventKind.RESTORE_STOPPED: _restore_stopped,
+}
+
+
+# --- event details: the blocks under the summary --------------------------------------------------
+
+
+def _fields(event: models.Event, context: Context) -> dict[str, Any]:
+    """Both digests (short), since when the tag is recorded and when this was seen."""
+    fields: list[str] = []
+    if event.old_digest:
+        fields.append(f"*Old digest*\n{_code(models.short_digest(event.old_digest))}")
+    if event.new_digest:
+        fields.append(f"*New digest*\n{_code(models.short_digest(event.new_digest))}")
+    if context.first_seen is not None:
+        fields.append(f"*Recorded since*\n{_when(context.first_seen)}")
+    fields.append(f"*Seen*\n{_when(event.at)}")
+    return {"type": "section", "fields": [{"type": "mrkdwn", "text": f[:2000]} for f in fields]}
+
+
+def _details(event: models.Event) -> list[dict[str, Any]]:
+    """The full digests (for copying), the platforms that changed and the images' labels."""
+    blocks: list[dict[str, Any]] = []
+    digests = []
+    if event.old_digest:
+        digests.append(f"old: {escape(event.old_digest)}")
+    if event.new_digest:
+        digests.append(f"new: {escape(event.new_digest)}")
+    if digests:
+        blocks.append(_section("*Full digests*\n```" + "\n".join(digests) + "```"))
+    platforms = event.detail.get("changed_platforms") or []
+    if platforms:
+        blocks.append(
+            _section("*Platforms changed:* " + ", ".join(_code(p) for p in platforms[:100]))
+        )
+    images = event.detail.get("images") or {}
+    image_lines = []
+    for side in ("old", "new"):
+        info = images.get(side) if isinstance(images, dict) else None
+        if not isinstance(info, dict) or not info:
+            continue
+        parts = [
+            f"{name} {_code(info[name])}"
+            for name in ("created", "revision", "source")
+            if info.get(name)
+        ]
+        image_lines.append(f"*{side.capitalize()} image:* " + ", ".join(parts))
+    if image_lines:
+        blocks.append(_section("\n".join(image_lines)))
+    return blocks
+
+
+def render_event(event: models.Event, context: Context = Context()) -> Message:
+    """The Slack message about ``event``. Pure: the same event and context give the same message."""
+    kind = event.kind
+    ref = f"{event.repository}:{event.tag}"
+    title = _TITLES.get(kind, kind.value.replace("_", " ").capitalize())
+    recorded = _recorded(event)
+    summary, fallback = _SUMMARIES.get(kind, _other)(event, ref, recorded)
+    blocks = [
+        _header(f"{title}: {ref}"),
+        _section(summary),
+        _fields(event, context),
+        *_details(event),
+    ]
+    action = _action(event, context)
+    if action:
+        blocks.append(_section(f"*What the watchdog did:* {action}"))
+    commands = restore_commands(event, recorded)
+    if commands and kind.value in _MANUAL_RESTORE_KINDS:
+        blocks.append(_section("*Put it back by hand:*\n```" + escape("\n".join(commands)) + "```"))
+        fallback += f". Put it back: {commands[0]}"
+    if event.actor and event.actor != "watchdog":
+        blocks.append(_context(f"by {actor_mrkdwn(event.actor)}"))
+    if context.buttons:
+        buttons = _buttons(event, recorded, context)
+        if buttons is not None:
+            blocks.append(buttons)
+    blocks.append(_context(f"tag-watchdog · event {event.id or '-'} · {escape(kind.value)}"))
+    return _message(escape(fallback), blocks)
+
+
+def actor_mrkdwn(actor: str) -> str:
+    """Who did it, for a message: a Slack user (``slack:U123 (alice)``) becomes a mention."""
+    name, _, rest = actor.partition(" ")
+    if name.startswith("slack:") and config.SLACK_USER_RE.match(name[6:]):
+        return f"<@{name[6:]}>" + (f" {escape(rest)}" if rest else "")
+    return escape(actor)
+
+
+def button_value(event: models.Event, digest: str) -> str:
+    """What a button carries back to /slack/actions: the event, the tag and the one digest the
+    person saw (a tap acts on exactly that digest or not at all)."""
+    return json.dumps(
+        {"event": event.id, "ref": f"{event.repository}:{event.tag}", "digest": digest},
+        separators=(",", ":"),
+    )
+
+
+def _buttons(event: models.Event, recorded: str | None, context: Context) -> dict[str, Any] | None:
+    kind = event.kind.value
+    elements: list[dict[str, Any]] = []
+    auto = context.on_move == "restore" and kind == "moved"  # the watchdog is restoring already
+    if recorded and kind in _MANUAL_RESTORE_KINDS and not auto:
+        elements.append(
+            {
+                "type": "button",
+                "action_id": ACTION_RESTORE,
+                "style": "primary",
+                "text": _plain(_restore_label(event.tag, recorded)),
+                "value": button_value(event, recorded),
+            }
+        )
+    new = event.new_digest
+    if new and kind in ("moved", "restore_stopped") and not auto:
+        elements.append(
+            {
+                "type": "button",
+                "action_id": ACTION_ACCEPT,
+                "style": "danger",
+                "text": _plain("Accept new digest"),
+                "value": button_value(event, new),
+                # Accepting trusts the intruder: one more tap to be sure, on a phone too.
+                "confirm": {
+                    "title": _plain("Accept the new digest?"),
+                    # plain text only in a confirmation dialog (Block Kit), at most 300 chars
+                    "text": _plain(
+                        f"{event.tag} will be recorded as {new}; the digest recorded now is "
+                        "no longer the trusted one.",
+                        300,
+                    ),
+                    "confirm": _plain("Accept"),
+                    "deny": _plain("Cancel"),
+                    "style": "danger",
+                },
+            }
+        )
+    if not elements:
+        return None
+    if any(len(e["value"]) > MAX_BUTTON_VALUE for e in elements):
+        # Slack refuses the whole message over a long value: the alert goes out without buttons
+        log.warning(
+            "slack_buttons_dropped ref=%s:%s reason=value_over_%d_chars",
+            event.repository,
+            event.tag,
+            MAX_BUTTON_VALUE,
+        )
+        return None
+    return {"type": "actions", "block_id": f"{ACTIONS_BLOCK}.{event.id or 0}", "elements": elements}
+
+
+def _restore_label(tag: str, digest: str, limit: int = 75) -> str:
+    """ "Restore TAG to sha256:abc…", within a label's 75 characters: a long tag is cut, never the
+    digest (what the person checks before tapping)."""
+    tail = f" to {models.short_digest(digest)}"
+    room = limit - len("Restore ") - len(tail)
+    if len(tag) > room:
+        tag = tag[: room - 1] + "…"
+    return f"Restore {tag}{tail}"
+
+
+def _plain(text: str, limit: int = 75) -> dict[str, Any]:
+    # Button labels and confirm titles are plain text of at most 75 characters.
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return {"type": "plain_text", "text": text, "emoji": False}
+
+
+def render_outcome(event: models.Event, outcome: str, context: Context = Context()) -> Message:
+    """The alert about ``event`` again, without its buttons, with ``outcome`` (mrkdwn, already
+    escaped) in their place: what a tap on a button did, for ``chat.update``."""
+    original = render_event(event, dataclasses.replace(context, buttons=False))
+    blocks = [*original.blocks[:-1], _section(outcome), original.blocks[-1]]
+    return _message(original.text, blocks)
+
+
+def _action(event: models.Event, context: Context) -> str:
+    if event.kind in (models.EventKind.MOVED, models.EventKind.DELETED):
+        if context.on_move == "restore" and event.kind is models.EventKind.MOVED:
+            return "restoring the recorded digest (`on_move: restore`); the outcome follows in the thread."
+        return "alerted only (`on_move: alert`): the tag still answers the new digest."
+    if event.kind is models.EventKind.RESTORED:
+        return "restored the recorded digest."
+    if event.kind is models.EventKind.RESTORE_FAILED:
+        return "tried to restore and failed; the tag was left as it was."
+    return ""
+
+
+def render_notice(notice: dict[str, Any]) -> Message:
+    """The Slack message about the watchdog itself (``registry_unreachable``, ``registry_recovered``)."""
+    kind = str(notice.get("kind", "notice"))
+    registry = str(notice.get("registry", "?"))
+    if kind == "registry_unreachable":
+        since = notice.get("since")
+        error = notice.get("error") or "unknown error"
+        blocks = [
+            _header(f"Registry unreachable: {registry}"),
+            _section(
+                f"tag-watchdog cannot check {_code(registry)} since {escape(since or '?')}: "
+                f"{escape(error)}\nMoves there go unnoticed until it answers again. "
+                "One message follows when it recovers."
+            ),
+        ]
+        fallback = f"tag-watchdog: registry {registry} unreachable since {since}: {error}"
+    elif kind == "registry_recovered":
+        blocks = [
+            _header(f"Registry reachable again: {registry}"),
+            _section(
+                f"{_code(registry)} answers again (unreachable for "
+                f"{escape(notice.get('down_for', '?'))}); checks are back to normal."
+            ),
+        ]
+        fallback = f"tag-watchdog: registry {registry} reachable again"
+    else:
+        blocks = [_section(escape(notice.get("text") or kind))]
+        fallback = str(notice.get("text") or kind)
+    return _message(escape(fallback), blocks)
+
+
+def render_test() -> Message:
+    """The message of ``tag-watchdog alerts test``."""
+    text = "tag-watchdog test alert: this channel receives release-tag alerts."
+    return _message(text, [_section(f"*{text}*"), _context("sent by `tag-watchdog alerts test`")])
+
+
+def render_item(item: models.OutboxItem, settings: config.Settings) -> Message:
+    """The message for one outbox item: its event with the watch's context, or its notice."""
+    if item.event is not None:
+        on_move = next(
+            (w.on_move for w in settings.watches if w.name == item.event.repository), None
+        )
+        return render_event(
+            item.event,
+            Context(on_move=on_move, first_seen=item.first_seen, buttons=settings.slack.buttons),
+        )
+    return render_notice(item.notice or {})
