@@ -335,11 +335,7 @@ class Handshake:
         there is no challenge to answer or nothing to answer it with."""
         challenge = pick_challenge(parse_challenges(resp.headers.get_list("www-authenticate")))
         if challenge is None:
-            raise errors.AuthError(
-                self.wire.message(what, "HTTP 401 without a Bearer or Basic challenge"),
-                registry=self.wire.name,
-                status=401,
-            )
+            raise self._auth_error(what, "HTTP 401 without a Bearer or Basic challenge", 401)
         # Retry once: when we sent nothing, or a token the registry no longer takes (revoked,
         # expired early, too narrow a scope), or the registry changed its mind about how.
         self._challenge = challenge
@@ -349,14 +345,11 @@ class Handshake:
         )
         if fresh is None:
             creds = await self.find_credentials()
-            raise errors.AuthError(
-                self.wire.message(
-                    what,
-                    f"the registry wants {challenge.scheme.capitalize()} credentials and "
-                    f"{'none are configured' if creds is None else 'those found have no password'}",
-                ),
-                registry=self.wire.name,
-                status=401,
+            raise self._auth_error(
+                what,
+                f"the registry wants {challenge.scheme.capitalize()} credentials and "
+                f"{'none are configured' if creds is None else 'those found have no password'}",
+                401,
             )
         return fresh
 
@@ -369,12 +362,8 @@ class Handshake:
             ch = pick_challenge(parse_challenges(resp.headers.get_list("www-authenticate")))
             if ch is not None and ch.error:
                 hint = f" ({ch.error})"
-        return errors.AuthError(
-            self.wire.message(
-                what, f"HTTP {resp.status}{hint} as {who}: {self.wire.body_text(resp)}"
-            ),
-            registry=self.wire.name,
-            status=resp.status,
+        return self._auth_error(
+            what, f"HTTP {resp.status}{hint} as {who}: {self.wire.body_text(resp)}", resp.status
         )
 
     async def find_credentials(self) -> credentials.Credentials | None:
@@ -434,12 +423,8 @@ class Handshake:
                 what, f"the Bearer realm is not an http(s) URL ({realm_url.scheme})"
             )
         if creds is not None and realm_url.scheme == "http" and not self.settings.insecure:
-            raise errors.AuthError(
-                self.wire.message(
-                    what,
-                    f"refusing to send credentials to a plain-HTTP realm ({_shown(realm_url)})",
-                ),
-                registry=self.wire.name,
+            raise self._auth_error(
+                what, f"refusing to send credentials to a plain-HTTP realm ({_shown(realm_url)})"
             )
         return realm_url
 
@@ -468,14 +453,15 @@ class Handshake:
         if temporary is not None:
             raise temporary
         who = creds.identity if creds is not None else "<anonymous>"
-        raise errors.AuthError(
-            self.wire.message(
-                ask,
-                f"HTTP {resp.status} for {who}, scope {scope or '(none)'}: "
-                f"{self.wire.body_text(resp)}",
-            ),
-            registry=self.wire.name,
-            status=resp.status,
+        raise self._auth_error(
+            ask,
+            f"HTTP {resp.status} for {who}, scope {scope or '(none)'}: {self.wire.body_text(resp)}",
+            resp.status,
+        )
+
+    def _auth_error(self, what: str, detail: str, status: int | None = None) -> errors.AuthError:
+        return errors.AuthError(
+            self.wire.message(what, detail), registry=self.wire.name, status=status
         )
 
 
