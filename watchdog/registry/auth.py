@@ -330,7 +330,7 @@ class Handshake:
 
     async def _answer(
         self, resp: transport.Response, scope: str, what: str, sent: str | None
-    ) -> str | None:
+    ) -> str:
         """The Authorization header answering the challenge of the 401 ``resp``; AuthError when
         there is no challenge to answer or nothing to answer it with."""
         challenge = pick_challenge(parse_challenges(resp.headers.get_list("www-authenticate")))
