@@ -4,6 +4,7 @@ sleeping only moves it: nothing here waits for real."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Any
 
@@ -57,7 +58,9 @@ def worker(
     ``overrides``: more outbox.Worker arguments."""
     standin.clock = lambda: time.now.timestamp()  # Slack's ts and our clock agree
     sender = slack.BotSender(config.Secret(TOKEN), channel, standin.base_url, timeout=2)
-    kwargs: dict[str, Any] = {"policy": outbox.RetryPolicy(base=1.0, factor=2.0, cap=60.0)}
+    kwargs: dict[str, Any] = {
+        "policy": dataclasses.replace(outbox.DEFAULT_RETRY, base=1.0, factor=2.0, cap=60.0)
+    }
     return outbox.Worker(
         store,
         {"slack": sender},
@@ -159,7 +162,7 @@ async def test_follow_ups_go_into_the_first_alert_s_thread(
 
 
 def test_retry_policy_is_data() -> None:
-    policy = outbox.RetryPolicy(base=2.0, factor=3.0, cap=100.0)
+    policy = dataclasses.replace(outbox.DEFAULT_RETRY, base=2.0, factor=3.0, cap=100.0)
     assert [policy.delay(n) for n in (1, 2, 3, 4, 5)] == [2.0, 6.0, 18.0, 54.0, 100.0]
     assert policy.delay(1, retry_after=42.0) == 42.0
     assert policy.delay(1, retry_after=10**6) == policy.max_retry_after

@@ -54,7 +54,7 @@ def worker(
 ) -> outbox.Worker:
     """A fresh worker with a fresh sender: what a restarted daemon has."""
     return delivery.worker(
-        store, standin, time, m, channel, lease=LEASE, policy=outbox.RetryPolicy()
+        store, standin, time, m, channel, lease=LEASE, policy=outbox.DEFAULT_RETRY
     )
 
 

@@ -223,6 +223,10 @@ def test_slack_answers_become_temporary_or_permanent_errors_without_secrets(
         (Answer(500, "oops"), True, None),
         (Answer(503, {"ok": False, "error": "service_unavailable"}), True, None),
         (Answer(429, "", (("Retry-After", "7"),)), True, 7.0),
+        # an HTTP date (in the past: no wait) and garbage (the outbox's backoff decides);
+        # tests/test_retry.py has the whole table
+        (Answer(429, "", (("Retry-After", "Thu, 01 Jan 1970 00:01:40 GMT"),)), True, 0.0),
+        (Answer(429, "", (("Retry-After", "soon"),)), True, None),
         (Answer(404, "channel_not_found"), False, None),
         (Answer(403, "action_prohibited"), False, None),
     ]
@@ -310,12 +314,6 @@ def test_a_wrong_token_is_a_permanent_invalid_auth(standin: SlackStandIn) -> Non
         bot(standin, token="xoxb-wrong").send(render.render_test())
     assert not caught.value.temporary and "invalid_auth" in str(caught.value)
     assert "xoxb-wrong" not in str(caught.value)
-
-
-def test_retry_after_may_be_an_http_date() -> None:
-    assert slack.parse_retry_after("Thu, 01 Jan 1970 00:01:40 GMT", now=40.0) == 60.0
-    assert slack.parse_retry_after("3") == 3.0
-    assert slack.parse_retry_after("soon") is None
 
 
 def test_a_second_move_points_back_at_the_record_not_the_first_intruder() -> None:

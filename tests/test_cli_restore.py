@@ -135,6 +135,21 @@ def test_guard_exit_codes(
     proxy.reset()
     proxy.fail(None, f"/v2/{repo}/manifests/", 404, body=b"404 page not found")
     assert run("guard", proxied, cwd=tmp_path).returncode == 3  # a proxy's bare 404 is no answer
+    # a HEAD without a digest is settled by a verified GET; a GET that then finds nothing is no
+    # answer either (a race with a delete, or a confused registry), never "go ahead"
+    proxy.reset()
+    proxy.rewrite_header("HEAD", "/manifests/", "Docker-Content-Digest", None)
+    settled = run("guard", proxied, cwd=tmp_path)
+    assert settled.returncode == 1 and release.digest in settled.stdout
+    proxy.fail(
+        "GET",
+        "/manifests/",
+        404,
+        body=b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}',
+        headers={"Content-Type": "application/json"},
+    )
+    vanished = run("guard", proxied, cwd=tmp_path)
+    assert vanished.returncode == 3 and "vanished between HEAD and GET" in vanished.stderr
     proxy.stop()
     assert run("guard", proxied, cwd=tmp_path).returncode == 3
     assert run("guard", "not a ref", cwd=tmp_path).returncode == 2

@@ -5,6 +5,7 @@ memory of a ``tag-watchdog scan`` facing huge and endless answers stays bounded.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -20,8 +21,8 @@ from tests.support import registry as support_registry
 from tests.support.cli import clean_env
 from tests.test_service import Clock, _no_sleep
 from watchdog import config, errors, metrics, models, service
+from watchdog.registry import auth, media, transport
 from watchdog.registry import client as registry_client
-from watchdog.registry import media
 from watchdog.store import repo as store_repo
 
 pytestmark = pytest.mark.registry
@@ -39,7 +40,9 @@ def checker_for(
     ]
     all_settings = config.Settings(registries=(settings,), watches=tuple(watches))
     clients = service.Clients(
-        all_settings, sleep=_no_sleep, retry=registry_client.RetryPolicy(attempts=2, base=0.0)
+        all_settings,
+        sleep=_no_sleep,
+        retry=dataclasses.replace(registry_client.DEFAULT_RETRY, attempts=2, base=0.0),
     )
     return service.Checker(all_settings, store, clients, metrics.Metrics(), clock=Clock()), watches
 
@@ -132,7 +135,7 @@ async def test_huge_headers_fail_that_tag_only(store, registry, repo, two_images
     result = await checker.check_watch(watch)
     assert list(result.tag_errors) == ["1.0.0"]
     message = result.tag_errors["1.0.0"]
-    wanted = f"the response headers are over the {registry_client.MAX_HEADER_BYTES}-byte limit"
+    wanted = f"the response headers are over the {transport.MAX_HEADER_BYTES}-byte limit"
     assert message.endswith(wanted) and one_line(message), message
     assert store.get_tag(watch.name, "2.0.0") is not None
 
@@ -152,12 +155,12 @@ def issuer_proxy(token_registry) -> Iterator[faultproxy.FaultProxy]:
         (
             "a 2 MiB answer",
             lambda p: p.huge("GET", "/token", 2 * MiB, content_type="application/json"),
-            f"over the {registry_client.MAX_TOKEN_BODY_BYTES}-byte limit",
+            f"over the {auth.MAX_TOKEN_BODY_BYTES}-byte limit",
         ),
         (
             "an endless answer",
             lambda p: p.stream("GET", "/token", chunk=MiB, content_type="application/json"),
-            f"over the {registry_client.MAX_TOKEN_BODY_BYTES}-byte limit",
+            f"over the {auth.MAX_TOKEN_BODY_BYTES}-byte limit",
         ),
         (
             "a 600 KB token",

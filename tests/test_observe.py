@@ -6,6 +6,7 @@ tests for the pure parts (config labels, platforms, contradictions, dedupe, the 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -51,7 +52,7 @@ async def client(
 ) -> AsyncIterator[registry_client.RegistryClient]:
     """A client of the open registry, through ``proxy``, that tries each request once."""
     settings = registry.settings(host=proxy.host)
-    retry = registry_client.RetryPolicy(attempts=1, base=0.0)
+    retry = dataclasses.replace(registry_client.DEFAULT_RETRY, attempts=1, base=0.0)
     async with registry_client.RegistryClient(settings, sleep=_no_sleep, retry=retry) as rc:
         yield rc
 

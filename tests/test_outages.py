@@ -47,7 +47,9 @@ async def test_one_alert_when_a_registry_stays_unreachable_and_one_when_it_is_ba
         slack=config.SlackSettings(webhook_url=config.Secret("http://x"), unreachable_after=300),
     )
     clients = service.Clients(
-        settings, sleep=_no_sleep, retry=registry_client.RetryPolicy(attempts=1, base=0.0)
+        settings,
+        sleep=_no_sleep,
+        retry=dataclasses.replace(registry_client.DEFAULT_RETRY, attempts=1, base=0.0),
     )
     clock = Clock()
     checker = service.Checker(settings, alerting, clients, metrics.Metrics(), clock=clock)

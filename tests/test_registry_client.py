@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import email.utils
 import json
 import os
@@ -18,11 +19,11 @@ import pytest
 from tests.support import faultproxy, images
 from tests.support import registry as support_registry
 from watchdog import config, errors, models
-from watchdog.registry import auth, client, media
+from watchdog.registry import auth, client, credentials, media, transport
 
 pytestmark = pytest.mark.registry
 
-FAST = client.RetryPolicy(attempts=3, base=0.2, factor=2.0, cap=5.0)
+FAST = client.DEFAULT_RETRY
 
 
 class Sleeps(list[float]):
@@ -546,7 +547,7 @@ async def test_dropped_connections_and_timeouts_are_temporary(proxied, repo, fau
     # a registry that dribbles a byte now and then never trips the read timeout: the deadline
     fault_proxy.reset()
     fault_proxy.stream("GET", "/manifests/", chunk=1, interval=0.05)
-    once = client.RetryPolicy(attempts=1)
+    once = dataclasses.replace(client.DEFAULT_RETRY, attempts=1)
     async with make(settings={"timeout": 0.2}, retry=once) as rc:
         started = time.monotonic()
         with pytest.raises(errors.RegistryUnavailable, match="no complete answer in 1s"):
@@ -713,20 +714,22 @@ def test_docker_hub_config_key_and_identity_tokens(tmp_path):
             }
         },
     )
-    creds = auth.resolve_credentials(hub, env={"DOCKER_CONFIG": str(cfg)})
+    creds = credentials.resolve_credentials(hub, env={"DOCKER_CONFIG": str(cfg)})
     assert creds is not None and creds.username == "me" and creds.password == config.Secret("pw")
     assert "pw" not in repr(creds)
-    ghcr = auth.resolve_credentials(
+    ghcr = credentials.resolve_credentials(
         config.RegistrySettings(host="ghcr.io"), env={"DOCKER_CONFIG": str(cfg)}
     )
     assert ghcr is not None and ghcr.identity_token == config.Secret("refresh-me")
     explicit = config.RegistrySettings(host="ghcr.io", username="u", password=config.Secret("p"))
-    assert auth.resolve_credentials(explicit, env={"DOCKER_CONFIG": str(cfg)}).username == "u"
-    assert auth.resolve_credentials(hub, env={"HOME": str(tmp_path / "nohome")}) is None
+    assert (
+        credentials.resolve_credentials(explicit, env={"DOCKER_CONFIG": str(cfg)}).username == "u"
+    )
+    assert credentials.resolve_credentials(hub, env={"HOME": str(tmp_path / "nohome")}) is None
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "config.json").write_text("{nope")
     with pytest.raises(errors.AuthError, match="cannot read docker config"):
-        auth.resolve_credentials(hub, env={"DOCKER_CONFIG": str(tmp_path / "bad")})
+        credentials.resolve_credentials(hub, env={"DOCKER_CONFIG": str(tmp_path / "bad")})
 
 
 def test_credential_helper_for_docker_hub_gets_the_hub_url(tmp_path):
@@ -739,11 +742,11 @@ def test_credential_helper_for_docker_hub_gets_the_hub_url(tmp_path):
     write_helper(bindir, "slow", "exec /bin/sleep 5\n")
     cfg = write_docker_config(tmp_path / "c", {"credHelpers": {"docker.io": "hub"}})
     env = {"DOCKER_CONFIG": str(cfg), "PATH": str(bindir)}
-    creds = auth.resolve_credentials(config.RegistrySettings(host="docker.io"), env=env)
+    creds = credentials.resolve_credentials(config.RegistrySettings(host="docker.io"), env=env)
     assert creds is not None and creds.username is None
     assert creds.identity_token == config.Secret("https://index.docker.io/v1/-token")
     with pytest.raises(errors.AuthError, match="timed out"):
-        auth.run_credential_helper("slow", "docker.io", env, timeout=0.2)
+        credentials.run_credential_helper("slow", "docker.io", env, timeout=0.2)
 
 
 # --- secrets never leak into errors ----------------------------------------------------------------
@@ -787,7 +790,7 @@ async def test_secrets_never_appear_in_errors(
                     await rc.get_manifest(repo, "1.0.0")
                 assert "you sent" in str(exc.value)
                 failures.append(exc.value)
-            secrets.extend(rc._secrets)
+            secrets.extend(rc._wire.secrets)
         for failure in failures:
             assert_no_secret(failure, marker, *secrets)
             assert "Basic " + base64.b64encode(b"x").decode()[:2] not in str(failure)
@@ -875,30 +878,6 @@ def test_pick_challenge_prefers_bearer_with_a_realm(headers, scheme):
     assert (picked.scheme if picked else None) == scheme
 
 
-NOW = 1_700_000_000.0
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        ("0", 0.0),
-        ("5", 5.0),
-        ("1.5", 1.5),
-        (" 120 ", 120.0),
-        ("-3", 0.0),
-        (email.utils.formatdate(NOW + 30, usegmt=True), 30.0),
-        (email.utils.formatdate(NOW - 30, usegmt=True), 0.0),
-        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),
-        ("soon", None),
-        ("", None),
-        (None, None),
-        ("nan", None),
-    ],
-)
-def test_parse_retry_after(value, expected):
-    assert client.parse_retry_after(value, now=NOW) == expected
-
-
 @pytest.mark.parametrize(
     ("values", "expected"),
     [
@@ -921,12 +900,7 @@ def test_parse_link_next(values, expected):
     [("100;w=21600", 100.0), ("0", 0.0), ("7, 3", 7.0), ("", None), ("x;w=1", None), (None, None)],
 )
 def test_parse_ratelimit_remaining(value, expected):
-    assert client.parse_ratelimit_remaining(value) == expected
-
-
-def test_retry_policy_backoff_is_capped():
-    policy = client.RetryPolicy(attempts=6, base=0.5, factor=3.0, cap=4.0)
-    assert [policy.backoff(n) for n in range(1, 6)] == [0.5, 1.5, 4.0, 4.0, 4.0]
+    assert transport.parse_ratelimit_remaining(value) == expected
 
 
 def test_token_cache_refreshes_a_little_early():
@@ -956,13 +930,13 @@ async def test_concurrency_is_bounded_per_registry(proxied, repo, fault_proxy):
     assert fault_proxy.max_in_flight == 3
     async with make(settings={"max_concurrency": 8}) as rc:
         await asyncio.gather(*(rc.head_manifest(repo, "1.0.0") for _ in range(8)))
-        assert len(rc._clients) == 2  # several small pools, not one big one
+        assert len(rc._wire.pools) == 2  # several small pools, not one big one
 
 
 def test_pools_are_made_inside_the_running_loop(registry, repo, pusher):
     pushed = pusher.image(repo, "1.0.0")
     rc = client.RegistryClient(registry.settings())  # no loop running: nothing is made yet
-    assert rc._clients == []
+    assert rc._wire.pools == []
 
     async def use() -> str | None:
         async with rc:

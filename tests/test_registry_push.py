@@ -3,6 +3,8 @@ manifest_exists), against the real docker-registry: open, htpasswd and token var
 
 from __future__ import annotations
 
+import dataclasses
+
 import httpx
 import pytest
 
@@ -10,7 +12,7 @@ from tests.support import registry as support_registry
 from watchdog import config, errors, models
 from watchdog.registry import client, media
 
-FAST = client.RetryPolicy(attempts=2, base=0.0)
+FAST = dataclasses.replace(client.DEFAULT_RETRY, attempts=2, base=0.0)
 
 
 async def _no_sleep(seconds: float) -> None:

@@ -8,6 +8,7 @@ changed), a restore war (loop protection), and the store's part (apply_changes, 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Any
 
@@ -56,7 +57,9 @@ def make_checker(
         restore=config.RestoreSettings(max_per_tag=max_per_tag, window=3600.0),
     )
     clients = service.Clients(
-        settings, sleep=_no_sleep, retry=registry_client.RetryPolicy(attempts=2, base=0.0)
+        settings,
+        sleep=_no_sleep,
+        retry=dataclasses.replace(registry_client.DEFAULT_RETRY, attempts=2, base=0.0),
     )
     return service.Checker(settings, store, clients, metrics.Metrics(), clock=Clock()), watch
 

@@ -49,7 +49,9 @@ def make_checker(
     w = config.WatchSettings(repository=ref, **watch)
     settings = config.Settings(registries=(registry_settings,), watches=(w,))
     clients = service.Clients(
-        settings, sleep=_no_sleep, retry=registry_client.RetryPolicy(attempts=2, base=0.0)
+        settings,
+        sleep=_no_sleep,
+        retry=dataclasses.replace(registry_client.DEFAULT_RETRY, attempts=2, base=0.0),
     )
     return service.Checker(settings, store, clients, metrics.Metrics(), clock=Clock()), w
 

@@ -526,6 +526,7 @@ def _guard(args: argparse.Namespace) -> int:
 
     from watchdog import models
     from watchdog.registry import client as registry_client
+    from watchdog.registry import resolve
 
     ref = models.ImageRef.parse(args.ref, require_tag=True)
     allowed = models.check_digest(args.allow_digest) if args.allow_digest else None
@@ -535,12 +536,10 @@ def _guard(args: argparse.Namespace) -> int:
     async def ask() -> str | None:
         async with registry_client.RegistryClient(settings.registry(ref.host)) as rc:
             try:
-                head = await rc.head_manifest(ref.repository, ref.tag or "")
+                resolved = await resolve.resolve_digest(rc, ref.repository, ref.tag or "")
             except errors.NotFound:
-                return None
-            if head.digest is not None:
-                return head.digest
-            return (await rc.get_manifest(ref.repository, ref.tag or "")).digest
+                return None  # definitive: the HEAD's 404 carried a registry error code
+            return resolved.digest
 
     digest = asyncio.run(ask())
     shown = f"{ref.name}:{ref.tag}"

@@ -27,6 +27,7 @@ _DOCKER_HUB_ALIASES = {
 # The grammar of github.com/distribution/reference, written out for Python.
 _PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _PATH_RE = re.compile(rf"^{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*$")
+_PATH_HINT = "lower-case letters, digits and separators '.', '_', '__', '-', '/'"
 _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _HOST_RE = re.compile(
     rf"^(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:.]+\])(?::[0-9]{{1,5}})?$"
@@ -62,6 +63,21 @@ def check_tag(value: str) -> str:
             "(letters, digits, '_', '.', '-'; at most 128; not starting with '.' or '-')"
         )
     return value
+
+
+def is_repository_path(path: str) -> bool:
+    """True for a repository path inside a registry (``team/app``): the distribution grammar,
+    at most MAX_NAME_LENGTH characters, no host, no tag."""
+    return bool(path) and len(path) <= MAX_NAME_LENGTH and bool(_PATH_RE.match(path))
+
+
+def check_repository(path: str) -> str:
+    """Return ``path`` if :func:`is_repository_path`, else raise InvalidReference."""
+    if not is_repository_path(path):
+        raise errors.InvalidReference(
+            f"not a valid repository name: {errors.truncate(path, 80)!r} ({_PATH_HINT})"
+        )
+    return path
 
 
 def is_loopback_host(host: str) -> bool:
@@ -119,10 +135,9 @@ class ImageRef:
             raw, tag = raw[:colon], raw[colon + 1 :]
             check_tag(tag)
         host, path = _split_host(raw)
-        if not path or len(path) > MAX_NAME_LENGTH or not _PATH_RE.match(path):
+        if not is_repository_path(path):
             raise errors.InvalidReference(
-                f"not a valid repository name: {errors.truncate(text, 120)!r} "
-                "(lower-case letters, digits and separators '.', '_', '__', '-', '/')"
+                f"not a valid repository name: {errors.truncate(text, 120)!r} ({_PATH_HINT})"
             )
         if host == DOCKER_HUB and "/" not in path:
             path = "library/" + path

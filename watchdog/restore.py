@@ -23,7 +23,7 @@ from typing import Any
 
 from watchdog import errors, models
 from watchdog.registry import client as registry_client
-from watchdog.registry import media
+from watchdog.registry import media, resolve
 from watchdog.store import repo as store_repo
 
 log = logging.getLogger("watchdog.restore")
@@ -274,10 +274,7 @@ class Restorer:
         await self.registry.put_manifest(
             plan.path, plan.tag, plan.manifest.body, plan.manifest.media_type
         )
-        head = await self.registry.head_manifest(plan.path, plan.tag)
-        answered = head.digest
-        if answered is None:
-            answered = (await self.registry.get_manifest(plan.path, plan.tag)).digest
+        answered = (await resolve.resolve_digest(self.registry, plan.path, plan.tag)).digest
         ref = models.ImageRef.parse(f"{plan.repository}:{plan.tag}")
         if answered != plan.digest:
             return await self._failed(

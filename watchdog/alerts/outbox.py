@@ -5,7 +5,7 @@ leases due rows, sends each, and records the outcome in the database right after
 
 * delivered -> ``mark_delivered`` (committed before the next row is sent);
 * temporary failure (429, 5xx, connection error) -> tried again later, after ``Retry-After`` when
-  the channel gave one, else after an exponential backoff (``RetryPolicy``: backoff as data);
+  the channel gave one, else after an exponential backoff (``retry.Policy``: backoff as data);
 * permanent refusal (``invalid_auth``, ``channel_not_found``, a deleted webhook) or too many
   attempts -> ``mark_failed`` with the reason, counted in ``alerts_total{result="failed"}``.
 
@@ -26,7 +26,6 @@ sleep are injected; tests never sleep.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import functools
 import logging
@@ -34,7 +33,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
-from watchdog import config, errors, models
+from watchdog import config, errors, models, retry
 from watchdog.alerts import render, slack
 
 log = logging.getLogger("watchdog.alerts")
@@ -62,23 +61,10 @@ def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-@dataclasses.dataclass(frozen=True)
-class RetryPolicy:
-    """When to try a temporarily failed alert again: ``base * factor**(attempt-1)`` seconds,
-    at most ``cap``; a channel's ``Retry-After`` wins (up to ``max_retry_after``). After
-    ``max_attempts`` attempts the alert is marked failed."""
-
-    base: float = 2.0
-    factor: float = 2.0
-    cap: float = 300.0
-    max_attempts: int = 200
-    max_retry_after: float = 3600.0
-
-    def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (1 for the first)."""
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), self.max_retry_after)
-        return min(self.cap, self.base * self.factor ** max(attempt - 1, 0))
+# When to try a temporarily failed alert again: backoff up to 5 min, a channel's Retry-After up
+# to an hour (a longer one is waited for an hour, not given up on: the row is durable); after
+# 200 attempts the alert is marked failed.
+DEFAULT_RETRY = retry.Policy(attempts=200, base=2.0, factor=2.0, cap=300.0, max_retry_after=3600.0)
 
 
 class OutboxStore(Protocol):
@@ -145,7 +131,7 @@ class Worker:
         observer: Observer | None = None,
         clock: Clock = _utcnow,
         sleep: Sleep = asyncio.sleep,
-        policy: RetryPolicy = RetryPolicy(),
+        policy: retry.Policy = DEFAULT_RETRY,
         lease: float | None = None,
         poll: float = 1.0,
     ) -> None:
@@ -396,7 +382,7 @@ class Worker:
         self, item: models.OutboxItem, what: str, exc: errors.AlertError, *, not_sent: bool
     ) -> None:
         now = self.clock()
-        if exc.temporary and item.attempts < self.policy.max_attempts:
+        if exc.temporary and not self.policy.exhausted(item.attempts):
             delay = self.policy.delay(item.attempts, exc.retry_after)
             await asyncio.to_thread(
                 functools.partial(

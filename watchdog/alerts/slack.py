@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import email.utils
 import logging
 import re
 from typing import Any, Protocol
@@ -20,7 +19,7 @@ from typing import Any, Protocol
 from slack_sdk import errors as slack_errors
 from slack_sdk import web, webhook
 
-from watchdog import config, errors
+from watchdog import config, errors, retry
 from watchdog.alerts import render
 
 CHANNEL = "slack"
@@ -261,25 +260,6 @@ def _header_value(headers: Any, name: str) -> str | None:
     return None
 
 
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """``Retry-After`` in seconds: a number of seconds or an HTTP date; None when absent or bad."""
-    if value is None:
-        return None
-    text = value.strip()
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    base = now if now is not None else dt.datetime.now(dt.UTC).timestamp()
-    return max(0.0, when.timestamp() - base)
-
-
 def _redact(text: str, secret: str) -> str:
     return text.replace(secret, "***") if secret else text
 
@@ -291,7 +271,7 @@ def _refused(
     if needed:
         detail += f" (needed: {errors.truncate(needed, 100)})"
     if status == 429:
-        retry_after = parse_retry_after(_header_value(headers, "Retry-After"))
+        retry_after = retry.parse_retry_after(_header_value(headers, "Retry-After"))
         return errors.AlertError(
             f"slack {what}: rate limited (429, retry after {retry_after}s)",
             channel=CHANNEL,

@@ -1,29 +1,33 @@
-"""Registry authentication: challenges, credentials, and a cache of bearer tokens.
+"""Registry authentication: challenges, bearer tokens, and the 401 handshake.
 
-The I/O of fetching a token belongs to the client (it owns the connections, the retry loop and
-the observer); this module decides what to ask for, reads the answers, finds credentials
-(settings, docker ``config.json``, credential helpers) and remembers tokens until they expire.
+:class:`Handshake` is what the client calls for every exchange: it answers the challenge the
+registry last made up front, and on a 401 takes the new challenge, finds credentials (see
+:mod:`watchdog.registry.credentials`), fetches a token from the realm over the same
+:class:`~watchdog.registry.transport.Transport` (its limits, deadline and observer apply) and
+tries once more. The retry loop around temporary failures stays with the client.
+
+Not an ``httpx.Auth`` flow: httpx would send the token request itself, outside the transport's
+body limits, deadline and per-exchange metrics.
 """
 
 from __future__ import annotations
 
-import base64
+import asyncio
 import dataclasses
 import json
 import os
-import shutil
-import subprocess
+import pathlib
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import Any
 
-from watchdog import config, errors, models
+import httpx
 
-# The key docker login writes for Docker Hub, and what its credential helpers expect.
-DOCKER_HUB_CONFIG_KEY = "https://index.docker.io/v1/"
-HELPER_TIMEOUT = 10.0
+from watchdog import config, errors
+from watchdog.registry import credentials, transport
+
 DEFAULT_TOKEN_LIFETIME = 60.0
+MAX_TOKEN_BODY_BYTES = 1024 * 1024
 # A bearer token travels in an Authorization header on every request: real ones are a few KiB,
 # and servers refuse headers much beyond 8-64 KiB (a 600 KB token came back as HTTP 431).
 MAX_TOKEN_LENGTH = 64 * 1024
@@ -31,8 +35,6 @@ MAX_TOKEN_LENGTH = 64 * 1024
 # request never leaves with a token that expires on the way.
 _EARLY_FRACTION = 0.2
 _EARLY_CAP = 30.0
-# docker-credential-* helpers answer this (on stdout, exit 1) when they hold nothing for a host.
-_HELPER_NOT_FOUND = "credentials not found"
 
 _TOKEN_CHARS = frozenset(
     "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -155,221 +157,6 @@ def pick_challenge(challenges: list[Challenge]) -> Challenge | None:
     return None
 
 
-# --- credentials --------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Credentials:
-    """Who we are to one registry. ``repr`` never shows the secrets."""
-
-    username: str | None = None
-    password: config.Secret | None = None
-    # An OAuth2 refresh token ("identitytoken" in config.json): exchanged at the realm by POST.
-    identity_token: config.Secret | None = None
-    source: str = "settings"  # where they came from, for messages: settings, config.json, helper
-
-    @property
-    def identity(self) -> str:
-        """A non-secret name for the cache key and for messages."""
-        if self.username:
-            return self.username
-        return "<identity token>" if self.identity_token else "<anonymous>"
-
-    def basic_header(self) -> str | None:
-        """``Basic base64(user:password)`` or None without a username and password."""
-        if self.username is None or not self.password:
-            return None
-        raw = f"{self.username}:{self.password.reveal()}".encode()
-        return "Basic " + base64.b64encode(raw).decode("ascii")
-
-    def secrets(self) -> list[str]:
-        """Every secret string these credentials could put on the wire (for redaction)."""
-        out: list[str] = []
-        if self.password:
-            out.append(self.password.reveal())
-        if self.identity_token:
-            out.append(self.identity_token.reveal())
-        header = self.basic_header()
-        if header:
-            out.append(header.split(" ", 1)[1])
-        return out
-
-    def __repr__(self) -> str:
-        return f"Credentials(identity={self.identity!r}, source={self.source!r})"
-
-    __str__ = __repr__
-
-
-def docker_config_path(env: Mapping[str, str]) -> Path | None:
-    """``$DOCKER_CONFIG/config.json``, else ``~/.docker/config.json`` (None without a home)."""
-    if env.get("DOCKER_CONFIG"):
-        return Path(env["DOCKER_CONFIG"]) / "config.json"
-    home = env.get("HOME")
-    if not home:
-        return None
-    return Path(home) / ".docker" / "config.json"
-
-
-def _config_key_host(key: str) -> str:
-    """``https://index.docker.io/v1/`` -> ``docker.io``; ``http://host:5000/x`` -> ``host:5000``."""
-    rest = key.split("://", 1)[1] if "://" in key else key
-    return models.normalize_host(rest.split("/", 1)[0])
-
-
-def _helper_server_url(host: str) -> str:
-    return DOCKER_HUB_CONFIG_KEY if models.normalize_host(host) == models.DOCKER_HUB else host
-
-
-def load_docker_config(env: Mapping[str, str], path: Path | None = None) -> dict[str, Any] | None:
-    """The parsed docker ``config.json`` (``path``, else found from ``env``), or None without one.
-
-    A file that exists but cannot be read or parsed raises AuthError: silently pulling
-    anonymously would turn a broken login into a confusing 401 later.
-    """
-    if path is None:
-        path = docker_config_path(env)
-    if path is None or not path.is_file():
-        return None
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise errors.AuthError(f"cannot read docker config {path}: {type(exc).__name__}") from None
-    if not isinstance(value, dict):
-        raise errors.AuthError(f"docker config {path} is not a JSON object")
-    return value
-
-
-def _from_auths(cfg: Mapping[str, Any], host: str) -> Credentials | None:
-    auths = cfg.get("auths")
-    if not isinstance(auths, dict):
-        return None
-    for key, entry in auths.items():
-        if not isinstance(entry, dict) or _config_key_host(str(key)) != host:
-            continue
-        username = entry.get("username")
-        password = entry.get("password")
-        auth = entry.get("auth")
-        if isinstance(auth, str) and auth:
-            try:
-                decoded = base64.b64decode(auth, validate=False).decode("utf-8")
-            except (ValueError, UnicodeDecodeError):
-                raise errors.AuthError(
-                    f"docker config: the 'auth' entry for {host} is not base64 of user:password"
-                ) from None
-            username, sep, password = decoded.partition(":")
-            if not sep:
-                raise errors.AuthError(
-                    f"docker config: the 'auth' entry for {host} is not base64 of user:password"
-                )
-        token = entry.get("identitytoken")
-        identity = config.Secret(token) if isinstance(token, str) and token else None
-        if isinstance(username, str) and username and isinstance(password, str):
-            return Credentials(username, config.Secret(password), identity, "config.json")
-        if identity:
-            return Credentials(
-                username if isinstance(username, str) and username else None,
-                None,
-                identity,
-                "config.json",
-            )
-    return None
-
-
-def run_credential_helper(
-    name: str, host: str, env: Mapping[str, str], timeout: float = HELPER_TIMEOUT
-) -> Credentials | None:
-    """Ask ``docker-credential-<name> get`` for ``host``; None when it holds nothing for it.
-
-    Runs the helper without a shell (the name comes from a file the user controls, but it is
-    never interpreted by one) and with a timeout, so that a helper waiting for a desktop
-    keyring prompt cannot hang a poll forever.
-    """
-    program = f"docker-credential-{name}"
-    if not name or "/" in name or os.sep in name:
-        raise errors.AuthError(f"docker config names an invalid credential helper {name!r}")
-    path = shutil.which(program, path=env.get("PATH"))
-    if path is None:
-        raise errors.AuthError(f"credential helper {program} is not on PATH")
-    try:
-        proc = subprocess.run(
-            [path, "get"],
-            input=_helper_server_url(host).encode(),
-            capture_output=True,
-            timeout=timeout,
-            env=dict(env),
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise errors.AuthError(
-            f"credential helper {program} timed out after {timeout:g}s"
-        ) from None
-    except OSError as exc:
-        raise errors.AuthError(f"cannot run credential helper {program}: {exc.strerror}") from None
-    out = proc.stdout.decode("utf-8", "replace")
-    if proc.returncode != 0:
-        if _HELPER_NOT_FOUND in out.lower():
-            return None
-        # stderr of a helper is its own error text; it does not echo the secret it failed to get
-        detail = errors.truncate(proc.stderr.decode("utf-8", "replace") or out, 120)
-        raise errors.AuthError(
-            f"credential helper {program} failed for {host} (exit {proc.returncode}): {detail}"
-        )
-    try:
-        value = json.loads(out)
-    except json.JSONDecodeError:
-        raise errors.AuthError(f"credential helper {program} did not answer JSON") from None
-    if not isinstance(value, dict):
-        raise errors.AuthError(f"credential helper {program} did not answer a JSON object")
-    username = value.get("Username")
-    secret = value.get("Secret")
-    if not isinstance(secret, str) or not secret:
-        return None
-    source = f"helper {program}"
-    if username == "<token>":
-        # Docker's convention: the secret is an identity (refresh) token, not a password.
-        return Credentials(None, None, config.Secret(secret), source)
-    if not isinstance(username, str) or not username:
-        raise errors.AuthError(f"credential helper {program} answered no Username for {host}")
-    return Credentials(username, config.Secret(secret), None, source)
-
-
-def resolve_credentials(
-    settings: config.RegistrySettings,
-    env: Mapping[str, str] | None = None,
-    *,
-    config_path: Path | None = None,
-) -> Credentials | None:
-    """The credentials to use for ``settings.host``, or None to go anonymous.
-
-    Order: username/password from the settings; then (only when ``use_docker_config``) the
-    docker config: ``credHelpers[host]`` (a helper named for this host is the most specific
-    thing the user said), inline ``auths`` entries (``auth`` or ``username``/``password``,
-    ``identitytoken``), and last the global ``credsStore``. ``config_path`` overrides where
-    ``config.json`` is looked for. Blocking (may run a helper).
-    """
-    if settings.username:
-        return Credentials(settings.username, settings.password, None, "settings")
-    if not settings.use_docker_config:
-        return None
-    env = dict(os.environ if env is None else env)
-    cfg = load_docker_config(env, config_path)
-    if cfg is None:
-        return None
-    host = models.normalize_host(settings.host)
-    helpers = cfg.get("credHelpers")
-    if isinstance(helpers, dict):
-        for key, name in helpers.items():
-            if isinstance(name, str) and _config_key_host(str(key)) == host:
-                return run_credential_helper(name, host, env)
-    inline = _from_auths(cfg, host)
-    if inline is not None:
-        return inline
-    store = cfg.get("credsStore")
-    if isinstance(store, str) and store:
-        return run_credential_helper(store, host, env)
-    return None
-
-
 # --- tokens -------------------------------------------------------------------------------------
 
 
@@ -460,3 +247,253 @@ def parse_token_response(body: bytes) -> tuple[str, float | None]:
     if isinstance(expires_in, bool) or not isinstance(expires_in, int | float):
         expires_in = None
     return token, float(expires_in) if expires_in is not None else None
+
+
+# --- the handshake ------------------------------------------------------------------------------
+
+
+class Handshake:
+    """Authenticates the exchanges of one registry identity over ``wire``.
+
+    Credentials are looked up once, lazily (only when the registry asks for them), and bearer
+    tokens are cached per (realm, service, scope, identity) until a little before they expire;
+    concurrent requests for the same token make one fetch.
+    """
+
+    def __init__(
+        self,
+        settings: config.RegistrySettings,
+        wire: transport.Transport,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        env: Mapping[str, str] | None = None,
+        docker_config_path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        """``env`` replaces ``os.environ`` for credential lookup; ``docker_config_path`` names the
+        docker ``config.json`` to read instead of the usual places; ``clock`` drives the cache."""
+        self.settings = settings
+        self.wire = wire
+        self._env = env
+        self._docker_config_path = (
+            pathlib.Path(docker_config_path) if docker_config_path is not None else None
+        )
+        self._tokens = TokenCache(clock)
+        self._token_locks: dict[TokenKey, asyncio.Lock] = {}
+        # The challenge the registry last made: answered up front from then on, which saves a
+        # round trip per request on registries that want auth.
+        self._challenge: Challenge | None = None
+        self._credentials: credentials.Credentials | None = None
+        self._credentials_loaded = False
+        self._credentials_lock = asyncio.Lock()
+
+    async def send(
+        self,
+        method: str,
+        url: httpx.URL,
+        *,
+        what: str,
+        scope: str,
+        headers: Mapping[str, str],
+        content: bytes | None,
+        max_body: int,
+        follow_redirects: bool = True,
+    ) -> transport.Response:
+        """One authenticated attempt: the exchange, and once more after a 401 with a fresh answer.
+
+        Returns the response for any status but 401/403; raises AuthError for those (naming the
+        identity) and for a challenge it cannot answer; token-service failures raise as the
+        transport words them (RateLimited, RegistryUnavailable, ProtocolError, AuthError).
+        """
+
+        async def exchange(authorization: str | None) -> transport.Response:
+            return await self.wire.send(
+                method,
+                url,
+                headers=_with_auth(headers, authorization),
+                content=content,
+                max_body=max_body,
+                what=what,
+                follow_redirects=follow_redirects,
+            )
+
+        sent: str | None = None
+        if self._challenge is not None:
+            sent = await self._authorization(self._challenge, scope, what)
+        resp = await exchange(sent)
+        if resp.status == 401:
+            fresh = await self._answer(resp, scope, what, sent)
+            if fresh != sent:
+                resp = await exchange(fresh)
+        if resp.status in (401, 403):
+            raise await self._refused(what, resp)
+        return resp
+
+    async def _answer(
+        self, resp: transport.Response, scope: str, what: str, sent: str | None
+    ) -> str:
+        """The Authorization header answering the challenge of the 401 ``resp``; AuthError when
+        there is no challenge to answer or nothing to answer it with."""
+        challenge = pick_challenge(parse_challenges(resp.headers.get_list("www-authenticate")))
+        if challenge is None:
+            raise self._auth_error(what, "HTTP 401 without a Bearer or Basic challenge", 401)
+        # Retry once: when we sent nothing, or a token the registry no longer takes (revoked,
+        # expired early, too narrow a scope), or the registry changed its mind about how.
+        self._challenge = challenge
+        stale = sent.split(" ", 1)[1] if sent and sent.startswith("Bearer ") else None
+        fresh = await self._authorization(
+            challenge, join_scopes(scope, challenge.scope), what, stale=stale
+        )
+        if fresh is None:
+            creds = await self.find_credentials()
+            raise self._auth_error(
+                what,
+                f"the registry wants {challenge.scheme.capitalize()} credentials and "
+                f"{'none are configured' if creds is None else 'those found have no password'}",
+                401,
+            )
+        return fresh
+
+    async def _refused(self, what: str, resp: transport.Response) -> errors.AuthError:
+        """The AuthError for a 401/403 that authenticating did not cure."""
+        creds = await self.find_credentials() if self._challenge is not None else None
+        who = creds.identity if creds is not None else "<anonymous>"
+        hint = ""
+        if resp.status == 401:
+            ch = pick_challenge(parse_challenges(resp.headers.get_list("www-authenticate")))
+            if ch is not None and ch.error:
+                hint = f" ({ch.error})"
+        return self._auth_error(
+            what, f"HTTP {resp.status}{hint} as {who}: {self.wire.body_text(resp)}", resp.status
+        )
+
+    async def find_credentials(self) -> credentials.Credentials | None:
+        """Credentials for this host, looked up once (may run a credential helper: in a thread)."""
+        async with self._credentials_lock:
+            if not self._credentials_loaded:
+                creds = await asyncio.to_thread(
+                    credentials.resolve_credentials,
+                    self.settings,
+                    self._env,
+                    config_path=self._docker_config_path,
+                )
+                if creds is not None:
+                    self.wire.add_secret(*creds.secrets())
+                self._credentials = creds
+                self._credentials_loaded = True
+        return self._credentials
+
+    async def _authorization(
+        self, challenge: Challenge, scope: str, what: str, *, stale: str | None = None
+    ) -> str | None:
+        """The Authorization header answering ``challenge`` for ``scope``, or None for "no way".
+
+        ``stale`` is a token the registry just refused: a cached copy of it is not reused.
+        """
+        creds = await self.find_credentials()
+        if challenge.scheme == "basic":
+            return creds.basic_header() if creds is not None else None
+        realm = challenge.realm or ""
+        key = TokenKey(realm, challenge.service or "", scope, creds.identity if creds else "")
+        cached = self._tokens.get(key)
+        if cached is not None and cached != stale:
+            return f"Bearer {cached}"
+        # One fetch per key at a time: fifty HEADs starting together make one token request.
+        lock = self._token_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            cached = self._tokens.get(key)
+            if cached is not None and cached != stale:
+                return f"Bearer {cached}"
+            token, expires_in = await self._fetch_token(challenge, scope, creds, what)
+            self._tokens.put(key, token, expires_in)
+            return f"Bearer {token}"
+
+    def _realm(
+        self, challenge: Challenge, creds: credentials.Credentials | None, what: str
+    ) -> httpx.URL:
+        """The token service URL of a Bearer ``challenge``, once it is fit to be sent ``creds``.
+
+        Every rule about where a token request may go lives here.
+        """
+        try:
+            realm_url = httpx.URL(challenge.realm or "")
+        except httpx.InvalidURL:
+            raise self.wire.protocol(what, "the Bearer challenge has an unusable realm") from None
+        if realm_url.scheme not in ("http", "https"):
+            raise self.wire.protocol(
+                what, f"the Bearer realm is not an http(s) URL ({realm_url.scheme})"
+            )
+        if creds is not None and realm_url.scheme == "http" and not self.settings.insecure:
+            raise self._auth_error(
+                what, f"refusing to send credentials to a plain-HTTP realm ({_shown(realm_url)})"
+            )
+        return realm_url
+
+    async def _fetch_token(
+        self,
+        challenge: Challenge,
+        scope: str,
+        creds: credentials.Credentials | None,
+        what: str,
+    ) -> tuple[str, float | None]:
+        """A fresh token (and its lifetime) for ``scope`` from the challenge's realm."""
+        realm_url = self._realm(challenge, creds, what)
+        method, url, headers, content = _token_request(realm_url, challenge, scope, creds)
+        ask = f"{what}: {method} {_shown(realm_url)}"
+        resp = await self.wire.send(
+            method, url, headers=headers, content=content, max_body=MAX_TOKEN_BODY_BYTES, what=ask
+        )
+        if resp.status == 200:
+            try:
+                token, expires_in = parse_token_response(resp.body)
+            except errors.ProtocolError as exc:
+                raise self.wire.protocol(ask, str(exc)) from exc
+            self.wire.add_secret(token)
+            return token, expires_in
+        temporary = self.wire.temporary_error(ask, resp)
+        if temporary is not None:
+            raise temporary
+        who = creds.identity if creds is not None else "<anonymous>"
+        raise self._auth_error(
+            ask,
+            f"HTTP {resp.status} for {who}, scope {scope or '(none)'}: {self.wire.body_text(resp)}",
+            resp.status,
+        )
+
+    def _auth_error(self, what: str, detail: str, status: int | None = None) -> errors.AuthError:
+        return errors.AuthError(
+            self.wire.message(what, detail), registry=self.wire.name, status=status
+        )
+
+
+def _token_request(
+    realm_url: httpx.URL,
+    challenge: Challenge,
+    scope: str,
+    creds: credentials.Credentials | None,
+) -> tuple[str, httpx.URL, dict[str, str], bytes | None]:
+    """Method, URL, headers and body of the token request for ``scope``."""
+    headers: dict[str, str] = {"Accept": "application/json"}
+    if creds is not None and creds.identity_token:
+        # OAuth2 refresh-token grant, as docker does with an identity token.
+        form = [("grant_type", "refresh_token"), ("client_id", "tag-watchdog")]
+        form.extend(token_query(challenge, scope))
+        form.append(("refresh_token", creds.identity_token.reveal()))
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+        return "POST", realm_url, headers, urllib.parse.urlencode(form).encode()
+    basic = creds.basic_header() if creds is not None else None
+    if basic:
+        headers["Authorization"] = basic
+    url = realm_url.copy_merge_params(tuple(token_query(challenge, scope)))
+    return "GET", url, headers, None
+
+
+def _shown(realm_url: httpx.URL) -> str:
+    """The realm as messages show it: host and path, never a query that might hold a secret."""
+    return f"token from {realm_url.host}{realm_url.path}"
+
+
+def _with_auth(headers: Mapping[str, str], authorization: str | None) -> dict[str, str]:
+    out = dict(headers)
+    if authorization:
+        out["Authorization"] = authorization
+    return out
