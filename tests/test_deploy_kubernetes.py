@@ -173,9 +173,10 @@ def test_probes_ready_on_readyz_alive_on_healthz() -> None:
 def test_non_root_read_only_and_the_only_writable_place_is_an_emptydir() -> None:
     spec = pod_spec()
     dockerfile = (ROOT / "Dockerfile").read_text()
-    (uid,) = re.findall(r"^USER (\d+)$", dockerfile, re.M)
+    ((uid, gid),) = re.findall(r"^USER (\d+):(\d+)$", dockerfile, re.M)
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["securityContext"]["runAsUser"] == int(uid)
+    assert spec["securityContext"]["runAsGroup"] == int(gid)
     assert spec["automountServiceAccountToken"] is False
     volumes = {v["name"]: v for v in spec["volumes"]}
     for c in containers():
