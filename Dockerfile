@@ -24,7 +24,8 @@ RUN python3 -m venv /opt/tag-watchdog \
     && pip install . \
     && rm -rf /src \
     && groupadd --system --gid 10001 watchdog \
-    && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/tag-watchdog --create-home watchdog
+    && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/tag-watchdog --no-create-home watchdog \
+    && install -d -o 10001 -g 10001 -m 0700 /var/lib/tag-watchdog
 
 USER 10001:10001
 WORKDIR /var/lib/tag-watchdog

@@ -159,11 +159,16 @@ PIDS+=($!)
 wait_http "http://127.0.0.1:$WHEEL_PORT/" 30 || fail "the wheel server did not start"
 
 say "building $IMAGE on $BASE_TAG"
+previous="$(docker image inspect -f '{{.Id}}' "$IMAGE" 2>/dev/null || true)"
 DOCKER_BUILDKIT=0 docker build --network host --quiet \
     --build-arg BASE_IMAGE="$BASE_TAG" \
     --build-arg PIP_NO_INDEX=1 \
     --build-arg PIP_FIND_LINKS="http://127.0.0.1:$WHEEL_PORT/" \
     -t "$IMAGE" . >"$WORK/build.log" 2>&1 || { tail -n 30 "$WORK/build.log" >&2; fail "docker build"; }
+# the previous CI image, now untagged: do not let one pile up per run
+if [ -n "$previous" ] && [ "$previous" != "$(docker image inspect -f '{{.Id}}' "$IMAGE")" ]; then
+    docker rmi "$previous" >/dev/null 2>&1 || true
+fi
 
 # --- a registry and a database on the host ---------------------------------------------------------------
 
@@ -243,6 +248,21 @@ in_image 0 scan
 push 1.0.0 overwritten >/dev/null      # the accidental re-release
 in_image 1 scan
 grep -q "1.0.0" "$WORK/out.txt" || { cat "$WORK/out.txt" >&2; fail "scan did not name the moved tag"; }
+
+# SQLite in a named volume, the image's state directory (README: "Container image")
+VOLUME="tag-watchdog-smoke-$$"
+cat >"$WORK/sqlite.yaml" <<YAML
+database_url: sqlite:////var/lib/tag-watchdog/watchdog.db
+watches: [127.0.0.1:$REGISTRY_PORT/smoke/server]
+YAML
+chmod 0644 "$WORK/sqlite.yaml"
+status=0
+docker run --rm --network host --read-only --tmpfs /tmp -v "$VOLUME:/var/lib/tag-watchdog" \
+    -v "$WORK/sqlite.yaml:/etc/tag-watchdog/config.yaml:ro" "$IMAGE" \
+    scan -c /etc/tag-watchdog/config.yaml >"$WORK/out.txt" 2>&1 || status=$?
+docker volume rm "$VOLUME" >/dev/null 2>&1 || true
+[ "$status" = 0 ] || { cat "$WORK/out.txt" >&2; fail "scan on SQLite in a volume exited $status"; }
+say "tag-watchdog scan on SQLite in a volume: exit 0 as expected"
 
 say "starting the daemon"
 NAME="tag-watchdog-smoke-$$"
