@@ -165,8 +165,9 @@ DOCKER_BUILDKIT=0 docker build --network host --quiet \
     --build-arg PIP_NO_INDEX=1 \
     --build-arg PIP_FIND_LINKS="http://127.0.0.1:$WHEEL_PORT/" \
     -t "$IMAGE" . >"$WORK/build.log" 2>&1 || { tail -n 30 "$WORK/build.log" >&2; fail "docker build"; }
-# the previous CI image, now untagged: do not let one pile up per run
-if [ -n "$previous" ] && [ "$previous" != "$(docker image inspect -f '{{.Id}}' "$IMAGE")" ]; then
+# the previous CI image, when nothing else names it now: do not let one pile up per run
+if [ -n "$previous" ] && [ "$previous" != "$(docker image inspect -f '{{.Id}}' "$IMAGE")" ] &&
+    [ "$(docker image inspect -f '{{len .RepoTags}}' "$previous" 2>/dev/null)" = 0 ]; then
     docker rmi "$previous" >/dev/null 2>&1 || true
 fi
 
