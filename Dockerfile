@@ -1,20 +1,33 @@
 # tag-watchdog: a small, non-root image.  docker build -t tag-watchdog .
-FROM python:3.11-slim
+# BASE_IMAGE: the official Python slim image by default; any Debian-like image with python3 >= 3.11
+# and its venv module works (CI builds on one it makes itself: .ci/image-smoke.sh).
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
+
+# For builds without the package index: wheels served elsewhere, as pip's own settings, e.g.
+#   --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=http://127.0.0.1:8000/
+ARG PIP_FIND_LINKS=""
+ARG PIP_NO_INDEX=""
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/tag-watchdog/bin:$PATH
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY watchdog ./watchdog
 COPY migrations ./migrations
-RUN pip install . \
+# A virtualenv: the same on every base (Debian's own python3 refuses system-wide pip installs).
+RUN python3 -m venv /opt/tag-watchdog \
+    && pip install . \
     && rm -rf /src \
-    && useradd --system --uid 10001 --home-dir /var/lib/tag-watchdog --create-home watchdog
+    && groupadd --system --gid 10001 watchdog \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/tag-watchdog --no-create-home watchdog \
+    && install -d -o 10001 -g 10001 -m 0700 /var/lib/tag-watchdog
 
-USER 10001
+USER 10001:10001
 WORKDIR /var/lib/tag-watchdog
 EXPOSE 9797
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \

@@ -1,7 +1,8 @@
 """deploy/: Prometheus config and alert rules, Grafana provisioning and dashboard, docker-compose.
 
-No Docker engine runs here, so the compose file and provisioning are checked by parsing (mounted
-paths exist, names and uids agree); Prometheus itself is real (Debian's package): promtool checks
+The compose file and provisioning are checked by parsing here (mounted paths exist, names and uids
+agree; real Compose v2 checks the compose file in test_deploy_compose.py, and CI builds and runs
+the image: .ci/image-smoke.sh); Prometheus itself is real (Debian's package): promtool checks
 the config and runs the rule unit tests, and a Prometheus server scrapes a real `tag-watchdog run`
 while a scripted move, deletion and registry error happen; then every dashboard expression and
 every alert rule must return data.
