@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 from watchdog import detect, errors, models
-from watchdog.registry import media
+from watchdog.registry import media, resolve
 
 # the check's logger: these lines are part of the check's log, and pipelines filter on it
 log = logging.getLogger("watchdog.service")
@@ -80,8 +80,13 @@ class Observer:
         """Ask the registry about one tag (``listed``: it is in tags/list). Never raises for
         registry failures: they are ERROR."""
         registry, ref = self.registry, self.ref
+        known = record.current_digest if record is not None else None
         try:
-            head = await registry.head_manifest(ref.repository, tag)
+            # Unchanged: the HEAD is enough. New or different (or no digest header): only a
+            # GET-verified digest that the HEAD agrees with counts (resolve_digest).
+            resolved = await resolve.resolve_digest(
+                registry, ref.repository, tag, verify=True, known=known
+            )
         except errors.NotFound:
             if listed:
                 # Listed but unknown: the registry contradicts itself; that is no definitive answer.
@@ -91,20 +96,14 @@ class Observer:
             return TagOutcome(models.Observation.absent(), [])
         except errors.RegistryError as exc:
             return TagOutcome(models.Observation.failed(str(exc)), [])
-        if record is not None and head.digest is not None and head.digest == record.current_digest:
-            # Unchanged: HEAD is enough (and does not count against Docker Hub's pull limit).
-            return TagOutcome(models.Observation.present(head.digest, head.media_type), [])
-        # New or different (or no digest header): only a GET-verified digest counts.
+        manifest = resolved.manifest
+        if manifest is None:
+            return TagOutcome(models.Observation.present(resolved.digest, resolved.media_type), [])
         try:
-            manifest = await registry.get_manifest(ref.repository, tag)
             manifests = [manifest, *await self._children(manifest)]
-        except errors.NotFound:
-            return TagOutcome(
-                models.Observation.failed("manifest vanished between HEAD and GET"), []
-            )
         except errors.RegistryError as exc:
             return TagOutcome(models.Observation.failed(str(exc)), [])
-        why_not = contradiction(head, manifest, record, listed)
+        why_not = contradiction(manifest, record, listed)
         if why_not is not None:
             return TagOutcome(models.Observation.failed(why_not), [])
         changed: tuple[str, ...] = ()
@@ -179,24 +178,16 @@ class Observer:
 
 
 def contradiction(
-    head: models.ManifestHead,
-    manifest: models.Manifest,
-    record: models.TagRecord | None,
-    listed: bool,
+    manifest: models.Manifest, record: models.TagRecord | None, listed: bool
 ) -> str | None:
     """Why a verified manifest is still no evidence of a change, or None when it is.
 
     A GET-verified body proves only that the registry served those bytes, not that the tag
     points at them: a confused cache or proxy can serve another image's valid manifest, with a
     matching digest header. So the registry must agree with itself: the HEAD's digest (when it
-    sent one) is the GET's, and a tag missing from tags/list may confirm its recorded digest but
-    not announce another one.
+    sent one) is the GET's (``resolve.resolve_digest`` refuses otherwise), and a tag missing from
+    tags/list may confirm its recorded digest but not announce another one.
     """
-    if head.digest is not None and head.digest != manifest.digest:
-        return (
-            f"the registry contradicts itself: HEAD answered {head.digest}, "
-            f"GET served {manifest.digest}"
-        )
     if not listed and (record is None or manifest.digest != record.current_digest):
         return f"not in tags/list, yet the manifest answers {manifest.digest}"
     return None
