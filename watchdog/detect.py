@@ -1,6 +1,6 @@
 """Detection: what one observation of a tag means, given what was recorded. Pure, no I/O.
 
-The rules (DESIGN section 4):
+The rules (docs/DETECTION.md tells them to users):
 
 * first sight of a tag records a silent baseline (``first_seen``);
 * a different digest is a ``moved`` event only when the service has verified it by GET and hashing

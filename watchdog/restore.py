@@ -1,4 +1,4 @@
-"""Put a release back: the restore procedure of DESIGN section 5.
+"""Put a release back: the restore procedure (docs/ARCHITECTURE.md, "Restore").
 
 1. Take the recorded digest (or another digest that was once the tag's trusted one); fetch its
    manifest by digest from the registry, else from the archive; verify sha256(bytes) == digest.
