@@ -40,6 +40,14 @@ KEYS = sorted(
         "max_per_tag",
         "window",
         "registry_token",
+        "dockerhub_token",
+        "push_username",
+        "push_password",
+        "signing_secret",
+        "allowed_users",
+        "lease",
+        "unreachable_after",
+        "use_docker_config",
         "bogus",
     }
 )
@@ -62,6 +70,8 @@ scalars = st.one_of(
             "restore",
             "postgresql+psycopg://u:p@h/d",
             "^v?\\d+$",
+            "U0123ABCD",
+            "https://hooks.example/x",
         ]
     ),
 )

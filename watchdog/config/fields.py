@@ -56,7 +56,19 @@ class Secret(pydantic.SecretStr):
     def __get_pydantic_core_schema__(
         cls, source: type[Any], handler: pydantic.GetCoreSchemaHandler
     ) -> core_schema.CoreSchema:
-        return core_schema.no_info_plain_validator_function(_to_secret)
+        return core_schema.no_info_plain_validator_function(
+            _to_secret,
+            serialization=core_schema.plain_serializer_function_ser_schema(
+                _dump_secret, info_arg=True
+            ),
+        )
+
+
+def _dump_secret(secret: Secret, info: core_schema.SerializationInfo) -> Any:
+    """``model_dump()`` keeps the Secret; JSON shows ``***`` (or ``""`` for an empty one)."""
+    if info.mode == "json":
+        return "***" if secret else ""
+    return secret
 
 
 def problem(message: str) -> pydantic_core.PydanticCustomError:
@@ -83,13 +95,18 @@ def parse_duration(value: object) -> float:
 
 
 def format_duration(seconds: float) -> str | float:
-    """The shortest text ``parse_duration`` reads back as exactly ``seconds``."""
-    for unit in ("d", "h", "m", "s", "ms"):
-        count = seconds / _UNITS[unit]
-        if count.is_integer() and (unit != "d" or count > 0):
-            text = f"{int(count)}{unit}"
+    """The shortest text ``parse_duration`` reads back as exactly ``seconds``: ``5m``, ``2.5s``,
+    ``250ms``, else the number itself."""
+    if seconds == 0:
+        return "0s"
+    candidates = [f"{int(seconds / _UNITS[u])}{u}" for u in ("d", "h", "m", "s", "ms")]
+    candidates.insert(4, f"{seconds!r}s")
+    for text in candidates:
+        try:
             if parse_duration(text) == seconds:
                 return text
+        except ValueError:
+            continue  # e.g. 1e-05s
     return seconds
 
 
