@@ -140,7 +140,8 @@ def shown(value: object) -> str:
 # --- converters (before validators): what YAML and the environment give -> the field's type -----
 
 
-def _text(value: Any) -> Any:
+def as_text(value: Any) -> Any:
+    """A string from what YAML gives (a number becomes its text); no mapping, list or bool."""
     if isinstance(value, bool | dict | list | tuple):
         raise problem(f"expected a string, got {kind(value)}")
     if isinstance(value, str | int | float):
@@ -151,7 +152,7 @@ def _text(value: Any) -> Any:
 def _to_secret(value: Any) -> Secret:
     if isinstance(value, Secret):
         return value
-    return Secret(_text(value), getattr(value, "template", None))
+    return Secret(as_text(value), getattr(value, "template", None))
 
 
 def _duration(value: Any) -> float:
@@ -225,7 +226,7 @@ def checked(test: Callable[[Any], bool], message: str) -> pydantic.AfterValidato
     return pydantic.AfterValidator(check)
 
 
-Text = Annotated[str, pydantic.BeforeValidator(_text)]
+Text = Annotated[str, pydantic.BeforeValidator(as_text)]
 Duration = Annotated[float, pydantic.BeforeValidator(_duration)]
 Interval = Annotated[
     float, pydantic.BeforeValidator(_duration), pydantic.AfterValidator(_at_least_1s)

@@ -31,7 +31,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "HOOK_TOKEN": ("hooks", "registry_token"),
     "DOCKERHUB_HOOK_TOKEN": ("hooks", "dockerhub_token"),
 }
-_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NO_WATCHES = "nothing to watch (add at least one repository)"
 
 
@@ -92,7 +92,7 @@ def expand_env(text: str, env: Mapping[str, str], problems: list[str], where: st
         problems.append(f"{where}: environment variable {name} is not set")
         return ""
 
-    return _ENV_RE.sub(sub, text)
+    return ENV_RE.sub(sub, text)
 
 
 def path_of(loc: tuple[Any, ...]) -> str:

@@ -11,7 +11,6 @@ import yaml
 
 from watchdog import models
 from watchdog.config import fields, loading, settings
-from watchdog.config.fields import Secret
 
 MASK = "***"
 # a password in a URL, unless it is one whole ${VAR} reference (which shows nothing secret)
@@ -27,7 +26,7 @@ def masked(config: settings.Settings) -> dict[str, Any]:
     """The effective configuration as plain data, every secret replaced by ``***``."""
 
     def conv(value: Any) -> Any:
-        if isinstance(value, Secret):
+        if isinstance(value, fields.Secret):
             return MASK if value else None
         if isinstance(value, models.ImageRef):
             return value.name
@@ -43,7 +42,7 @@ def masked(config: settings.Settings) -> dict[str, Any]:
     return out
 
 
-def _secret_text(secret: Secret, url: bool) -> str | None:
+def _secret_text(secret: fields.Secret, url: bool) -> str | None:
     """What ``to_yaml`` prints for a secret: the ``${VAR}`` reference it came from, else None."""
     template = secret.template
     if template is None:
@@ -56,9 +55,9 @@ def _secret_text(secret: Secret, url: bool) -> str | None:
         return f"${{{name}:-{mask_url(default) if url else MASK}}}"
 
     if url:  # a URL's other parts are not secret: only its password (or a default's) is hidden
-        return _URL_PASSWORD_RE.sub(r"\1***@", loading._ENV_RE.sub(default_masked, template))
-    if loading._ENV_RE.fullmatch(template):
-        return loading._ENV_RE.sub(default_masked, template)
+        return _URL_PASSWORD_RE.sub(r"\1***@", loading.ENV_RE.sub(default_masked, template))
+    if loading.ENV_RE.fullmatch(template):
+        return loading.ENV_RE.sub(default_masked, template)
     return None  # literal text around a reference may be part of the secret
 
 
@@ -73,7 +72,7 @@ def to_yaml(config: settings.Settings) -> str:
     literal: list[str] = []
 
     def conv(value: Any, loc: tuple[Any, ...]) -> Any:
-        if isinstance(value, Secret):
+        if isinstance(value, fields.Secret):
             url = loc == ("database_url",)
             text = _secret_text(value, url)
             if text is None and value:

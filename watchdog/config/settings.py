@@ -11,7 +11,6 @@ import pydantic
 
 from watchdog import errors, models
 from watchdog.config import fields
-from watchdog.config.fields import DERIVED, Duration, Flag, Interval, Patterns, Secret, Text
 
 DEFAULT_DATABASE_URL = "sqlite:///watchdog.db"
 # release-like: 1.2.3, v1.2.3, 1.2.3-rc.1, 1.2.3+build.5 ; not latest, main, sha-abc, sha256-...
@@ -36,7 +35,7 @@ def _repository(value: Any) -> models.ImageRef:
     if isinstance(value, models.ImageRef):
         return value
     try:
-        ref = models.ImageRef.parse(fields._text(value), allow_tag=False)
+        ref = models.ImageRef.parse(fields.as_text(value), allow_tag=False)
     except errors.InvalidReference as exc:
         raise fields.problem(str(exc)) from None
     if ref.digest:
@@ -45,7 +44,7 @@ def _repository(value: Any) -> models.ImageRef:
 
 
 def _host_key(value: Any) -> str:
-    return _host(fields._text(value))
+    return _host(fields.as_text(value))
 
 
 def _repository_key(value: Any) -> str:
@@ -57,19 +56,19 @@ def _listen_ok(listen: str) -> bool:
     return match is not None and 0 < int(match.group(2)) < 65536
 
 
-OptText = Text | None
-OptSecret = Secret | None
-Host = Annotated[str, pydantic.BeforeValidator(fields._text), pydantic.AfterValidator(_host)]
+OptText = fields.Text | None
+OptSecret = fields.Secret | None
+Host = Annotated[str, pydantic.BeforeValidator(fields.as_text), pydantic.AfterValidator(_host)]
 Repository = Annotated[models.ImageRef, pydantic.PlainValidator(_repository)]
 DatabaseUrl = Annotated[
-    Secret,
+    fields.Secret,
     fields.checked(
         lambda url: bool(_DATABASE_RE.match(url.reveal())),
         "must start with sqlite:/// or postgresql+psycopg://",
     ),
 ]
 WebhookUrl = Annotated[
-    Secret,
+    fields.Secret,
     fields.checked(
         lambda url: url.reveal().startswith(("https://", "http://")), "must be an http(s) URL"
     ),
@@ -88,14 +87,14 @@ class RegistrySettings(fields.Section):
     username: OptText = None
     password: OptSecret = None
     # plain HTTP; loopback hosts default to True, as Docker does
-    insecure: Flag = pydantic.Field(default=DERIVED, validate_default=True)
+    insecure: fields.Flag = pydantic.Field(default=fields.DERIVED, validate_default=True)
     max_concurrency: Annotated[int, fields.integer(1, 256)] = 8
-    timeout: Duration = 10.0
+    timeout: fields.Duration = 10.0
     # credentials for pushes (restore), when they differ from the pull ones
     push_username: OptText = None
     push_password: OptSecret = None
     # True when the config says nothing about credentials: docker config.json / helpers are tried
-    use_docker_config: Flag = pydantic.Field(default=DERIVED, validate_default=True)
+    use_docker_config: fields.Flag = pydantic.Field(default=fields.DERIVED, validate_default=True)
 
     internal: ClassVar[frozenset[str]] = frozenset({"use_docker_config"})
 
@@ -121,8 +120,8 @@ class RegistrySettings(fields.Section):
 
 
 class TagFilter(fields.Section):
-    include: Patterns = DEFAULT_INCLUDE
-    exclude: Patterns = ()
+    include: fields.Patterns = DEFAULT_INCLUDE
+    exclude: fields.Patterns = ()
 
     _inc: tuple[re.Pattern[str], ...] = pydantic.PrivateAttr(default=())
     _exc: tuple[re.Pattern[str], ...] = pydantic.PrivateAttr(default=())
@@ -142,9 +141,10 @@ class WatchSettings(fields.Section):
     repository: Repository  # without tag
     tags: TagFilter = TagFilter()
     on_move: Annotated[
-        Text, fields.checked(lambda v: v in ON_MOVE, "must be one of alert, restore, got {value!r}")
+        fields.Text,
+        fields.checked(lambda v: v in ON_MOVE, "must be one of alert, restore, got {value!r}"),
     ] = "alert"
-    interval: Interval | None = None  # None = the global interval
+    interval: fields.Interval | None = None  # None = the global interval
 
     @classmethod
     def prepare(cls, data: Any) -> Any:
@@ -156,9 +156,9 @@ class WatchSettings(fields.Section):
 
 
 class HttpSettings(fields.Section):
-    listen: Annotated[Text, fields.checked(_listen_ok, "expected host:port, got {value!r}")] = (
-        "127.0.0.1:9797"
-    )
+    listen: Annotated[
+        fields.Text, fields.checked(_listen_ok, "expected host:port, got {value!r}")
+    ] = "127.0.0.1:9797"
     api_token: OptSecret = None
 
     @property
@@ -178,10 +178,10 @@ class SlackSettings(fields.Section):
     allowed_users: Annotated[tuple[SlackUser, ...], fields.StrList] = ()
     base_url: OptText = None  # Web API base (tests point it at a local stand-in)
     # one alert when no check of a registry succeeded for this long, one when it answers again
-    unreachable_after: Duration = 600.0
+    unreachable_after: fields.Duration = 600.0
     # the outbox lease: a send whose outcome is unknown (the daemon died mid-send) goes out again
     # after this long; keep it well above a send's 10 s timeout when replicas share the outbox
-    lease: Interval = 60.0
+    lease: fields.Interval = 60.0
 
     def problems(self) -> Iterator[tuple[str, str]]:
         if self.token and not self.channel:
@@ -208,7 +208,7 @@ class SlackSettings(fields.Section):
 
 class RestoreSettings(fields.Section):
     max_per_tag: Annotated[int, fields.integer(1, 1000)] = 3
-    window: Duration = 3600.0
+    window: fields.Duration = 3600.0
 
 
 class HookSettings(fields.Section):
@@ -219,9 +219,11 @@ class HookSettings(fields.Section):
 
 
 class Settings(fields.Section):
-    database_url: DatabaseUrl = Secret(DEFAULT_DATABASE_URL)
-    interval: Interval = 60.0
-    jitter: Duration = pydantic.Field(default=DERIVED, validate_default=True)  # interval/6, <= 10s
+    database_url: DatabaseUrl = fields.Secret(DEFAULT_DATABASE_URL)
+    interval: fields.Interval = 60.0
+    jitter: fields.Duration = pydantic.Field(
+        default=fields.DERIVED, validate_default=True
+    )  # interval/6, <= 10s
     http: HttpSettings = HttpSettings()
     registries: Annotated[
         tuple[RegistrySettings, ...],
