@@ -57,6 +57,8 @@ scalars = st.one_of(
     st.integers(min_value=-(10**12), max_value=10**12),
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=30),
+    st.dates(),  # YAML reads 2001-12-14 as a date
+    st.binary(max_size=5),  # and !!binary as bytes
     st.sampled_from(
         [
             "30s",

@@ -132,6 +132,19 @@ def test_where_a_value_came_from(tmp_path: Path) -> None:
     ]
 
 
+def test_values_yaml_reads_as_dates(tmp_path: Path) -> None:
+    found = problems_of(
+        tmp_path,
+        "registries: [{host: 2001-12-14}, {host: 2001-12-14}]\n"
+        "watches: [2002-01-01]\ninterval: 2001-12-14\n",
+    )
+    assert found == [
+        "interval (line 3): a date is not a duration (use e.g. 30s, 5m, 1h)",
+        "registries[1].host (line 1): 2001-12-14 is configured twice",
+        "watches[0] (line 2): expected a mapping, got date",
+    ]
+
+
 def test_keys_only_code_sets_are_unknown_in_a_file(tmp_path: Path) -> None:
     found = problems_of(
         tmp_path, "registries: [{host: a.io, use_docker_config: false}]\nsource: x\n"

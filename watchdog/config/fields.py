@@ -140,13 +140,12 @@ def shown(value: object) -> str:
 # --- converters (before validators): what YAML and the environment give -> the field's type -----
 
 
-def as_text(value: Any) -> Any:
-    """A string from what YAML gives (a number becomes its text); no mapping, list or bool."""
-    if isinstance(value, bool | dict | list | tuple):
+def as_text(value: Any) -> str:
+    """A string from what YAML gives (a number or a date becomes its text); no mapping, list,
+    bool or null."""
+    if value is None or isinstance(value, bool | dict | list | tuple):
         raise problem(f"expected a string, got {kind(value)}")
-    if isinstance(value, str | int | float):
-        return str(value)  # also turns the loader's str subclass into a plain str
-    return value
+    return str(value)  # also turns the loader's str subclass into a plain str
 
 
 def _to_secret(value: Any) -> Secret:
