@@ -42,8 +42,8 @@ async def test_one_alert_when_a_registry_stays_unreachable_and_one_when_it_is_ba
     alerting = repo.Store(store.engine, channels=("slack",))
     ref = models.ImageRef.parse(f"{own_registry.host}/team/app")
     watch = config.WatchSettings(repository=ref)
-    settings = dataclasses.replace(
-        config.Settings(watches=(watch,)),
+    settings = config.Settings(
+        watches=(watch,),
         slack=config.SlackSettings(webhook_url=config.Secret("http://x"), unreachable_after=300),
     )
     clients = service.Clients(

@@ -156,8 +156,8 @@ def test_no_buttons_without_the_signing_secret_or_in_webhook_mode() -> None:
     )
     bot = config.SlackSettings(token=config.Secret("xoxb-x"), channel="#r")
     webhook = config.SlackSettings(webhook_url=config.Secret("https://hooks.example/x"))
-    full = dataclasses.replace(
-        bot, signing_secret=config.Secret(SIGNING_SECRET), allowed_users=(ALLOWED,)
+    full = bot.model_copy(
+        update={"signing_secret": config.Secret(SIGNING_SECRET), "allowed_users": (ALLOWED,)}
     )
     for settings, has in [(bot, False), (webhook, False), (full, True)]:
         message = render.render_item(item, config.Settings(slack=settings))

@@ -168,6 +168,8 @@ def _config_path(args: argparse.Namespace) -> str | None:
 
 
 def _load(args: argparse.Namespace, *, need_watches: bool = False) -> config.Settings:
+    """The settings; with ``need_watches`` (``run``, ``scan`` and ``config check``) a file with at
+    least one watch is required, its absence reported with the file's other problems."""
     from watchdog import config
 
     path = _config_path(args)
@@ -175,12 +177,7 @@ def _load(args: argparse.Namespace, *, need_watches: bool = False) -> config.Set
         raise errors.UsageError(
             "no configuration: pass -c CONFIG or set WATCHDOG_CONFIG (see config.example.yaml)"
         )
-    settings = config.load(path)
-    if need_watches and not settings.watches:
-        raise errors.ConfigError(
-            ["watches: nothing to watch (add at least one repository)"], source=settings.source
-        )
-    return settings
+    return config.load(path, require_watches=need_watches)
 
 
 def _open_store(settings: config.Settings) -> store_repo.Store:
@@ -613,17 +610,15 @@ def _db(args: argparse.Namespace) -> int:
 
 
 def _config_check(args: argparse.Namespace) -> int:
-    import yaml
-
+    """Exactly the validation of ``scan`` and ``run``; prints a config file that loads back
+    (secrets as the ``${VAR}`` they came from, or ``***``: docs/CONFIG.md)."""
     from watchdog import config
 
-    settings = _load(args)
-    data = config.masked(settings)
+    settings = _load(args, need_watches=True)
     if args.json:
-        _print_json(data)
+        _print_json(config.masked(settings))
     else:
-        print(f"# {settings.source or '(no file: defaults and environment)'}: valid")
-        print(yaml.safe_dump(data, sort_keys=False).rstrip())
+        print(config.to_yaml(settings))
     return EXIT_OK
 
 

@@ -11,7 +11,6 @@ error, never an answer. Only a 404 carrying a registry error code (``MANIFEST_UN
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import os
 import re
@@ -99,13 +98,14 @@ class RegistryClient:
         self._push_client: RegistryClient | None = None
         if settings.push_username:
             self._push_client = RegistryClient(
-                dataclasses.replace(
-                    settings,
-                    username=settings.push_username,
-                    password=settings.push_password,
-                    push_username=None,
-                    push_password=None,
-                    use_docker_config=False,
+                settings.model_copy(
+                    update={
+                        "username": settings.push_username,
+                        "password": settings.push_password,
+                        "push_username": None,
+                        "push_password": None,
+                        "use_docker_config": False,
+                    }
                 ),
                 transport=transport,
                 sleep=sleep,

@@ -1,0 +1,258 @@
+"""The settings, declared once: each key with its type, default and rules. docs/CONFIG.md is the
+reference for users; a test checks that every key here is in it."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Annotated, Any, ClassVar
+
+import pydantic
+
+from watchdog import errors, models
+from watchdog.config import fields
+
+DEFAULT_DATABASE_URL = "sqlite:///watchdog.db"
+# release-like: 1.2.3, v1.2.3, 1.2.3-rc.1, 1.2.3+build.5 ; not latest, main, sha-abc, sha256-...
+DEFAULT_INCLUDE = (r"^v?\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?$",)
+ON_MOVE = ("alert", "restore")
+# Slack user ids: U... (or W... on Enterprise Grid), upper-case letters and digits.
+SLACK_USER_RE = re.compile(r"^[UW][A-Z0-9]{2,30}$")
+_DATABASE_RE = re.compile(r"^(sqlite|postgresql)(\+\w+)?://")
+_LISTEN_RE = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
+
+
+def _host(value: str) -> str:
+    host = value.strip().rstrip("/")
+    if not host:
+        raise fields.problem("is required")
+    if "://" in host:
+        raise fields.problem(f"give host[:port] without a scheme, got {host!r}")
+    return models.normalize_host(host)
+
+
+def _repository(value: Any) -> models.ImageRef:
+    if isinstance(value, models.ImageRef):
+        return value
+    try:
+        ref = models.ImageRef.parse(fields.as_text(value), allow_tag=False)
+    except errors.InvalidReference as exc:
+        raise fields.problem(str(exc)) from None
+    if ref.digest:
+        raise fields.problem("give a repository, not a digest reference")
+    return ref
+
+
+def _host_key(value: Any) -> str:
+    return _host(fields.as_text(value))
+
+
+def _repository_key(value: Any) -> str:
+    return _repository(value).name
+
+
+def _listen_ok(listen: str) -> bool:
+    match = _LISTEN_RE.match(listen)
+    return match is not None and 0 < int(match.group(2)) < 65536
+
+
+OptText = fields.Text | None
+OptSecret = fields.Secret | None
+Host = Annotated[str, pydantic.BeforeValidator(fields.as_text), pydantic.AfterValidator(_host)]
+Repository = Annotated[models.ImageRef, pydantic.PlainValidator(_repository)]
+DatabaseUrl = Annotated[
+    fields.Secret,
+    fields.checked(
+        lambda url: bool(_DATABASE_RE.match(url.reveal())),
+        "must start with sqlite:/// or postgresql+psycopg://",
+    ),
+]
+WebhookUrl = Annotated[
+    fields.Secret,
+    fields.checked(
+        lambda url: url.reveal().startswith(("https://", "http://")), "must be an http(s) URL"
+    ),
+]
+SlackUser = Annotated[
+    str,
+    fields.checked(
+        lambda user: bool(SLACK_USER_RE.match(user)),
+        "{value!r} is not a Slack user id (like U0123ABCD)",
+    ),
+]
+
+
+class RegistrySettings(fields.Section):
+    host: Host  # normalised (docker.io for Docker Hub), may include :port
+    username: OptText = None
+    password: OptSecret = None
+    # plain HTTP; loopback hosts default to True, as Docker does
+    insecure: fields.Flag = pydantic.Field(default=fields.DERIVED, validate_default=True)
+    max_concurrency: Annotated[int, fields.integer(1, 256)] = 8
+    timeout: fields.Duration = 10.0
+    # credentials for pushes (restore), when they differ from the pull ones
+    push_username: OptText = None
+    push_password: OptSecret = None
+    # True when the config says nothing about credentials: docker config.json / helpers are tried
+    use_docker_config: fields.Flag = pydantic.Field(default=fields.DERIVED, validate_default=True)
+
+    internal: ClassVar[frozenset[str]] = frozenset({"use_docker_config"})
+
+    @pydantic.field_validator("insecure", mode="before")
+    @classmethod
+    def _plain_http_on_loopback(cls, value: Any, info: pydantic.ValidationInfo) -> Any:
+        return models.is_loopback_host(info.data.get("host", "")) if value is None else value
+
+    @pydantic.field_validator("use_docker_config", mode="before")
+    @classmethod
+    def _docker_config_without_username(cls, value: Any, info: pydantic.ValidationInfo) -> Any:
+        return info.data.get("username") is None if value is None else value
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.password and not self.username:
+            yield "username", "is required when a password is given"
+        if self.push_password and not self.push_username:
+            yield "push_username", "is required when a push_password is given"
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.insecure else "https"
+
+
+class TagFilter(fields.Section):
+    include: fields.Patterns = DEFAULT_INCLUDE
+    exclude: fields.Patterns = ()
+
+    _inc: tuple[re.Pattern[str], ...] = pydantic.PrivateAttr(default=())
+    _exc: tuple[re.Pattern[str], ...] = pydantic.PrivateAttr(default=())
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._inc = tuple(re.compile(p) for p in self.include)
+        self._exc = tuple(re.compile(p) for p in self.exclude)
+
+    def matches(self, tag: str) -> bool:
+        """True for a tag this watch records. Referrer fallback tags (``sha256-...``) never match."""
+        if tag.startswith("sha256-"):
+            return False
+        return any(p.search(tag) for p in self._inc) and not any(p.search(tag) for p in self._exc)
+
+
+class WatchSettings(fields.Section):
+    repository: Repository  # without tag
+    tags: TagFilter = TagFilter()
+    on_move: Annotated[
+        fields.Text,
+        fields.checked(lambda v: v in ON_MOVE, "must be one of alert, restore, got {value!r}"),
+    ] = "alert"
+    interval: fields.Interval | None = None  # None = the global interval
+
+    @classmethod
+    def prepare(cls, data: Any) -> Any:
+        return {"repository": data} if isinstance(data, str) else data  # `watches: [nginx]`
+
+    @property
+    def name(self) -> str:
+        return self.repository.name
+
+
+class HttpSettings(fields.Section):
+    listen: Annotated[
+        fields.Text, fields.checked(_listen_ok, "expected host:port, got {value!r}")
+    ] = "127.0.0.1:9797"
+    api_token: OptSecret = None
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+
+class SlackSettings(fields.Section):
+    webhook_url: WebhookUrl | None = None
+    token: OptSecret = None
+    channel: OptText = None
+    signing_secret: OptSecret = None
+    allowed_users: Annotated[tuple[SlackUser, ...], fields.StrList] = ()
+    base_url: OptText = None  # Web API base (tests point it at a local stand-in)
+    # one alert when no check of a registry succeeded for this long, one when it answers again
+    unreachable_after: fields.Duration = 600.0
+    # the outbox lease: a send whose outcome is unknown (the daemon died mid-send) goes out again
+    # after this long; keep it well above a send's 10 s timeout when replicas share the outbox
+    lease: fields.Interval = 60.0
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if self.token and not self.channel:
+            yield "channel", "is required with slack.token"
+        # Buttons (Restore / Accept from the alert) need all three: a bot token (to update the
+        # message), the signing secret (to trust a tap) and the people allowed to tap. Half a
+        # setup fails closed.
+        if self.signing_secret and not self.token:
+            yield "signing_secret", "needs slack.token: buttons work in bot-token mode only"
+        if self.signing_secret and not self.allowed_users:
+            yield (
+                "allowed_users",
+                "list the Slack user ids (U...) allowed to restore or accept from Slack",
+            )
+        if self.allowed_users and not self.signing_secret:
+            yield "signing_secret", "is required with slack.allowed_users"
+
+    @property
+    def buttons(self) -> bool:
+        """True when alerts carry Restore/Accept buttons: bot mode, a signing secret to verify
+        the taps and an allow-list of who may tap."""
+        return bool(self.token and self.channel and self.signing_secret and self.allowed_users)
+
+
+class RestoreSettings(fields.Section):
+    max_per_tag: Annotated[int, fields.integer(1, 1000)] = 3
+    window: fields.Duration = 3600.0
+
+
+class HookSettings(fields.Section):
+    # "Authorization: Bearer <token>" on /hooks/registry and /hooks/harbor
+    registry_token: OptSecret = None
+    # "?token=<token>" on /hooks/dockerhub (Docker Hub cannot send headers)
+    dockerhub_token: OptSecret = None
+
+
+class Settings(fields.Section):
+    database_url: DatabaseUrl = fields.Secret(DEFAULT_DATABASE_URL)
+    interval: fields.Interval = 60.0
+    jitter: fields.Duration = pydantic.Field(
+        default=fields.DERIVED, validate_default=True
+    )  # interval/6, <= 10s
+    http: HttpSettings = HttpSettings()
+    registries: Annotated[
+        tuple[RegistrySettings, ...],
+        fields.unique(RegistrySettings, "host", _host_key, "{} is configured twice"),
+    ] = ()
+    watches: Annotated[
+        tuple[WatchSettings, ...],
+        fields.unique(WatchSettings, "repository", _repository_key, "{} is watched twice"),
+    ] = ()
+    slack: SlackSettings = SlackSettings()
+    restore: RestoreSettings = RestoreSettings()
+    hooks: HookSettings = HookSettings()
+
+    _source: str | None = pydantic.PrivateAttr(default=None)
+
+    @pydantic.field_validator("jitter", mode="before")
+    @classmethod
+    def _jitter_from_interval(cls, value: Any, info: pydantic.ValidationInfo) -> Any:
+        return min(10.0, info.data.get("interval", 60.0) / 6) if value is None else value
+
+    @property
+    def source(self) -> str | None:
+        """The file these settings came from (None: defaults and the environment only)."""
+        return self._source
+
+    def registry(self, host: str) -> RegistrySettings:
+        """Settings for ``host``: the configured entry, else defaults (plain HTTP on loopback)."""
+        wanted = models.normalize_host(host)
+        for reg in self.registries:
+            if reg.host == wanted:
+                return reg
+        return RegistrySettings(host=wanted)
