@@ -171,23 +171,8 @@ class Restorer:
         digest; RegistryError when the registry cannot be asked. Things gone for good are not
         errors here: they are the plan's ``problems``.
         """
-        if ref.tag is None:
-            raise errors.UsageError(f"restore needs a tagged reference, got {ref}")
-        record = await asyncio.to_thread(self.store.get_tag, ref.name, ref.tag)
-        if record is None:
-            raise errors.UsageError(
-                f"{ref.name}:{ref.tag} was never recorded: only a recorded digest can be restored"
-            )
-        target = record.recorded_digest
-        if digest is not None:
-            models.check_digest(digest)
-            history = await asyncio.to_thread(self.store.history, ref.name, ref.tag)
-            if digest not in restorable_digests(record, history):
-                raise errors.UsageError(
-                    f"{digest} was never recorded for {ref.name}:{ref.tag}; "
-                    f"only its recorded digests can be restored (now {record.recorded_digest})"
-                )
-            target = digest
+        record, target = await self._target(ref, digest)
+        assert ref.tag is not None  # _target refuses an untagged reference
         path = ref.repository
         manifest, source = await self._fetch(ref.name, path, target, archive_first=False)
         base = Plan(
@@ -209,25 +194,76 @@ class Restorer:
         problems: list[str] = []
         present: list[str] = []
         to_put: list[models.Manifest] = []
-        images: list[models.Manifest] = []
         if media.is_index(manifest.media_type):
-            for child_digest, _ in _children(manifest, problems):
-                if await self.registry.manifest_exists(path, child_digest):
-                    present.append(child_digest)
-                    child, _ = await self._fetch(ref.name, path, child_digest, archive_first=True)
-                else:
-                    child = await asyncio.to_thread(self.store.get_manifest, ref.name, child_digest)
-                    if child is None:
-                        problems.append(
-                            f"child manifest {child_digest} is gone from the registry "
-                            "and is not in the archive"
-                        )
-                        continue
-                    to_put.append(child)
-                if child is not None and not media.is_index(child.media_type):
-                    images.append(child)
+            images = await self._children_of(ref.name, path, manifest, present, to_put, problems)
         else:
-            images.append(manifest)
+            images = [manifest]
+        blobs = await self._check_blobs(path, images, problems)
+        return dataclasses.replace(
+            base,
+            children_present=tuple(present),
+            children_to_put=tuple(to_put),
+            blobs_checked=tuple(blobs),
+            problems=tuple(problems),
+        )
+
+    async def _target(
+        self, ref: models.ImageRef, digest: str | None
+    ) -> tuple[models.TagRecord, str]:
+        """The record of ``ref`` and the digest to restore it to (``digest``, which must have
+        been a trusted digest of the tag, or the recorded one). Raises UsageError otherwise."""
+        if ref.tag is None:
+            raise errors.UsageError(f"restore needs a tagged reference, got {ref}")
+        record = await asyncio.to_thread(self.store.get_tag, ref.name, ref.tag)
+        if record is None:
+            raise errors.UsageError(
+                f"{ref.name}:{ref.tag} was never recorded: only a recorded digest can be restored"
+            )
+        if digest is None:
+            return record, record.recorded_digest
+        models.check_digest(digest)
+        history = await asyncio.to_thread(self.store.history, ref.name, ref.tag)
+        if digest not in restorable_digests(record, history):
+            raise errors.UsageError(
+                f"{digest} was never recorded for {ref.name}:{ref.tag}; "
+                f"only its recorded digests can be restored (now {record.recorded_digest})"
+            )
+        return record, digest
+
+    async def _children_of(
+        self,
+        name: str,
+        path: str,
+        index: models.Manifest,
+        present: list[str],
+        to_put: list[models.Manifest],
+        problems: list[str],
+    ) -> list[models.Manifest]:
+        """Check every child of ``index``: those the registry has go to ``present``, archived
+        ones it lost to ``to_put``, lost ones to ``problems``. Returns the image manifests."""
+        images: list[models.Manifest] = []
+        for child_digest, _ in _children(index, problems):
+            if await self.registry.manifest_exists(path, child_digest):
+                present.append(child_digest)
+                child, _ = await self._fetch(name, path, child_digest, archive_first=True)
+            else:
+                child = await asyncio.to_thread(self.store.get_manifest, name, child_digest)
+                if child is None:
+                    problems.append(
+                        f"child manifest {child_digest} is gone from the registry "
+                        "and is not in the archive"
+                    )
+                    continue
+                to_put.append(child)
+            if child is not None and not media.is_index(child.media_type):
+                images.append(child)
+        return images
+
+    async def _check_blobs(
+        self, path: str, images: list[models.Manifest], problems: list[str]
+    ) -> list[str]:
+        """HEAD every config and layer blob of ``images`` once; the lost ones go to
+        ``problems``. Returns the blobs checked, in order."""
         blobs: list[str] = []
         for image in images:
             try:
@@ -241,13 +277,7 @@ class Restorer:
                 blobs.append(blob)
                 if not await self.registry.head_blob(path, blob):
                     problems.append(f"blob {blob} (of {image.digest}) is gone from the registry")
-        return dataclasses.replace(
-            base,
-            children_present=tuple(present),
-            children_to_put=tuple(to_put),
-            blobs_checked=tuple(blobs),
-            problems=tuple(problems),
-        )
+        return blobs
 
     async def run(self, ref: models.ImageRef, digest: str | None = None) -> Outcome:
         """Restore ``ref`` to its recorded digest (or ``digest``) and record the outcome.
