@@ -19,7 +19,7 @@ from typing import IO, TYPE_CHECKING, Any, NoReturn
 from watchdog import __version__, errors
 
 if TYPE_CHECKING:
-    from watchdog import config, models
+    from watchdog import config
     from watchdog.store import repo as store_repo
 
 EXIT_OK, EXIT_DRIFT, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
@@ -249,7 +249,7 @@ def _scan(args: argparse.Namespace) -> int:
     import asyncio
     import tempfile
 
-    from watchdog import metrics, service
+    from watchdog import metrics, service, views
     from watchdog.alerts import outbox
 
     undelivered = 0
@@ -269,9 +269,9 @@ def _scan(args: argparse.Namespace) -> int:
         failed = failed or not r.ok
         if args.json:
             spool.write(",\n" if shown else "\n")
-            json.dump(_result_json(r), spool, indent=2)
+            json.dump(views.check_json(r), spool, indent=2)
         else:
-            _print_result(r)
+            print("\n".join(views.check_lines(r)))
         shown += 1
 
     async def scan_all() -> None:
@@ -324,59 +324,6 @@ def _write_scan_json(code: int, *, drift: bool, complete: bool, watches: IO[str]
     for line in watches:  # JSON strings hold no raw newline: every line is the item's own
         sys.stdout.write("    " + line)
     sys.stdout.write("\n  ]\n}\n")
-
-
-def _result_json(r: Any) -> dict[str, Any]:
-    from watchdog import views
-
-    return {
-        "repository": r.repository,
-        "registry": r.registry,
-        "tags_checked": r.tags_checked,
-        "error": r.error,
-        "tag_errors": r.tag_errors,
-        "events": [views.event_json(e) for e in r.events],
-        "drifted": [views.record_json(t) for t in r.drifted],
-        "seconds": round(r.seconds, 3),
-    }
-
-
-def _print_result(r: Any) -> None:
-    from watchdog import models
-
-    if r.error:
-        print(f"{r.repository}: could not check: {r.error}")
-        return
-    counts: dict[str, int] = {}
-    for e in r.events:
-        counts[e.kind.value] = counts.get(e.kind.value, 0) + 1
-    parts = [f"{r.tags_checked} tags checked"] + [f"{n} {k}" for k, n in sorted(counts.items())]
-    if r.tag_errors:
-        parts.append(f"{len(r.tag_errors)} could not be checked")
-    print(f"{r.repository}: " + ", ".join(parts))
-    for e in r.events:
-        if e.kind is not models.EventKind.FIRST_SEEN:
-            print("  " + _event_line(e))
-    for tag, err in sorted(r.tag_errors.items()):
-        print(f"  ERROR     {r.repository}:{tag}: {err}")
-    for t in r.drifted:
-        restore_hint = f"recorded {t.recorded_digest}"
-        print(f"  DRIFT     {t.ref} is {t.state.value} ({restore_hint})")
-
-
-def _event_line(e: models.Event) -> str:
-    ref = f"{e.repository}:{e.tag}"
-    kind = e.kind.value.upper()
-    if e.old_digest and e.new_digest:
-        text = f"{kind:<9} {ref} {e.old_digest} -> {e.new_digest}"
-    elif e.new_digest:
-        text = f"{kind:<9} {ref} {e.new_digest}"
-    else:
-        text = f"{kind:<9} {ref} (was {e.old_digest})"
-    platforms = e.detail.get("changed_platforms")
-    if platforms:
-        text += f" [changed: {', '.join(platforms)}]"
-    return text
 
 
 # --- status / history ----------------------------------------------------------------------------
