@@ -30,6 +30,9 @@ def test_openapi_document_is_valid_and_matches_the_routes() -> None:
 
 
 class NoActions:
+    async def plan(self, *args: Any) -> Any:
+        raise AssertionError("must not be called")
+
     async def restore(self, *args: Any) -> Any:
         raise AssertionError("must not be called")
 
@@ -41,7 +44,7 @@ async def test_auth_rules(store: repo.Store) -> None:
     from starlette.applications import Starlette
 
     def client(token: config.Secret | None, host: str) -> httpx.AsyncClient:
-        app = Starlette(routes=api.routes(store, token, NoActions()))
+        app = Starlette(routes=api.routes(store, token, NoActions()))  # type: ignore[arg-type]
         transport = httpx.ASGITransport(app=app, client=(host, 40000))
         return httpx.AsyncClient(transport=transport, base_url="http://watchdog")
 

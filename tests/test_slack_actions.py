@@ -27,7 +27,7 @@ from tests.support import registry as support_registry
 from tests.support.cli import http_status, start_daemon, wait_for
 from tests.support.registry import free_port
 from tests.support.slack_standin import TOKEN, SlackStandIn
-from watchdog import config, errors, models, restore, slack_actions
+from watchdog import config, errors, models, slack_actions
 from watchdog.alerts import slack
 from watchdog.registry import media
 
@@ -496,23 +496,3 @@ def test_a_payload_nested_too_deep_is_refused_not_a_crash() -> None:
     deep = "[" * 200_000 + "]" * 200_000
     with pytest.raises(errors.UsageError, match="payload=<JSON>"):
         slack_actions.parse_tap(urllib.parse.urlencode({"payload": deep}).encode())
-
-
-def test_a_restore_from_an_alert_is_judged_again_under_the_lock() -> None:
-    """What the tap saw must still hold when the restore runs (an accept may have got there
-    first while the tap waited for the repository's lock)."""
-    ref = models.ImageRef.parse("ghcr.io/deephaven/server:0.15.0")
-    at = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
-
-    def record(recorded: str, current: str, state: models.TagState) -> models.TagRecord:
-        return models.TagRecord(ref.name, "0.15.0", recorded, current, None, state, at, at, at)
-
-    drifted = record(OLD, NEW, models.TagState.DRIFTED)
-    assert restore.check_still_wanted(drifted, ref, OLD) is None  # go ahead
-    with pytest.raises(errors.UsageError, match="changed since") as caught:
-        restore.check_still_wanted(record(NEW, NEW, models.TagState.OK), ref, OLD)  # accepted
-    assert not isinstance(caught.value, restore.AlreadyDone)
-    with pytest.raises(restore.AlreadyDone):
-        restore.check_still_wanted(record(OLD, OLD, models.TagState.OK), ref, OLD)  # restored
-    with pytest.raises(errors.UsageError, match="never recorded"):
-        restore.check_still_wanted(None, ref, OLD)

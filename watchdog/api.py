@@ -14,40 +14,19 @@ import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from watchdog import config, errors, models, restore, views
+from watchdog import actions, config, errors, models, views
 from watchdog.store import repo as store_repo
 
 log = logging.getLogger("watchdog.api")
 
 MAX_BODY_BYTES = 64 * 1024
 STATES = tuple(s.value for s in models.TagState)
-
-
-class Actions(Protocol):
-    """What the daemon does for the write endpoints (the same code as the CLI)."""
-
-    async def restore(
-        self,
-        ref: models.ImageRef,
-        digest: str | None,
-        dry_run: bool,
-        actor: str,
-        *,
-        still_recorded: bool = False,
-    ) -> restore.Plan | restore.Outcome:
-        """``still_recorded``: only while ``digest`` is the tag's record and the tag does not
-        answer it already, judged under the repository's lock (restore.check_still_wanted)."""
-        ...
-
-    async def accept(
-        self, ref: models.ImageRef, reason: str | None, actor: str, expected: str | None = None
-    ) -> models.Event: ...
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -79,8 +58,10 @@ def _loopback(request: Request) -> bool:
         return False
 
 
-def routes(store: store_repo.Store, token: config.Secret | None, actions: Actions) -> list[Route]:
-    """The /api/v1 routes over ``store`` and ``actions``."""
+def routes(
+    store: store_repo.Store, token: config.Secret | None, actions_: actions.Actions
+) -> list[Route]:
+    """The /api/v1 routes over ``store`` and ``actions_``."""
 
     def guarded(handler: Handler, *, write: bool) -> Handler:
         async def run(request: Request) -> Response:
@@ -133,11 +114,10 @@ def routes(store: store_repo.Store, token: config.Secret | None, actions: Action
         dry_run = body.get("dry_run", False)
         if not isinstance(dry_run, bool):
             raise errors.UsageError("dry_run must be true or false")
-        result = await actions.restore(ref, digest, dry_run, "api")
-        if isinstance(result, restore.Plan):
-            return JSONResponse(
-                {"result": "plan", "ok": result.ok, "plan": views.plan_json(result)}
-            )
+        if dry_run:
+            plan = await actions_.plan(ref, digest, actions.ACTOR_API)
+            return JSONResponse({"result": "plan", "ok": plan.ok, "plan": views.plan_json(plan)})
+        result = await actions_.restore(ref, digest, actions.ACTOR_API)
         return JSONResponse(
             {
                 "result": "restored" if result.restored else "failed",
@@ -153,7 +133,7 @@ def routes(store: store_repo.Store, token: config.Secret | None, actions: Action
         reason = body.get("reason")
         if reason is not None:
             reason = _string(reason, "reason")
-        event = await actions.accept(ref, reason, "api")
+        event = await actions_.accept(ref, reason, actions.ACTOR_API)
         return JSONResponse({"result": "accepted", "event": views.event_json(event)})
 
     async def openapi(request: Request) -> Response:

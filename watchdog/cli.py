@@ -9,22 +9,21 @@ complete (registry, auth or database unreachable). Heavy modules are imported la
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 from watchdog import __version__, errors
 
 if TYPE_CHECKING:
-    from watchdog import config
+    from watchdog import actions, config
+    from watchdog.registry import client as registry_client
     from watchdog.store import repo as store_repo
 
 EXIT_OK, EXIT_DRIFT, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
 SCAN_ALERT_SECONDS = 20.0  # how long `scan` keeps retrying the alerts it queued before exiting
-CLAIM_WAIT = 30.0  # seconds `restore`/`accept` wait for a daemon's check of the repository (PG)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -193,23 +192,6 @@ def _open_store(settings: config.Settings) -> store_repo.Store:
     db.ensure_schema(engine, migrate_empty=True)
     # Events written by any command queue their alerts in the same transaction.
     return store_repo.Store(engine, channels=outbox.channel_names(settings))
-
-
-@contextlib.contextmanager
-def _holding(store: store_repo.Store, repository: str) -> Iterator[None]:
-    """No check of ``repository`` runs while a restore or accept is being written: on PostgreSQL,
-    where daemons take claims, wait for the one checking it (up to CLAIM_WAIT seconds)."""
-    import datetime as dt
-
-    from watchdog.store import claims
-
-    claim = claims.Claims(store.engine).wait(
-        repository, lambda: dt.datetime.now(dt.UTC), CLAIM_WAIT
-    )
-    try:
-        yield
-    finally:
-        claim.release()
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -392,21 +374,22 @@ def _history(args: argparse.Namespace) -> int:
 # --- restore / accept / guard ---------------------------------------------------------------------
 
 
-def _actor() -> str:
-    """Who a manual restore or accept is recorded as: ``cli:<OS user>`` (``cli`` if unknown)."""
-    import getpass
+def _actions(
+    store: store_repo.Store, client: registry_client.RegistryClient | None = None
+) -> actions.Actions:
+    """Restores and accepts from the command line: each holds its repository's claim, so that no
+    daemon's check of it runs meanwhile (PostgreSQL), waiting for one under way a while."""
+    from watchdog import actions
+    from watchdog.store import claims
 
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
+    hold = actions.claims_hold(claims.Claims(store.engine))
+    return actions.Actions(store, hold, registries=None if client is None else lambda _: client)
 
 
 def _restore(args: argparse.Namespace) -> int:
     import asyncio
-    import datetime as dt
 
-    from watchdog import models, restore, views
+    from watchdog import actions, models, restore, views
     from watchdog.registry import client as registry_client
 
     ref = models.ImageRef.parse(args.ref, require_tag=True)
@@ -416,18 +399,12 @@ def _restore(args: argparse.Namespace) -> int:
 
     async def go() -> restore.Plan | restore.Outcome:
         async with registry_client.RegistryClient(settings.registry(ref.host)) as rc:
-            restorer = restore.Restorer(
-                store, rc, clock=lambda: dt.datetime.now(dt.UTC), actor=_actor()
-            )
+            acts = _actions(store, rc)
             if args.dry_run:
-                return await restorer.plan(ref, digest)
-            return await restorer.run(ref, digest)
+                return await acts.plan(ref, digest, actions.cli_actor())
+            return await acts.restore(ref, digest, actions.cli_actor())
 
-    if args.dry_run:
-        result = asyncio.run(go())
-    else:
-        with _holding(store, ref.name):
-            result = asyncio.run(go())
+    result = asyncio.run(go())
     if isinstance(result, restore.Plan):
         code = EXIT_OK if result.ok else EXIT_FAILED
         if args.json:
@@ -449,17 +426,14 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def _accept(args: argparse.Namespace) -> int:
-    import datetime as dt
+    import asyncio
 
-    from watchdog import models, restore
+    from watchdog import actions, models
 
     ref = models.ImageRef.parse(args.ref, require_tag=True)
     settings = _load(args)
     store = _open_store(settings)
-    with _holding(store, ref.name):
-        event = restore.accept(
-            store, ref, now=dt.datetime.now(dt.UTC), actor=_actor(), reason=args.reason
-        )
+    event = asyncio.run(_actions(store).accept(ref, args.reason, actions.cli_actor()))
     print(
         f"accepted {event.repository}:{event.tag}: {event.new_digest} is the recorded digest now "
         f"(was {event.old_digest})"

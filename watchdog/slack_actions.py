@@ -8,8 +8,8 @@ the Slack user against ``slack.allowed_users``. A refusal changes nothing and is
 
 A tap acts on exactly the digest its alert showed, or not at all: Restore only while that digest is
 still the tag's record, Accept only while the tag still answers that digest (whatever moved since
-was never shown to the person tapping). The action runs through the same code as the CLI and the
-API, is recorded as an event naming the person (actor ``slack:U123 (alice)``) and alerted like any
+was never shown to the person tapping). The action runs through watchdog.actions, as the CLI's and
+the API's do, is recorded as an event naming the person (actor ``slack:U123 (alice)``) and alerted like any
 other event.
 
 Slack wants an answer within 3 seconds, and a restore can take longer: the request is answered at
@@ -36,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from watchdog import api, config, errors, models, restore
+from watchdog import actions, api, config, errors, models
 from watchdog.alerts import slack
 from watchdog.store import repo as store_repo
 
@@ -199,13 +199,13 @@ class Responder:
         self,
         settings: config.Settings,
         store: store_repo.Store,
-        actions: api.Actions,
+        actions_: actions.Actions,
         sender: slack.BotSender,
         observer: Observer | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
-        self.actions = actions
+        self.actions = actions_
         self.sender = sender
         self.observer = observer
         self._busy: set[tuple[str, str]] = set()  # tags with a tap being acted on
@@ -316,9 +316,8 @@ class Responder:
         try:
             if tap.action == slack.ACTION_RESTORE:
                 done = await self.actions.restore(
-                    tap.ref, tap.digest, False, tap.actor, still_recorded=True
+                    tap.ref, tap.digest, tap.actor, still_recorded=True
                 )
-                assert isinstance(done, restore.Outcome)
                 if done.restored:
                     return _Result(
                         "restored",
@@ -339,7 +338,7 @@ class Responder:
                 f"digest of `{ref_text}`.",
                 update=True,
             )
-        except restore.AlreadyDone as exc:
+        except actions.AlreadyDone as exc:
             # someone was quicker (an accept, a restore, a check): the message keeps its outcome
             return _Result("already", f"Nothing to do: {slack.escape(str(exc))}.", update=False)
         except errors.UsageError as exc:
@@ -419,7 +418,7 @@ def _section(text: str) -> dict[str, Any]:
 def routes(
     settings: config.Settings,
     store: store_repo.Store | None,
-    actions: api.Actions | None,
+    actions_: actions.Actions | None,
     *,
     spawn: Spawn,
     observer: Observer | None = None,
@@ -429,10 +428,10 @@ def routes(
     configured (``slack.token``, ``slack.signing_secret``, ``slack.allowed_users``)."""
     s = settings.slack
     responder: Responder | None = None
-    if s.buttons and store is not None and actions is not None:
+    if s.buttons and store is not None and actions_ is not None:
         assert s.token is not None and s.channel is not None
         responder = Responder(
-            settings, store, actions, slack.BotSender(s.token, s.channel, s.base_url), observer
+            settings, store, actions_, slack.BotSender(s.token, s.channel, s.base_url), observer
         )
 
     replays = Replays()
