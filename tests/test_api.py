@@ -14,9 +14,10 @@ from tests.support import images
 from tests.support import registry as support_registry
 from tests.support.cli import http_status, start_daemon, wait_for
 from tests.support.registry import free_port
-from watchdog import api, config, models
+from watchdog import config, models
 from watchdog.registry import media
 from watchdog.store import repo
+from watchdog.web import api
 
 TOKEN = "api-token-for-tests"
 

@@ -22,21 +22,11 @@ import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
 
-from watchdog import (
-    __version__,
-    actions,
-    api,
-    config,
-    errors,
-    http,
-    metrics,
-    notifications,
-    service,
-    slack_actions,
-)
+from watchdog import __version__, actions, config, errors, metrics, notifications, service
 from watchdog.alerts import outbox
 from watchdog.store import claims, db, lock
 from watchdog.store import repo as store_repo
+from watchdog.web import app as web_app
 
 log = logging.getLogger("watchdog.daemon")
 
@@ -144,22 +134,14 @@ class Daemon:
 
     async def _serve(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        routes = []
-        actions_ = self._actions()
-        if self.store is not None and actions_ is not None:
-            routes = [
-                *api.routes(self.store, self.settings.http.api_token, actions_),
-                *slack_actions.routes(
-                    self.settings, self.store, actions_, spawn=self._spawn, observer=self.metrics
-                ),
-            ]
-        app = http.build_app(
+        app = web_app.build_app(
             self.metrics,
             self.readiness,
-            hook_token=self.settings.hooks.registry_token,
-            dockerhub_token=self.settings.hooks.dockerhub_token,
+            settings=self.settings,
+            store=self.store,
+            actions_=self._actions(),
             on_registry_events=self.on_registry_events,
-            api_routes=routes,
+            spawn=self._spawn,
         )
         server = _Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
         server_task = asyncio.create_task(server.serve(sockets=[sock]))
