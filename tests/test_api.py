@@ -14,9 +14,10 @@ from tests.support import images
 from tests.support import registry as support_registry
 from tests.support.cli import http_status, start_daemon, wait_for
 from tests.support.registry import free_port
-from watchdog import api, config, models
+from watchdog import config, models
 from watchdog.registry import media
 from watchdog.store import repo
+from watchdog.web import api
 
 TOKEN = "api-token-for-tests"
 
@@ -30,6 +31,9 @@ def test_openapi_document_is_valid_and_matches_the_routes() -> None:
 
 
 class NoActions:
+    async def plan(self, *args: Any) -> Any:
+        raise AssertionError("must not be called")
+
     async def restore(self, *args: Any) -> Any:
         raise AssertionError("must not be called")
 
@@ -41,7 +45,7 @@ async def test_auth_rules(store: repo.Store) -> None:
     from starlette.applications import Starlette
 
     def client(token: config.Secret | None, host: str) -> httpx.AsyncClient:
-        app = Starlette(routes=api.routes(store, token, NoActions()))
+        app = Starlette(routes=api.routes(store, token, NoActions()))  # type: ignore[arg-type]
         transport = httpx.ASGITransport(app=app, client=(host, 40000))
         return httpx.AsyncClient(transport=transport, base_url="http://watchdog")
 

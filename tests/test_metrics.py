@@ -7,7 +7,8 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from watchdog import http, metrics
+from watchdog import metrics
+from watchdog.web import app as web_app
 
 DESIGN_METRICS = {
     "tag_watchdog_tags_watched",
@@ -64,7 +65,7 @@ async def _ready() -> tuple[bool, dict[str, Any]]:
 
 async def test_http_endpoints() -> None:
     m = metrics.Metrics()
-    transport = httpx.ASGITransport(app=http.build_app(m, _ready))
+    transport = httpx.ASGITransport(app=web_app.build_app(m, _ready))
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         await check_endpoints(client)
 

@@ -18,12 +18,14 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.applications import Starlette
 
 from tests.support import images
 from tests.support import registry as support_registry
 from tests.support.cli import http_status, run, start_daemon, wait_for
 from tests.support.registry import free_port
-from watchdog import config, errors, http, metrics, notifications
+from watchdog import config, errors, notifications
+from watchdog.web import hooks
 
 DIGEST = "sha256:" + "4" * 64
 
@@ -308,14 +310,10 @@ def test_bad_dockerhub_payloads_are_refused(body: bytes, message: str) -> None:
         notifications.parse_dockerhub(body)
 
 
-# --- the endpoints, through the HTTP app -------------------------------------------------------------
+# --- the endpoints (web.hooks) -------------------------------------------------------------------
 
 TOKEN = "hook-MARKER-registry-token"
 HUB_TOKEN = "hook-MARKER-dockerhub-token"
-
-
-async def _ready() -> tuple[bool, dict[str, Any]]:
-    return True, {}
 
 
 def _our_logs(caplog: pytest.LogCaptureFixture) -> str:
@@ -340,12 +338,10 @@ class Sink:
 def _client(
     sink: Sink, *, hook: str | None = TOKEN, hub: str | None = HUB_TOKEN
 ) -> httpx.AsyncClient:
-    app = http.build_app(
-        metrics.Metrics(),
-        _ready,
-        hook_token=config.Secret(hook) if hook else None,
-        dockerhub_token=config.Secret(hub) if hub else None,
-        on_registry_events=sink,
+    app = Starlette(
+        routes=hooks.routes(
+            config.Secret(hook) if hook else None, config.Secret(hub) if hub else None, sink
+        )
     )
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
 

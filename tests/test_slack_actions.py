@@ -27,9 +27,10 @@ from tests.support import registry as support_registry
 from tests.support.cli import http_status, start_daemon, wait_for
 from tests.support.registry import free_port
 from tests.support.slack_standin import TOKEN, SlackStandIn
-from watchdog import config, errors, models, restore, slack_actions
+from watchdog import config, errors, models
 from watchdog.alerts import render
 from watchdog.registry import media
+from watchdog.web import slack as web_slack
 
 SIGNING_SECRET = "signing-secret-for-tests-0123456789"
 ALLOWED = "U0ALLOWED1"
@@ -218,7 +219,7 @@ def test_check_signature(
     timestamp: str | None, signature_: str | None, expected: str | None
 ) -> None:
     secret = config.Secret(SIGNING_SECRET)
-    got = slack_actions.check_signature(secret, b"body", timestamp, signature_, now=lambda: NOW)
+    got = web_slack.check_signature(secret, b"body", timestamp, signature_, now=lambda: NOW)
     assert got == expected
 
 
@@ -226,35 +227,34 @@ def test_check_signature_takes_a_body_that_is_not_utf8() -> None:
     secret = config.Secret(SIGNING_SECRET)
     body = b"payload=\xff\xfe"
     assert (
-        slack_actions.check_signature(secret, body, str(NOW), sign(body, NOW), now=lambda: NOW)
-        is None
+        web_slack.check_signature(secret, body, str(NOW), sign(body, NOW), now=lambda: NOW) is None
     )
-    assert slack_actions.check_signature(
-        secret, body, str(NOW), sign(b"x", NOW), now=lambda: NOW
-    ) == ("bad_signature")
+    assert web_slack.check_signature(secret, body, str(NOW), sign(b"x", NOW), now=lambda: NOW) == (
+        "bad_signature"
+    )
 
 
 def test_a_signature_is_taken_once_within_the_window() -> None:
     clock = [1000.0]
-    replays = slack_actions.Replays(now=lambda: clock[0])
+    replays = web_slack.Replays(now=lambda: clock[0])
     assert replays.take("v0=aa") is None and replays.take("v0=bb") is None
     assert replays.take("v0=aa") == "replayed"
     # remembered longer than a timestamp stays acceptable on either side of now (2 x 5 min)...
-    clock[0] += 2 * slack_actions.MAX_AGE
+    clock[0] += 2 * web_slack.MAX_AGE
     assert replays.take("v0=aa") == "replayed"
     # ...then forgotten: the timestamp check refuses such a request by then
-    clock[0] += slack_actions.REMEMBER
+    clock[0] += web_slack.REMEMBER
     assert replays.take("v0=aa") is None
 
 
 def test_a_full_replay_memory_refuses_rather_than_forgets(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(slack_actions, "MAX_REMEMBERED", 3)
+    monkeypatch.setattr(web_slack, "MAX_REMEMBERED", 3)
     clock = [0.0]
-    replays = slack_actions.Replays(now=lambda: clock[0])
+    replays = web_slack.Replays(now=lambda: clock[0])
     assert [replays.take(f"v0={i}") for i in range(3)] == [None, None, None]
     assert replays.take("v0=new") == "overloaded"
     assert replays.take("v0=0") == "replayed"  # the oldest is still remembered
-    clock[0] += slack_actions.REMEMBER + 1
+    clock[0] += web_slack.REMEMBER + 1
     assert replays.take("v0=new") is None
 
 
@@ -274,7 +274,7 @@ def test_parse_tap() -> None:
         "action_id": render.ACTION_RESTORE,
         "value": render.button_value(moved_event(), OLD),
     }
-    tap = slack_actions.parse_tap(tap_body(button, name="al<!here>ice"))
+    tap = web_slack.parse_tap(tap_body(button, name="al<!here>ice"))
     assert tap.ref.name == "ghcr.io/deephaven/server" and tap.ref.tag == "0.15.0"
     assert (tap.digest, tap.event_id, tap.user) == (OLD, 42, ALLOWED)
     assert tap.actor == f"slack:{ALLOWED} (alhereice)"
@@ -309,7 +309,7 @@ def test_parse_tap() -> None:
 )
 def test_parse_tap_refuses_what_is_not_our_button(body: bytes, fragment: str) -> None:
     with pytest.raises(errors.UsageError) as caught:
-        slack_actions.parse_tap(body)
+        web_slack.parse_tap(body)
     assert fragment in str(caught.value)
 
 
@@ -497,24 +497,4 @@ def test_actions_are_refused_when_buttons_are_not_configured(
 def test_a_payload_nested_too_deep_is_refused_not_a_crash() -> None:
     deep = "[" * 200_000 + "]" * 200_000
     with pytest.raises(errors.UsageError, match="payload=<JSON>"):
-        slack_actions.parse_tap(urllib.parse.urlencode({"payload": deep}).encode())
-
-
-def test_a_restore_from_an_alert_is_judged_again_under_the_lock() -> None:
-    """What the tap saw must still hold when the restore runs (an accept may have got there
-    first while the tap waited for the repository's lock)."""
-    ref = models.ImageRef.parse("ghcr.io/deephaven/server:0.15.0")
-    at = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
-
-    def record(recorded: str, current: str, state: models.TagState) -> models.TagRecord:
-        return models.TagRecord(ref.name, "0.15.0", recorded, current, None, state, at, at, at)
-
-    drifted = record(OLD, NEW, models.TagState.DRIFTED)
-    assert restore.check_still_wanted(drifted, ref, OLD) is None  # go ahead
-    with pytest.raises(errors.UsageError, match="changed since") as caught:
-        restore.check_still_wanted(record(NEW, NEW, models.TagState.OK), ref, OLD)  # accepted
-    assert not isinstance(caught.value, restore.AlreadyDone)
-    with pytest.raises(restore.AlreadyDone):
-        restore.check_still_wanted(record(OLD, OLD, models.TagState.OK), ref, OLD)  # restored
-    with pytest.raises(errors.UsageError, match="never recorded"):
-        restore.check_still_wanted(None, ref, OLD)
+        web_slack.parse_tap(urllib.parse.urlencode({"payload": deep}).encode())

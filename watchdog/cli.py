@@ -9,22 +9,21 @@ complete (registry, auth or database unreachable). Heavy modules are imported la
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 from watchdog import __version__, errors
 
 if TYPE_CHECKING:
-    from watchdog import config, models
+    from watchdog import actions, config
+    from watchdog.registry import client as registry_client
     from watchdog.store import repo as store_repo
 
 EXIT_OK, EXIT_DRIFT, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
 SCAN_ALERT_SECONDS = 20.0  # how long `scan` keeps retrying the alerts it queued before exiting
-CLAIM_WAIT = 30.0  # seconds `restore`/`accept` wait for a daemon's check of the repository (PG)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -192,23 +191,6 @@ def _open_store(settings: config.Settings) -> store_repo.Store:
     return store_repo.Store(engine, channels=outbox.channel_names(settings))
 
 
-@contextlib.contextmanager
-def _holding(store: store_repo.Store, repository: str) -> Iterator[None]:
-    """No check of ``repository`` runs while a restore or accept is being written: on PostgreSQL,
-    where daemons take claims, wait for the one checking it (up to CLAIM_WAIT seconds)."""
-    import datetime as dt
-
-    from watchdog.store import claims
-
-    claim = claims.Claims(store.engine).wait(
-        repository, lambda: dt.datetime.now(dt.UTC), CLAIM_WAIT
-    )
-    try:
-        yield
-    finally:
-        claim.release()
-
-
 def _dispatch(args: argparse.Namespace) -> int:
     command = args.command
     if command == "run":
@@ -246,7 +228,7 @@ def _scan(args: argparse.Namespace) -> int:
     import asyncio
     import tempfile
 
-    from watchdog import metrics, service
+    from watchdog import metrics, service, views
     from watchdog.alerts import outbox
 
     undelivered = 0
@@ -266,9 +248,9 @@ def _scan(args: argparse.Namespace) -> int:
         failed = failed or not r.ok
         if args.json:
             spool.write(",\n" if shown else "\n")
-            json.dump(_result_json(r), spool, indent=2)
+            json.dump(views.check_json(r), spool, indent=2)
         else:
-            _print_result(r)
+            print("\n".join(views.check_lines(r)))
         shown += 1
 
     async def scan_all() -> None:
@@ -321,59 +303,6 @@ def _write_scan_json(code: int, *, drift: bool, complete: bool, watches: IO[str]
     for line in watches:  # JSON strings hold no raw newline: every line is the item's own
         sys.stdout.write("    " + line)
     sys.stdout.write("\n  ]\n}\n")
-
-
-def _result_json(r: Any) -> dict[str, Any]:
-    from watchdog import views
-
-    return {
-        "repository": r.repository,
-        "registry": r.registry,
-        "tags_checked": r.tags_checked,
-        "error": r.error,
-        "tag_errors": r.tag_errors,
-        "events": [views.event_json(e) for e in r.events],
-        "drifted": [views.record_json(t) for t in r.drifted],
-        "seconds": round(r.seconds, 3),
-    }
-
-
-def _print_result(r: Any) -> None:
-    from watchdog import models
-
-    if r.error:
-        print(f"{r.repository}: could not check: {r.error}")
-        return
-    counts: dict[str, int] = {}
-    for e in r.events:
-        counts[e.kind.value] = counts.get(e.kind.value, 0) + 1
-    parts = [f"{r.tags_checked} tags checked"] + [f"{n} {k}" for k, n in sorted(counts.items())]
-    if r.tag_errors:
-        parts.append(f"{len(r.tag_errors)} could not be checked")
-    print(f"{r.repository}: " + ", ".join(parts))
-    for e in r.events:
-        if e.kind is not models.EventKind.FIRST_SEEN:
-            print("  " + _event_line(e))
-    for tag, err in sorted(r.tag_errors.items()):
-        print(f"  ERROR     {r.repository}:{tag}: {err}")
-    for t in r.drifted:
-        restore_hint = f"recorded {t.recorded_digest}"
-        print(f"  DRIFT     {t.ref} is {t.state.value} ({restore_hint})")
-
-
-def _event_line(e: models.Event) -> str:
-    ref = f"{e.repository}:{e.tag}"
-    kind = e.kind.value.upper()
-    if e.old_digest and e.new_digest:
-        text = f"{kind:<9} {ref} {e.old_digest} -> {e.new_digest}"
-    elif e.new_digest:
-        text = f"{kind:<9} {ref} {e.new_digest}"
-    else:
-        text = f"{kind:<9} {ref} (was {e.old_digest})"
-    platforms = e.detail.get("changed_platforms")
-    if platforms:
-        text += f" [changed: {', '.join(platforms)}]"
-    return text
 
 
 # --- status / history ----------------------------------------------------------------------------
@@ -442,21 +371,22 @@ def _history(args: argparse.Namespace) -> int:
 # --- restore / accept / guard ---------------------------------------------------------------------
 
 
-def _actor() -> str:
-    """Who a manual restore or accept is recorded as: ``cli:<OS user>`` (``cli`` if unknown)."""
-    import getpass
+def _actions(
+    store: store_repo.Store, client: registry_client.RegistryClient | None = None
+) -> actions.Actions:
+    """Restores and accepts from the command line: each holds its repository's claim, so that no
+    daemon's check of it runs meanwhile (PostgreSQL), waiting for one under way a while."""
+    from watchdog import actions
+    from watchdog.store import claims
 
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
+    hold = actions.claims_hold(claims.Claims(store.engine))
+    return actions.Actions(store, hold, registries=None if client is None else lambda _: client)
 
 
 def _restore(args: argparse.Namespace) -> int:
     import asyncio
-    import datetime as dt
 
-    from watchdog import models, restore, views
+    from watchdog import actions, models, restore, views
     from watchdog.registry import client as registry_client
 
     ref = models.ImageRef.parse(args.ref, require_tag=True)
@@ -466,18 +396,12 @@ def _restore(args: argparse.Namespace) -> int:
 
     async def go() -> restore.Plan | restore.Outcome:
         async with registry_client.RegistryClient(settings.registry(ref.host)) as rc:
-            restorer = restore.Restorer(
-                store, rc, clock=lambda: dt.datetime.now(dt.UTC), actor=_actor()
-            )
+            acts = _actions(store, rc)
             if args.dry_run:
-                return await restorer.plan(ref, digest)
-            return await restorer.run(ref, digest)
+                return await acts.plan(ref, digest, actions.cli_actor())
+            return await acts.restore(ref, digest, actions.cli_actor())
 
-    if args.dry_run:
-        result = asyncio.run(go())
-    else:
-        with _holding(store, ref.name):
-            result = asyncio.run(go())
+    result = asyncio.run(go())
     if isinstance(result, restore.Plan):
         code = EXIT_OK if result.ok else EXIT_FAILED
         if args.json:
@@ -499,17 +423,14 @@ def _restore(args: argparse.Namespace) -> int:
 
 
 def _accept(args: argparse.Namespace) -> int:
-    import datetime as dt
+    import asyncio
 
-    from watchdog import models, restore
+    from watchdog import actions, models
 
     ref = models.ImageRef.parse(args.ref, require_tag=True)
     settings = _load(args)
     store = _open_store(settings)
-    with _holding(store, ref.name):
-        event = restore.accept(
-            store, ref, now=dt.datetime.now(dt.UTC), actor=_actor(), reason=args.reason
-        )
+    event = asyncio.run(_actions(store).accept(ref, args.reason, actions.cli_actor()))
     print(
         f"accepted {event.repository}:{event.tag}: {event.new_digest} is the recorded digest now "
         f"(was {event.old_digest})"

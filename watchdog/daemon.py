@@ -22,22 +22,11 @@ import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
 
-from watchdog import (
-    __version__,
-    api,
-    config,
-    errors,
-    http,
-    metrics,
-    models,
-    notifications,
-    restore,
-    service,
-    slack_actions,
-)
+from watchdog import __version__, actions, config, errors, metrics, notifications, service
 from watchdog.alerts import outbox
 from watchdog.store import claims, db, lock
 from watchdog.store import repo as store_repo
+from watchdog.web import app as web_app
 
 log = logging.getLogger("watchdog.daemon")
 
@@ -46,9 +35,6 @@ SHUTDOWN_GRACE = 30.0  # seconds given to running checks on shutdown
 STALE_AFTER_INTERVALS = 3
 MAX_CONCURRENT_CHECKS = service.MAX_CONCURRENT_CHECKS  # watches checked at once
 NOTIFIED_RECHECK_DELAY = 1.0  # seconds: the second look after a registry notification
-# seconds a hand-started restore or accept waits for a check of its repository running on another
-# replica (PostgreSQL), then gives up (the API answers 503, Slack asks to tap again)
-ACTION_CLAIM_WAIT = 30.0
 
 
 class SlotTrigger(BaseTrigger):  # type: ignore[misc]  # apscheduler 3 is untyped
@@ -148,22 +134,14 @@ class Daemon:
 
     async def _serve(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        routes = []
-        if self.store is not None:
-            actions = _Actions(self)
-            routes = [
-                *api.routes(self.store, self.settings.http.api_token, actions),
-                *slack_actions.routes(
-                    self.settings, self.store, actions, spawn=self._spawn, observer=self.metrics
-                ),
-            ]
-        app = http.build_app(
+        app = web_app.build_app(
             self.metrics,
             self.readiness,
-            hook_token=self.settings.hooks.registry_token,
-            dockerhub_token=self.settings.hooks.dockerhub_token,
+            settings=self.settings,
+            store=self.store,
+            actions_=self._actions(),
             on_registry_events=self.on_registry_events,
-            api_routes=routes,
+            spawn=self._spawn,
         )
         server = _Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
         server_task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -329,35 +307,45 @@ class Daemon:
     @contextlib.asynccontextmanager
     async def holding(self, repository: str) -> AsyncIterator[None]:
         """Hold ``repository`` against checks, here (``lock``) and on other replicas (its claim),
-        for a restore or accept started by hand. Waits at most ACTION_CLAIM_WAIT seconds in all
+        for a restore or accept started by hand. Waits at most actions.CLAIM_WAIT seconds in all
         for a check under way, then raises StoreError (the API answers 503, Slack says to tap
-        again). Polls without tying up a worker thread."""
+        again)."""
         assert self.claims is not None
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + ACTION_CLAIM_WAIT
-        busy = errors.StoreError(f"{repository} is being checked right now: try again in a moment")
+        deadline = loop.time() + actions.CLAIM_WAIT
         lock = self.lock(repository)
         try:
-            await asyncio.wait_for(lock.acquire(), ACTION_CLAIM_WAIT)
+            await asyncio.wait_for(lock.acquire(), actions.CLAIM_WAIT)
         except TimeoutError:
-            raise busy from None
+            raise errors.StoreError(
+                f"{repository} is being checked right now: try again in a moment"
+            ) from None
         try:
-            while True:
-                # a quick try (pg_try_advisory_lock), never a blocking wait in a worker thread
-                claim = await asyncio.to_thread(
-                    self.claims.acquire, repository, self.clock(), slot=None
-                )
-                if claim is not None:
-                    break
-                if loop.time() >= deadline:
-                    raise busy
-                await asyncio.sleep(0.2)
-            try:
+            remaining = max(deadline - loop.time(), 0.0)
+            async with actions.claimed(self.claims, repository, self.clock, remaining):
                 yield
-            finally:
-                await asyncio.to_thread(claim.release)
         finally:
             lock.release()
+
+    def _actions(self) -> actions.Actions | None:
+        """The restores and accepts of the API and the Slack buttons, once the store is open."""
+        if self.store is None or self.checker is None:
+            return None
+        return actions.Actions(
+            self.store,
+            self.holding,
+            clock=self.clock,
+            registries=self.checker.clients.get,
+            on_restore=self._count_restore,
+            on_written=self._wake_alerts,
+        )
+
+    def _count_restore(self, repository: str, result: str) -> None:
+        self.metrics.restores.labels(repository=repository, result=result).inc()
+
+    def _wake_alerts(self) -> None:
+        if self.alerts is not None:
+            self.alerts.wake()  # deliver the action's alert now, not at the worker's next round
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready = database answers, scheduler runs, every watch completed a cycle recently."""
@@ -380,60 +368,6 @@ class Daemon:
             elif now - last > limit:
                 problems.append(f"{watch.name}: last check {now - last:.0f}s ago")
         return (not problems, {"problems": problems})
-
-
-class _Actions:
-    """The HTTP API's restore and accept: the same code as the CLI's, with the daemon's clients."""
-
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-
-    async def restore(
-        self,
-        ref: models.ImageRef,
-        digest: str | None,
-        dry_run: bool,
-        actor: str,
-        *,
-        still_recorded: bool = False,
-    ) -> restore.Plan | restore.Outcome:
-        d = self.daemon
-        assert d.store is not None and d.checker is not None
-        restorer = restore.Restorer(
-            d.store, d.checker.clients.get(ref.host), clock=d.clock, actor=actor
-        )
-        if dry_run:
-            return await restorer.plan(ref, digest)
-        async with d.holding(ref.name):
-            if still_recorded:
-                assert digest is not None and ref.tag is not None
-                record = await asyncio.to_thread(d.store.get_tag, ref.name, ref.tag)
-                restore.check_still_wanted(record, ref, digest)
-            outcome = await restorer.run(ref, digest)
-        result = "restored" if outcome.restored else "failed"
-        d.metrics.restores.labels(repository=ref.name, result=result).inc()
-        if d.alerts is not None:
-            d.alerts.wake()
-        return outcome
-
-    async def accept(
-        self, ref: models.ImageRef, reason: str | None, actor: str, expected: str | None = None
-    ) -> models.Event:
-        d = self.daemon
-        assert d.store is not None
-        async with d.holding(ref.name):
-            event = await asyncio.to_thread(
-                restore.accept,
-                d.store,
-                ref,
-                now=d.clock(),
-                actor=actor,
-                reason=reason,
-                expected=expected,
-            )
-        if d.alerts is not None:
-            d.alerts.wake()
-        return event
 
 
 def _bind(settings: config.HttpSettings) -> socket.socket:

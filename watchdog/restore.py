@@ -36,26 +36,6 @@ K = models.EventKind
 _TRUSTED_NEW = (K.FIRST_SEEN, K.ACCEPTED, K.RESTORED, K.REVERTED)
 
 
-class AlreadyDone(errors.UsageError):
-    """The tag answers, as its record, the digest a restore or accept was asked for: nothing
-    to do (a second tap, or someone was quicker)."""
-
-
-def check_still_wanted(record: models.TagRecord | None, ref: models.ImageRef, digest: str) -> None:
-    """For a restore to ``digest`` asked on the strength of an alert: raise UsageError unless
-    ``digest`` is still the tag's record, AlreadyDone when the tag is back at it already. Called
-    under the repository's lock, so that an accept or restore that got there first wins."""
-    if record is None:
-        raise errors.UsageError(f"{ref.name}:{ref.tag} was never recorded")
-    if record.recorded_digest != digest:
-        raise errors.UsageError(
-            f"the record of {ref.name}:{ref.tag} changed since (now "
-            f"{models.short_digest(record.recorded_digest)}): nothing was restored"
-        )
-    if record.state is models.TagState.OK and record.current_digest == digest:
-        raise AlreadyDone(f"{ref.name}:{ref.tag} already answers {models.short_digest(digest)}")
-
-
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """What a restore of one tag would do; computed without changing anything."""
@@ -411,59 +391,3 @@ def _children(manifest: models.Manifest, problems: list[str]) -> list[tuple[str,
     except errors.ProtocolError as exc:
         problems.append(f"index {manifest.digest}: {exc}")
         return []
-
-
-def accept(
-    store: store_repo.Store,
-    ref: models.ImageRef,
-    *,
-    now: dt.datetime,
-    actor: str,
-    reason: str | None = None,
-    expected: str | None = None,
-) -> models.Event:
-    """Make the tag's current digest its recorded one (a deliberate re-release); return the
-    ``accepted`` event written with the record (state ok) in one transaction.
-
-    Raises UsageError when the tag was never recorded, is deleted, already answers its recorded
-    digest (nothing to accept), or, with ``expected``, answers another digest than that one (the
-    person accepting saw ``expected``: what moved since was never shown to them).
-    """
-    if ref.tag is None:
-        raise errors.UsageError(f"accept needs a tagged reference, got {ref}")
-    record = store.get_tag(ref.name, ref.tag)
-    if record is None:
-        raise errors.UsageError(f"{ref.name}:{ref.tag} was never recorded")
-    if record.state is models.TagState.DELETED or record.current_digest is None:
-        raise errors.UsageError(f"{record.ref} is deleted: there is no current digest to accept")
-    if record.current_digest == record.recorded_digest:
-        # accepted already (when it is the digest asked for), or back at its record meanwhile
-        done = expected is None or expected == record.recorded_digest
-        raise (AlreadyDone if done else errors.UsageError)(
-            f"{record.ref} already answers its recorded digest {record.recorded_digest}"
-        )
-    if expected is not None and record.current_digest != expected:
-        raise errors.UsageError(
-            f"{record.ref} now answers {record.current_digest}, not {expected}: nothing accepted"
-        )
-    new_record = dataclasses.replace(
-        record,
-        recorded_digest=record.current_digest,
-        state=models.TagState.OK,
-        missing_count=0,
-        last_changed=now,
-    )
-    event = models.Event(
-        record.repository,
-        record.tag,
-        K.ACCEPTED,
-        now,
-        old_digest=record.recorded_digest,
-        new_digest=record.current_digest,
-        detail={"reason": reason or ""},
-        actor=actor,
-    )
-    (saved,) = store.apply_changes(
-        record.repository, now, [models.Change(record.repository, record.tag, new_record, event)]
-    )
-    return saved

@@ -1,11 +1,15 @@
-"""The JSON shapes of records, events and restore plans: one definition for the CLI's ``--json``
-and the HTTP API, so that scripts see the same fields from both."""
+"""How records, events, restore plans and check results are shown: the JSON shapes, one
+definition for the CLI's ``--json`` and the HTTP API (so that scripts see the same fields from
+both), and the lines ``scan`` prints for a person."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from watchdog import models, restore
+
+if TYPE_CHECKING:
+    from watchdog import service
 
 
 def iso(value: Any) -> str | None:
@@ -53,3 +57,55 @@ def plan_json(plan: restore.Plan) -> dict[str, Any]:
         "blobs_checked": list(plan.blobs_checked),
         "problems": list(plan.problems),
     }
+
+
+def check_json(r: service.CheckResult) -> dict[str, Any]:
+    """One watch's part of ``scan --json``."""
+    return {
+        "repository": r.repository,
+        "registry": r.registry,
+        "tags_checked": r.tags_checked,
+        "error": r.error,
+        "tag_errors": r.tag_errors,
+        "events": [event_json(e) for e in r.events],
+        "drifted": [record_json(t) for t in r.drifted],
+        "seconds": round(r.seconds, 3),
+    }
+
+
+def check_lines(r: service.CheckResult) -> list[str]:
+    """What ``scan`` prints for one watch: a summary line, then one line per event (first
+    sightings aside), per tag that could not be checked and per drifted tag."""
+    if r.error:
+        return [f"{r.repository}: could not check: {r.error}"]
+    counts: dict[str, int] = {}
+    for e in r.events:
+        counts[e.kind.value] = counts.get(e.kind.value, 0) + 1
+    parts = [f"{r.tags_checked} tags checked"] + [f"{n} {k}" for k, n in sorted(counts.items())]
+    if r.tag_errors:
+        parts.append(f"{len(r.tag_errors)} could not be checked")
+    lines = [f"{r.repository}: " + ", ".join(parts)]
+    lines += ["  " + event_line(e) for e in r.events if e.kind is not models.EventKind.FIRST_SEEN]
+    lines += [
+        f"  ERROR     {r.repository}:{tag}: {err}" for tag, err in sorted(r.tag_errors.items())
+    ]
+    lines += [
+        f"  DRIFT     {t.ref} is {t.state.value} (recorded {t.recorded_digest})" for t in r.drifted
+    ]
+    return lines
+
+
+def event_line(e: models.Event) -> str:
+    """One event on one line: kind, tag, digests and the platforms that changed."""
+    ref = f"{e.repository}:{e.tag}"
+    kind = e.kind.value.upper()
+    if e.old_digest and e.new_digest:
+        text = f"{kind:<9} {ref} {e.old_digest} -> {e.new_digest}"
+    elif e.new_digest:
+        text = f"{kind:<9} {ref} {e.new_digest}"
+    else:
+        text = f"{kind:<9} {ref} (was {e.old_digest})"
+    platforms = e.detail.get("changed_platforms")
+    if platforms:
+        text += f" [changed: {', '.join(platforms)}]"
+    return text

@@ -2,73 +2,30 @@
 
 Reads (tags, history) are open to clients on loopback and need the bearer token from anywhere
 else; writes (restore, accept) always need ``http.api_token`` as ``Authorization: Bearer ...`` and
-are refused when no token is configured. The OpenAPI document at ``/api/v1/openapi.json`` is the
-``OPENAPI`` constant below; a test checks it against the routes.
+are refused when no token is configured. Writes run through watchdog.actions, as the CLI's do.
+The OpenAPI document at ``/api/v1/openapi.json`` is the ``OPENAPI`` constant below; a test checks
+it against the routes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import ipaddress
-import json
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any
 
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from watchdog import config, errors, models, restore, views
+from watchdog import actions, config, errors, models, views
 from watchdog.store import repo as store_repo
+from watchdog.web import common
 
 log = logging.getLogger("watchdog.api")
 
 MAX_BODY_BYTES = 64 * 1024
 STATES = tuple(s.value for s in models.TagState)
-
-
-class Actions(Protocol):
-    """What the daemon does for the write endpoints (the same code as the CLI)."""
-
-    async def restore(
-        self,
-        ref: models.ImageRef,
-        digest: str | None,
-        dry_run: bool,
-        actor: str,
-        *,
-        still_recorded: bool = False,
-    ) -> restore.Plan | restore.Outcome:
-        """``still_recorded``: only while ``digest`` is the tag's record and the tag does not
-        answer it already, judged under the repository's lock (restore.check_still_wanted)."""
-        ...
-
-    async def accept(
-        self, ref: models.ImageRef, reason: str | None, actor: str, expected: str | None = None
-    ) -> models.Event: ...
-
-
-Handler = Callable[[Request], Awaitable[Response]]
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
-
-
-def bearer_matches(header: str | None, secret: config.Secret | None) -> bool:
-    """``Authorization: Bearer <secret>``, compared in constant time; False when no secret is set."""
-    if secret is None or not header:
-        return False
-    scheme, _, value = header.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(
-        value.strip().encode(), secret.reveal().encode()
-    )
-
-
-def _bearer_ok(request: Request, token: config.Secret | None) -> bool:
-    return bearer_matches(request.headers.get("authorization"), token)
 
 
 def _loopback(request: Request) -> bool:
@@ -79,31 +36,31 @@ def _loopback(request: Request) -> bool:
         return False
 
 
-def routes(store: store_repo.Store, token: config.Secret | None, actions: Actions) -> list[Route]:
-    """The /api/v1 routes over ``store`` and ``actions``."""
+def _guarded(
+    handler: common.Handler, token: config.Secret | None, *, write: bool
+) -> common.Handler:
+    """``handler`` behind the API's rules: writes need the bearer token (refused without one
+    configured), reads need it from outside loopback."""
+    answering = common.answering(handler)
 
-    def guarded(handler: Handler, *, write: bool) -> Handler:
-        async def run(request: Request) -> Response:
-            if write:
-                if token is None:
-                    return _error(403, "writes are disabled: set http.api_token")
-                if not _bearer_ok(request, token):
-                    log.warning("api_refused reason=bad_token path=%s", request.url.path)
-                    return _error(401, "missing or wrong bearer token")
-            elif not _loopback(request) and not _bearer_ok(request, token):
-                return _error(401, "reads from outside loopback need the bearer token")
-            try:
-                return await handler(request)
-            except BodyTooLarge as exc:
-                return _error(413, str(exc))
-            except (errors.InvalidReference, errors.UsageError) as exc:
-                return _error(400, str(exc))
-            except errors.StoreError as exc:
-                return _error(503, str(exc))
-            except errors.RegistryError as exc:
-                return _error(502, str(exc))
+    async def run(request: Request) -> Response:
+        if write:
+            if token is None:
+                return common.error(403, "writes are disabled: set http.api_token")
+            if not common.bearer_ok(request, token):
+                log.warning("api_refused reason=bad_token path=%s", request.url.path)
+                return common.error(401, "missing or wrong bearer token")
+        elif not _loopback(request) and not common.bearer_ok(request, token):
+            return common.error(401, "reads from outside loopback need the bearer token")
+        return await answering(request)
 
-        return run
+    return run
+
+
+def routes(
+    store: store_repo.Store, token: config.Secret | None, actions_: actions.Actions
+) -> list[Route]:
+    """The /api/v1 routes over ``store`` and ``actions_``."""
 
     async def tags(request: Request) -> Response:
         repository = request.query_params.get("repository")
@@ -125,19 +82,17 @@ def routes(store: store_repo.Store, token: config.Secret | None, actions: Action
         )
 
     async def do_restore(request: Request) -> Response:
-        body = await _json_body(request)
+        body = await common.json_body(request, MAX_BODY_BYTES)
         ref = models.ImageRef.parse(_field(body, "ref"), require_tag=True)
-        digest = body.get("digest")
-        if digest is not None:
-            digest = models.check_digest(_string(digest, "digest"))
+        digest = _optional(body, "digest")
+        digest = models.check_digest(digest) if digest is not None else None
         dry_run = body.get("dry_run", False)
         if not isinstance(dry_run, bool):
             raise errors.UsageError("dry_run must be true or false")
-        result = await actions.restore(ref, digest, dry_run, "api")
-        if isinstance(result, restore.Plan):
-            return JSONResponse(
-                {"result": "plan", "ok": result.ok, "plan": views.plan_json(result)}
-            )
+        if dry_run:
+            plan = await actions_.plan(ref, digest, actions.ACTOR_API)
+            return JSONResponse({"result": "plan", "ok": plan.ok, "plan": views.plan_json(plan)})
+        result = await actions_.restore(ref, digest, actions.ACTOR_API)
         return JSONResponse(
             {
                 "result": "restored" if result.restored else "failed",
@@ -148,61 +103,21 @@ def routes(store: store_repo.Store, token: config.Secret | None, actions: Action
         )
 
     async def do_accept(request: Request) -> Response:
-        body = await _json_body(request)
+        body = await common.json_body(request, MAX_BODY_BYTES)
         ref = models.ImageRef.parse(_field(body, "ref"), require_tag=True)
-        reason = body.get("reason")
-        if reason is not None:
-            reason = _string(reason, "reason")
-        event = await actions.accept(ref, reason, "api")
+        event = await actions_.accept(ref, _optional(body, "reason"), actions.ACTOR_API)
         return JSONResponse({"result": "accepted", "event": views.event_json(event)})
 
     async def openapi(request: Request) -> Response:
         return JSONResponse(OPENAPI)
 
     return [
-        Route("/api/v1/tags", guarded(tags, write=False), methods=["GET"]),
-        Route("/api/v1/history", guarded(history, write=False), methods=["GET"]),
-        Route("/api/v1/restore", guarded(do_restore, write=True), methods=["POST"]),
-        Route("/api/v1/accept", guarded(do_accept, write=True), methods=["POST"]),
+        Route("/api/v1/tags", _guarded(tags, token, write=False), methods=["GET"]),
+        Route("/api/v1/history", _guarded(history, token, write=False), methods=["GET"]),
+        Route("/api/v1/restore", _guarded(do_restore, token, write=True), methods=["POST"]),
+        Route("/api/v1/accept", _guarded(do_accept, token, write=True), methods=["POST"]),
         Route("/api/v1/openapi.json", openapi, methods=["GET"]),
     ]
-
-
-class BodyTooLarge(errors.UsageError):
-    """A request body over the endpoint's limit (answer 413)."""
-
-
-class ClientGone(errors.UsageError):
-    """The client closed the connection before sending its whole body (no one hears an answer)."""
-
-
-async def read_body(request: Request, limit: int, what: str = "request body") -> bytes:
-    """The whole body of ``request``, refused beyond ``limit`` bytes (BodyTooLarge, from the
-    declared Content-Length before a byte is read), or ClientGone when the client hangs up half-way
-    (Starlette's ClientDisconnect would otherwise end in a 500 and a traceback)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"{what} over {limit} bytes")
-    body = bytearray()
-    try:
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise BodyTooLarge(f"{what} over {limit} bytes")
-    except ClientDisconnect:
-        raise ClientGone("the client closed the connection before sending the whole body") from None
-    return bytes(body)
-
-
-async def _json_body(request: Request) -> dict[str, Any]:
-    raw = await read_body(request, MAX_BODY_BYTES)
-    try:
-        body = json.loads(raw or b"{}")
-    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deep
-        raise errors.UsageError("request body is not JSON") from None
-    if not isinstance(body, dict):
-        raise errors.UsageError("request body must be a JSON object")
-    return body
 
 
 def _string(value: object, name: str) -> str:
@@ -215,6 +130,11 @@ def _field(body: dict[str, Any], name: str) -> str:
     if name not in body:
         raise errors.UsageError(f"{name} is required")
     return _string(body[name], name)
+
+
+def _optional(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    return _string(value, name) if value is not None else None
 
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -237,6 +157,12 @@ def _responses(ok: dict[str, Any], *codes: int) -> dict[str, Any]:
             "content": {"application/json": {"schema": _ERROR}},
         }
     return out
+
+
+def _json_request(properties: dict[str, Any]) -> dict[str, Any]:
+    """A required JSON object body with ``properties``, of which ``ref`` is required."""
+    schema = {"type": "object", "required": ["ref"], "properties": properties}
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
 _BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
@@ -343,22 +269,13 @@ OPENAPI: dict[str, Any] = {
             "post": {
                 "summary": "Put a recorded digest back (or plan it with dry_run)",
                 "security": _BEARER,
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["ref"],
-                                "properties": {
-                                    "ref": {"type": "string"},
-                                    "digest": {"type": "string"},
-                                    "dry_run": {"type": "boolean"},
-                                },
-                            }
-                        }
-                    },
-                },
+                "requestBody": _json_request(
+                    {
+                        "ref": {"type": "string"},
+                        "digest": {"type": "string"},
+                        "dry_run": {"type": "boolean"},
+                    }
+                ),
                 "responses": _responses(
                     {
                         "type": "object",
@@ -383,21 +300,9 @@ OPENAPI: dict[str, Any] = {
             "post": {
                 "summary": "Make the tag's current digest the record (a deliberate re-release)",
                 "security": _BEARER,
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["ref"],
-                                "properties": {
-                                    "ref": {"type": "string"},
-                                    "reason": {"type": "string"},
-                                },
-                            }
-                        }
-                    },
-                },
+                "requestBody": _json_request(
+                    {"ref": {"type": "string"}, "reason": {"type": "string"}}
+                ),
                 "responses": _responses(
                     {
                         "type": "object",

@@ -8,8 +8,8 @@ the Slack user against ``slack.allowed_users``. A refusal changes nothing and is
 
 A tap acts on exactly the digest its alert showed, or not at all: Restore only while that digest is
 still the tag's record, Accept only while the tag still answers that digest (whatever moved since
-was never shown to the person tapping). The action runs through the same code as the CLI and the
-API, is recorded as an event naming the person (actor ``slack:U123 (alice)``) and alerted like any
+was never shown to the person tapping). The action runs through watchdog.actions, as the CLI's and
+the API's do, is recorded as an event naming the person (actor ``slack:U123 (alice)``) and alerted like any
 other event.
 
 Slack wants an answer within 3 seconds, and a restore can take longer: the request is answered at
@@ -33,13 +33,15 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
-from watchdog import api, config, errors, models, restore
+from watchdog import actions, config, errors, models
 from watchdog.alerts import render, slack
 from watchdog.store import repo as store_repo
+from watchdog.web import common
 
+# the logger of this endpoint since before the web package: log pipelines filter on it
 log = logging.getLogger("watchdog.slack_actions")
 
 PATH = "/slack/actions"
@@ -80,6 +82,11 @@ class Tap:
     @property
     def actor(self) -> str:
         return f"slack:{self.user}" + (f" ({self.user_name})" if self.user_name else "")
+
+    @property
+    def shown(self) -> str:
+        """The tag as a person reads it: ``<repository>:<tag>``."""
+        return f"{self.ref.name}:{self.ref.tag}"
 
     @property
     def verb(self) -> str:
@@ -199,13 +206,13 @@ class Responder:
         self,
         settings: config.Settings,
         store: store_repo.Store,
-        actions: api.Actions,
+        actions_: actions.Actions,
         sender: slack.BotSender,
         observer: Observer | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
-        self.actions = actions
+        self.actions = actions_
         self.sender = sender
         self.observer = observer
         self._busy: set[tuple[str, str]] = set()  # tags with a tap being acted on
@@ -225,7 +232,6 @@ class Responder:
     async def perform(self, tap: Tap) -> None:
         """Do what ``tap`` asks (its tag claimed by ``claim``), then replace the alert's buttons
         with the outcome."""
-        ref = f"{tap.ref.name}:{tap.ref.tag}"
         progress = False
         try:
             result = await self._precheck(tap)
@@ -233,24 +239,19 @@ class Responder:
                 if tap.action == render.ACTION_RESTORE:
                     # a restore can take a while: say so at once (the buttons stay, so nothing is
                     # lost if this never finishes; a second tap meanwhile is refused as busy)
-                    progress = await self._report(
-                        tap,
-                        f":hourglass_flowing_sand: Restoring, tapped by "
-                        f"{render.actor_mrkdwn(tap.actor)}…",
-                        progress=True,
-                    )
+                    progress = await self._report(tap, _restoring_text(tap.actor), progress=True)
                 try:
                     result = await self._act(tap)
                 except Exception:
                     # a bug, not an expected failure: say so rather than leave "Restoring…"
-                    log.exception("slack_action_crashed action=%s ref=%s", tap.verb, ref)
+                    log.exception("slack_action_crashed action=%s ref=%s", tap.verb, tap.shown)
                     result = _Result("error", _could_not("an internal error, see the log"), False)
             if self.observer is not None:
                 self.observer.on_slack_action(tap.verb, result.result)
             log.info(
                 "slack_action_done action=%s ref=%s by=%s result=%s",
                 tap.verb,
-                ref,
+                tap.shown,
                 tap.actor,
                 result.result,
             )
@@ -265,7 +266,7 @@ class Responder:
             log.warning(
                 "slack_action_cancelled action=%s ref=%s by=%s reason=shutdown",
                 tap.verb,
-                ref,
+                tap.shown,
                 tap.actor,
             )
             raise
@@ -275,77 +276,40 @@ class Responder:
     async def _precheck(self, tap: Tap) -> _Result | None:
         """The answer when ``tap`` must not (or need not) act; None when it may."""
         assert tap.ref.tag is not None
-        ref_text = render.escape(f"{tap.ref.name}:{tap.ref.tag}")
-        who = render.actor_mrkdwn(tap.actor)
         try:
             record = await asyncio.to_thread(self.store.get_tag, tap.ref.name, tap.ref.tag)
         except errors.StoreError as exc:
             return _Result("error", _could_not(str(exc)), update=False)
         if record is None:
-            return _Result(
-                "refused",
-                f":warning: {who}: nothing was done: `{ref_text}` was never recorded",
-                True,
-            )
+            return _Result("refused", _never_recorded_text(tap.actor, tap.shown), update=True)
         settled = record.state is models.TagState.OK and record.recorded_digest == tap.digest
         if settled and record.current_digest == tap.digest:
             # done already (this tap's twin, a replay after a restart, or someone else): the
             # message keeps the outcome it shows
-            what = "restored" if tap.action == render.ACTION_RESTORE else "accepted"
-            return _Result(
-                "already",
-                f"`{ref_text}` already answers `{models.short_digest(tap.digest)}` as its recorded "
-                f"digest: nothing to do (already {what}).",
-                update=False,
-            )
+            done = "restored" if tap.action == render.ACTION_RESTORE else "accepted"
+            return _Result("already", _already_text(tap.shown, tap.digest, done), update=False)
         if tap.action == render.ACTION_RESTORE and record.recorded_digest != tap.digest:
-            return _Result(
-                "refused",
-                f":warning: {who} tapped Restore, but the record of `{ref_text}` changed since "
-                f"this alert (now `{models.short_digest(record.recorded_digest)}`): nothing was "
-                "restored. Use `tag-watchdog restore --digest` if you mean it.",
-                update=True,
-            )
+            text = _record_changed_text(tap.actor, tap.shown, record.recorded_digest)
+            return _Result("refused", text, update=True)
         return None
 
     async def _act(self, tap: Tap) -> _Result:
-        assert tap.ref.tag is not None
-        ref_text = render.escape(f"{tap.ref.name}:{tap.ref.tag}")
-        who = render.actor_mrkdwn(tap.actor)
-        short = models.short_digest(tap.digest)
         try:
             if tap.action == render.ACTION_RESTORE:
                 done = await self.actions.restore(
-                    tap.ref, tap.digest, False, tap.actor, still_recorded=True
+                    tap.ref, tap.digest, tap.actor, still_recorded=True
                 )
-                assert isinstance(done, restore.Outcome)
                 if done.restored:
-                    return _Result(
-                        "restored",
-                        f":white_check_mark: *Restored* by {who}: `{ref_text}` answers "
-                        f"`{short}` again.",
-                        update=True,
-                    )
-                return _Result(
-                    "failed",
-                    f":x: {who} tapped Restore and it *failed*: "
-                    f"{render.escape(done.reason or 'unknown reason')}. The tag was left as it was.",
-                    update=True,
-                )
+                    text = _restored_text(tap.actor, tap.shown, tap.digest)
+                    return _Result("restored", text, update=True)
+                return _Result("failed", _restore_failed_text(tap.actor, done.reason), update=True)
             await self.actions.accept(tap.ref, "accepted from Slack", tap.actor, tap.digest)
-            return _Result(
-                "accepted",
-                f":ballot_box_with_check: *Accepted* by {who}: `{short}` is now the recorded "
-                f"digest of `{ref_text}`.",
-                update=True,
-            )
-        except restore.AlreadyDone as exc:
+            return _Result("accepted", _accepted_text(tap.actor, tap.shown, tap.digest), True)
+        except actions.AlreadyDone as exc:
             # someone was quicker (an accept, a restore, a check): the message keeps its outcome
-            return _Result("already", f"Nothing to do: {render.escape(str(exc))}.", update=False)
+            return _Result("already", _nothing_to_do_text(str(exc)), update=False)
         except errors.UsageError as exc:
-            return _Result(
-                "refused", f":warning: {who}: nothing was done: {render.escape(str(exc))}", True
-            )
+            return _Result("refused", _refused_text(tap.actor, str(exc)), update=True)
         except errors.WatchdogError as exc:
             # nothing changed and the same tap may work in a minute: the buttons stay
             return _Result("error", _could_not(str(exc)), update=False)
@@ -375,15 +339,13 @@ class Responder:
             if outcome is None or progress:
                 message = render.render_event(event, dataclasses.replace(context, buttons=True))
                 if outcome is not None:
-                    blocks = list(message.blocks)
-                    blocks.insert(max(len(blocks) - 2, 0), _section(outcome))
-                    message = render.Message(text=message.text, blocks=blocks)
+                    message = _with_progress(message, outcome)
             else:
                 message = render.render_outcome(event, outcome, context)
         elif outcome is None or progress:
             return False  # the alert cannot be rebuilt: leave it as it is
         else:
-            message = render.Message(text=outcome, blocks=[_section(outcome)])
+            message = _outcome_message(outcome)
         try:
             await asyncio.to_thread(self.sender.update, tap.channel, tap.message_ts, message)
         except errors.AlertError as exc:
@@ -405,21 +367,10 @@ def _tag_key(tap: Tap) -> tuple[str, str]:
     return (tap.ref.name, tap.ref.tag or "")
 
 
-def _could_not(error: str) -> str:
-    return (
-        f":x: could not complete ({render.escape(error)}); nothing was changed. "
-        "Tap again in a minute."
-    )
-
-
-def _section(text: str) -> dict[str, Any]:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": render.truncate_mrkdwn(text)}}
-
-
 def routes(
     settings: config.Settings,
     store: store_repo.Store | None,
-    actions: api.Actions | None,
+    actions_: actions.Actions | None,
     *,
     spawn: Spawn,
     observer: Observer | None = None,
@@ -429,116 +380,219 @@ def routes(
     configured (``slack.token``, ``slack.signing_secret``, ``slack.allowed_users``)."""
     s = settings.slack
     responder: Responder | None = None
-    if s.buttons and store is not None and actions is not None:
+    if s.buttons and store is not None and actions_ is not None:
         assert s.token is not None and s.channel is not None
         responder = Responder(
-            settings, store, actions, slack.BotSender(s.token, s.channel, s.base_url), observer
+            settings, store, actions_, slack.BotSender(s.token, s.channel, s.base_url), observer
         )
+    endpoint = _Endpoint(settings, responder, spawn=spawn, observer=observer, clock=clock)
+    return [Route(PATH, endpoint.answer, methods=["POST"])]
 
-    replays = Replays()
 
-    def refused(action: str, reason: str) -> None:
-        if observer is not None:
-            observer.on_slack_action(action, reason)
+class _Endpoint:
+    """``/slack/actions``: admits a request (size, signature, replay, one of our buttons, an
+    allowed user, no other tap on the tag under way), answers it at once and has the Responder
+    act on it in the background."""
 
-    async def slack_actions(request: Request) -> Response:
-        if responder is None or s.signing_secret is None:
-            return JSONResponse(
-                {
-                    "error": "Slack buttons need slack.token, slack.signing_secret and "
-                    "slack.allowed_users"
-                },
-                status_code=403,
+    def __init__(
+        self,
+        settings: config.Settings,
+        responder: Responder | None,
+        *,
+        spawn: Spawn,
+        observer: Observer | None,
+        clock: Clock,
+    ) -> None:
+        self.secret = settings.slack.signing_secret
+        self.allowed = settings.slack.allowed_users
+        self.responder = responder
+        self.spawn = spawn
+        self.observer = observer
+        self.clock = clock
+        self.replays = Replays()
+
+    def _refused(self, action: str, reason: str) -> None:
+        if self.observer is not None:
+            self.observer.on_slack_action(action, reason)
+
+    def _refuse(self, tap: Tap, reason: str, level: int = logging.WARNING) -> None:
+        event = "slack_action_refused reason=%s action=%s ref=%s by=%s"
+        log.log(level, event, reason, tap.verb, tap.shown, tap.actor)
+        self._refused(tap.verb, reason)
+
+    async def answer(self, request: Request) -> Response:
+        if self.responder is None or self.secret is None:
+            return common.error(
+                403,
+                "Slack buttons need slack.token, slack.signing_secret and slack.allowed_users",
             )
-        client = request.client.host if request.client else "unknown"
+        tap = await self._admit(request, self.secret)
+        if isinstance(tap, Response):
+            return tap
+        return await self._dispatch(tap, self.responder)
+
+    async def _admit(self, request: Request, secret: config.Secret) -> Tap | Response:
+        """The tap in ``request`` when it is signed, fresh, taken once and one of our buttons;
+        else the answer that refuses it."""
+        client = common.client_host(request)
         try:
-            body = await api.read_body(request, MAX_BODY_BYTES)
-        except api.BodyTooLarge as exc:
-            log.warning("slack_action_refused reason=too_large client=%s", client)
-            refused("unknown", "malformed")
-            return JSONResponse({"error": str(exc)}, status_code=413)
-        except api.ClientGone:
+            body = await common.read_body(request, MAX_BODY_BYTES)
+        except common.ClientGone:
             log.info("slack_action_dropped reason=client_gone client=%s", client)
             return Response(status_code=400)
+        except common.BodyTooLarge as exc:
+            log.warning("slack_action_refused reason=too_large client=%s", client)
+            self._refused("unknown", "malformed")
+            return common.answer_to(exc)
         sig = request.headers.get("x-slack-signature")
-        why = check_signature(
-            s.signing_secret,
-            body,
-            request.headers.get("x-slack-request-timestamp"),
-            sig,
-            now=clock,
-        )
+        timestamp = request.headers.get("x-slack-request-timestamp")
+        why = check_signature(secret, body, timestamp, sig, now=self.clock)
         if why is None and sig is not None:
-            why = replays.take(sig)
+            why = self.replays.take(sig)
         if why == "overloaded":
             log.warning("slack_action_refused reason=overloaded client=%s", client)
-            refused("unknown", why)
-            return JSONResponse({"error": "too many taps: try again in a minute"}, status_code=503)
+            self._refused("unknown", why)
+            return common.error(503, "too many taps: try again in a minute")
         if why is not None:
             log.warning("slack_action_refused reason=%s client=%s", why, client)
-            refused("unknown", why)
-            return JSONResponse({"error": f"request refused: {why}"}, status_code=401)
+            self._refused("unknown", why)
+            return common.error(401, f"request refused: {why}")
         try:
-            tap = parse_tap(body)
+            return parse_tap(body)
         except errors.UsageError as exc:
             log.warning(
                 "slack_action_refused reason=malformed client=%s error=%r", client, str(exc)
             )
-            refused("unknown", "malformed")
-            return JSONResponse({"error": str(exc)}, status_code=400)
-        ref = f"{tap.ref.name}:{tap.ref.tag}"
-        if tap.user not in s.allowed_users:
+            self._refused("unknown", "malformed")
+            return common.answer_to(exc)
+
+    async def _dispatch(self, tap: Tap, responder: Responder) -> Response:
+        """Start acting on ``tap`` in the background, unless its user is not allowed, another
+        tap on its tag is under way, or the daemon is stopping."""
+        if tap.user not in self.allowed:
             log.warning(
                 "slack_action_refused reason=not_allowed user=%s action=%s ref=%s",
                 tap.user,
                 tap.verb,
-                ref,
+                tap.shown,
             )
-            refused(tap.verb, "not_allowed")
-            spawn(
-                responder.tell(
-                    tap,
-                    f"You are not on tag-watchdog's `slack.allowed_users` list: nothing was "
-                    f"done to `{render.escape(ref)}`.",
-                ),
-                "slack tell",
-            )
+            self._refused(tap.verb, "not_allowed")
+            self.spawn(responder.tell(tap, _not_allowed_text(tap.shown)), "slack tell")
             return Response(status_code=200)
         if not responder.claim(tap):
-            log.info(
-                "slack_action_refused reason=busy action=%s ref=%s by=%s", tap.verb, ref, tap.actor
-            )
-            refused(tap.verb, "busy")
-            spawn(
-                responder.tell(
-                    tap,
-                    f"Another tap on `{render.escape(ref)}` is being acted on: its outcome will "
-                    "replace the buttons. Nothing more was done.",
-                ),
-                "slack tell",
-            )
+            self._refuse(tap, "busy", logging.INFO)
+            self.spawn(responder.tell(tap, _busy_text(tap.shown)), "slack tell")
             return Response(status_code=200)
-        log.info("slack_action action=%s ref=%s by=%s", tap.verb, ref, tap.actor)
-        if not spawn(responder.perform(tap), f"slack {tap.verb} {ref}"):
-            # shutting down: refuse rather than start something shutdown might cut short
-            responder.release(tap)
-            log.warning(
-                "slack_action_refused reason=stopping action=%s ref=%s by=%s",
-                tap.verb,
-                ref,
-                tap.actor,
-            )
-            refused(tap.verb, "stopping")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    responder.tell(
-                        tap,
-                        f"tag-watchdog is restarting: nothing was done to `{render.escape(ref)}`. "
-                        "Tap again in a minute.",
-                    ),
-                    TELL_TIMEOUT,
-                )
-            return JSONResponse({"error": "shutting down: tap again in a minute"}, status_code=503)
-        return Response(status_code=200)
+        log.info("slack_action action=%s ref=%s by=%s", tap.verb, tap.shown, tap.actor)
+        if self.spawn(responder.perform(tap), f"slack {tap.verb} {tap.shown}"):
+            return Response(status_code=200)
+        # shutting down: refuse rather than start something shutdown might cut short
+        responder.release(tap)
+        self._refuse(tap, "stopping")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(responder.tell(tap, _restarting_text(tap.shown)), TELL_TIMEOUT)
+        return common.error(503, "shutting down: tap again in a minute")
 
-    return [Route(PATH, slack_actions, methods=["POST"])]
+
+# --- The Slack text of the answers (mrkdwn, escaped here) ---------------------------------------
+# Rendering only, apart from the endpoint's logic: it belongs with the alerts' rendering.
+
+
+def _restoring_text(actor: str) -> str:
+    return f":hourglass_flowing_sand: Restoring, tapped by {render.actor_mrkdwn(actor)}…"
+
+
+def _restored_text(actor: str, ref: str, digest: str) -> str:
+    return (
+        f":white_check_mark: *Restored* by {render.actor_mrkdwn(actor)}: `{render.escape(ref)}` "
+        f"answers `{models.short_digest(digest)}` again."
+    )
+
+
+def _restore_failed_text(actor: str, reason: str | None) -> str:
+    return (
+        f":x: {render.actor_mrkdwn(actor)} tapped Restore and it *failed*: "
+        f"{render.escape(reason or 'unknown reason')}. The tag was left as it was."
+    )
+
+
+def _accepted_text(actor: str, ref: str, digest: str) -> str:
+    return (
+        f":ballot_box_with_check: *Accepted* by {render.actor_mrkdwn(actor)}: "
+        f"`{models.short_digest(digest)}` is now the recorded digest of `{render.escape(ref)}`."
+    )
+
+
+def _already_text(ref: str, digest: str, done: str) -> str:
+    """``done``: what the tap asked for, done already (``restored`` or ``accepted``)."""
+    return (
+        f"`{render.escape(ref)}` already answers `{models.short_digest(digest)}` as its recorded "
+        f"digest: nothing to do (already {done})."
+    )
+
+
+def _nothing_to_do_text(why: str) -> str:
+    return f"Nothing to do: {render.escape(why)}."
+
+
+def _refused_text(actor: str, why: str) -> str:
+    return f":warning: {render.actor_mrkdwn(actor)}: nothing was done: {render.escape(why)}"
+
+
+def _never_recorded_text(actor: str, ref: str) -> str:
+    return (
+        f":warning: {render.actor_mrkdwn(actor)}: nothing was done: `{render.escape(ref)}` "
+        "was never recorded"
+    )
+
+
+def _record_changed_text(actor: str, ref: str, recorded: str) -> str:
+    return (
+        f":warning: {render.actor_mrkdwn(actor)} tapped Restore, but the record of "
+        f"`{render.escape(ref)}` changed since this alert (now `{models.short_digest(recorded)}`): "
+        "nothing was restored. Use `tag-watchdog restore --digest` if you mean it."
+    )
+
+
+def _could_not(error: str) -> str:
+    return (
+        f":x: could not complete ({render.escape(error)}); nothing was changed. "
+        "Tap again in a minute."
+    )
+
+
+def _not_allowed_text(ref: str) -> str:
+    return (
+        "You are not on tag-watchdog's `slack.allowed_users` list: nothing was done to "
+        f"`{render.escape(ref)}`."
+    )
+
+
+def _busy_text(ref: str) -> str:
+    return (
+        f"Another tap on `{render.escape(ref)}` is being acted on: its outcome will replace the "
+        "buttons. Nothing more was done."
+    )
+
+
+def _restarting_text(ref: str) -> str:
+    return (
+        f"tag-watchdog is restarting: nothing was done to `{render.escape(ref)}`. "
+        "Tap again in a minute."
+    )
+
+
+def _section(text: str) -> dict[str, Any]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": render.truncate_mrkdwn(text)}}
+
+
+def _with_progress(message: render.Message, text: str) -> render.Message:
+    """``message`` (an alert with its buttons) with ``text`` shown above its buttons."""
+    blocks = list(message.blocks)
+    blocks.insert(max(len(blocks) - 2, 0), _section(text))
+    return render.Message(text=message.text, blocks=blocks)
+
+
+def _outcome_message(text: str) -> render.Message:
+    """The outcome alone, in place of an alert that cannot be rebuilt."""
+    return render.Message(text=text, blocks=[_section(text)])

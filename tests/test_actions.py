@@ -1,0 +1,241 @@
+"""The actions layer: plan / restore / accept under the hold the caller hands in, against the real
+registry and on SQLite and PostgreSQL; the rules of accept and of a restore asked from an alert;
+the claim a process without checks of its own (the CLI) holds."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from tests.support import images
+from tests.support import registry as support_registry
+from tests.test_restore import Clock, fetch, make_checker
+from watchdog import actions, config, errors, models, service
+from watchdog.store import claims, db
+from watchdog.store import repo as store_repo
+
+K = models.EventKind
+S = models.TagState
+OLD = "sha256:" + "a" * 64
+NEW = "sha256:" + "b" * 64
+AT = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
+REF = models.ImageRef.parse("ghcr.io/deephaven/server:0.15.0")
+
+
+@dataclasses.dataclass
+class Hold:
+    """A hold that records, for each time it was held, the repository and the kinds of the tag's
+    events when it was taken and when it was let go."""
+
+    store: store_repo.Store
+    tag: str
+    held: list[tuple[str, list[str], list[str]]] = dataclasses.field(default_factory=list)
+
+    def kinds(self, repository: str) -> list[str]:
+        return [e.kind.value for e in self.store.history(repository, self.tag)]
+
+    @contextlib.asynccontextmanager
+    async def __call__(self, repository: str) -> AsyncIterator[None]:
+        before = self.kinds(repository)
+        try:
+            yield
+        finally:
+            self.held.append((repository, before, self.kinds(repository)))
+
+
+async def drifted(
+    store: store_repo.Store,
+    registry: support_registry.RegistryServer,
+    repo: str,
+    pusher: images.Pusher,
+) -> tuple[service.Checker, config.WatchSettings, models.ImageRef, Any, Any]:
+    """``0.15.0`` released, recorded, rebuilt and seen drifted (on_move: alert): the checker,
+    the watch, the tag's reference, the release and the rebuild."""
+    checker, watch = make_checker(store, registry, repo, on_move="alert")
+    release = pusher.image(repo, "0.15.0", seed="release")
+    await checker.check_watch(watch)
+    rebuilt = pusher.image(repo, "0.15.0", seed="rebuilt")
+    await checker.check_watch(watch)
+    return checker, watch, models.ImageRef.parse(f"{watch.name}:0.15.0"), release, rebuilt
+
+
+async def test_restore_and_accept_write_under_the_hold_and_a_plan_holds_nothing(
+    store: store_repo.Store,
+    registry: support_registry.RegistryServer,
+    repo: str,
+    pusher: images.Pusher,
+) -> None:
+    checker, watch, ref, release, _ = await drifted(store, registry, repo, pusher)
+    hold = Hold(store, "0.15.0")
+    restores: list[tuple[str, str]] = []
+    written: list[None] = []
+    acts = actions.Actions(
+        store,
+        hold,
+        clock=Clock(),
+        registries=checker.clients.get,
+        on_restore=lambda repository, result: restores.append((repository, result)),
+        on_written=lambda: written.append(None),
+    )
+    try:
+        plan = await acts.plan(ref, None, "cli:test")
+        assert plan.ok and plan.digest == release.digest
+        assert hold.held == [] and written == []  # a plan holds nothing and writes nothing
+
+        outcome = await acts.restore(ref, None, "api")
+        assert outcome.restored and outcome.event.actor == "api"
+        assert fetch(registry, repo, "0.15.0").headers["docker-content-digest"] == release.digest
+        assert hold.held == [
+            (watch.name, ["first_seen", "moved"], ["first_seen", "moved", "restored"])
+        ]
+        assert restores == [(watch.name, "restored")] and len(written) == 1
+
+        second = pusher.image(repo, "0.15.0", seed="deliberate")
+        await checker.check_watch(watch)
+        event = await acts.accept(ref, "hotfix", "slack:U1", second.digest)
+        assert (event.kind, event.new_digest, event.actor) == (
+            K.ACCEPTED,
+            second.digest,
+            "slack:U1",
+        )
+        assert event.detail == {"reason": "hotfix"}
+        assert hold.held[-1][1][-1] == "moved" and hold.held[-1][2][-1] == "accepted"
+        assert restores == [(watch.name, "restored")] and len(written) == 2  # no restore counted
+        record = store.get_tag(watch.name, "0.15.0")
+        assert record is not None and (record.recorded_digest, record.state) == (
+            second.digest,
+            S.OK,
+        )
+    finally:
+        await checker.clients.aclose()
+
+
+async def test_a_restore_asked_from_an_alert_is_refused_under_the_hold_once_the_record_changed(
+    store: store_repo.Store,
+    registry: support_registry.RegistryServer,
+    repo: str,
+    pusher: images.Pusher,
+) -> None:
+    checker, _, ref, release, rebuilt = await drifted(store, registry, repo, pusher)
+    hold = Hold(store, "0.15.0")
+    acts = actions.Actions(store, hold, clock=Clock(), registries=checker.clients.get)
+    try:
+        # someone accepted the rebuild while the tap (showing the release's digest) waited
+        await acts.accept(ref, None, "cli:someone")
+        with pytest.raises(errors.UsageError, match="changed since"):
+            await acts.restore(ref, release.digest, "slack:U1", still_recorded=True)
+        assert hold.held[-1][1] == hold.held[-1][2]  # judged under the hold; nothing written
+        assert fetch(registry, repo, "0.15.0").headers["docker-content-digest"] == rebuilt.digest
+        # and the tap on Accept of that same move finds it done
+        with pytest.raises(actions.AlreadyDone):
+            await acts.accept(ref, None, "slack:U2", rebuilt.digest)
+    finally:
+        await checker.clients.aclose()
+
+
+def test_a_restore_from_an_alert_is_judged_again_under_the_lock() -> None:
+    """What the tap saw must still hold when the restore runs (an accept may have got there
+    first while the tap waited for the repository's lock)."""
+
+    def record(recorded: str, current: str, state: models.TagState) -> models.TagRecord:
+        return models.TagRecord(REF.name, "0.15.0", recorded, current, None, state, AT, AT, AT)
+
+    drifted = record(OLD, NEW, S.DRIFTED)
+    assert actions.check_still_wanted(drifted, REF, OLD) is None  # go ahead
+    with pytest.raises(errors.UsageError, match="changed since") as caught:
+        actions.check_still_wanted(record(NEW, NEW, S.OK), REF, OLD)  # accepted
+    assert not isinstance(caught.value, actions.AlreadyDone)
+    with pytest.raises(actions.AlreadyDone):
+        actions.check_still_wanted(record(OLD, OLD, S.OK), REF, OLD)  # restored
+    with pytest.raises(errors.UsageError, match="never recorded"):
+        actions.check_still_wanted(None, REF, OLD)
+
+
+@pytest.mark.parametrize(
+    ("recorded", "current", "state", "expected", "refusal", "done"),
+    [
+        (None, None, None, None, "never recorded", False),
+        (OLD, None, S.DELETED, None, "is deleted", False),
+        (OLD, OLD, S.OK, None, "already answers its recorded digest", True),
+        (OLD, OLD, S.OK, OLD, "already answers its recorded digest", True),
+        # the person saw NEW, but the tag went back to its record meanwhile: not "done"
+        (OLD, OLD, S.OK, NEW, "already answers its recorded digest", False),
+        (OLD, NEW, S.DRIFTED, "sha256:" + "c" * 64, "not sha256:ccc", False),
+    ],
+)
+def test_what_accept_refuses(
+    store: store_repo.Store,
+    recorded: str | None,
+    current: str | None,
+    state: models.TagState | None,
+    expected: str | None,
+    refusal: str,
+    done: bool,
+) -> None:
+    if recorded is not None:
+        assert state is not None
+        record = models.TagRecord(REF.name, "0.15.0", recorded, current, None, state, AT, AT, AT)
+        store.apply_changes(REF.name, AT, [models.Change(REF.name, "0.15.0", record)])
+    with pytest.raises(errors.UsageError, match=refusal) as caught:
+        actions.accept(store, REF, now=AT, actor="cli:test", expected=expected)
+    assert isinstance(caught.value, actions.AlreadyDone) == done
+    assert store.history(REF.name, "0.15.0") == []  # nothing written
+
+
+def test_accept_makes_the_current_digest_the_record(store: store_repo.Store) -> None:
+    record = models.TagRecord(REF.name, "0.15.0", OLD, NEW, None, S.DRIFTED, AT, AT, AT)
+    store.apply_changes(REF.name, AT, [models.Change(REF.name, "0.15.0", record)])
+    later = AT + dt.timedelta(minutes=5)
+    event = actions.accept(store, REF, now=later, actor="cli:test", reason="re-release")
+    assert (event.kind, event.old_digest, event.new_digest) == (K.ACCEPTED, OLD, NEW)
+    assert event.id is not None and event.detail == {"reason": "re-release"}
+    saved = store.get_tag(REF.name, "0.15.0")
+    assert saved is not None
+    assert (saved.recorded_digest, saved.current_digest, saved.state) == (NEW, NEW, S.OK)
+    assert saved.last_changed == later
+
+
+@pytest.mark.postgres
+async def test_the_claim_waits_for_a_check_under_way_then_gives_up(pg_url: str) -> None:
+    engine = db.create_engine(pg_url)
+    try:
+        db.upgrade(engine)
+        shared = claims.Claims(engine)
+        checking = shared.acquire("ghcr.io/a/b", dt.datetime.now(dt.UTC), slot=None)
+        assert checking is not None  # a replica's check of the repository
+        started = time.monotonic()
+        with pytest.raises(errors.StoreError, match="being checked by another process"):
+            async with actions.claimed(shared, "ghcr.io/a/b", wait=0.6):
+                raise AssertionError("held while a check holds the claim")
+        assert 0.6 <= time.monotonic() - started < 5
+        async with actions.claimed(shared, "ghcr.io/a/c", wait=0.6):
+            pass  # another repository is free
+
+        hold = actions.claims_hold(shared, wait=10)
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.5, checking.release)  # the check ends
+        async with hold("ghcr.io/a/b"):
+            assert shared.acquire("ghcr.io/a/b", dt.datetime.now(dt.UTC), slot=None) is None
+        again = shared.acquire("ghcr.io/a/b", dt.datetime.now(dt.UTC), slot=None)
+        assert again is not None  # let go when the action ended
+        again.release()
+    finally:
+        engine.dispose()
+
+
+def test_the_cli_is_recorded_as_its_os_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("getpass.getuser", lambda: "alice")
+    assert actions.cli_actor() == "cli:alice"
+
+    def unknown() -> str:
+        raise OSError("no user")
+
+    monkeypatch.setattr("getpass.getuser", unknown)
+    assert actions.cli_actor() == "cli"

@@ -1,0 +1,236 @@
+"""The actions a person starts on one tag: plan a restore, restore, accept. One code path for the
+CLI, the HTTP API and the Slack buttons.
+
+While an action writes, no check of the tag's repository may run: a check that looked at a tag
+while a restore put it back would take the restore for someone else's ``reverted``. How the
+repository is held is the caller's (``Hold``): the CLI holds its claim (``claimed``: a check by a
+daemon on PostgreSQL holds it too), the daemon its own per-repository lock first, then the claim.
+A plan (``restore --dry-run``) changes nothing and holds nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import getpass
+from collections.abc import AsyncIterator, Callable
+
+from watchdog import errors, models, restore
+from watchdog.registry import client as registry_client
+from watchdog.store import claims as store_claims
+from watchdog.store import repo as store_repo
+
+# seconds a hand-started restore or accept waits for a check of its repository (here or on
+# another replica, PostgreSQL), then gives up (the CLI exits 3, the API answers 503, Slack asks
+# to tap again)
+CLAIM_WAIT = 30.0
+CLAIM_POLL = 0.2  # seconds between two tries of a claim held by a check
+ACTOR_API = "api"
+
+Clock = Callable[[], dt.datetime]
+# Holds a repository (given by ImageRef.name) against checks for as long as the context lasts;
+# raises errors.StoreError when it cannot be had in time.
+Hold = Callable[[str], contextlib.AbstractAsyncContextManager[None]]
+Registries = Callable[[str], registry_client.RegistryClient]  # registry host -> its client
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class AlreadyDone(errors.UsageError):
+    """The tag answers, as its record, the digest a restore or accept was asked for: nothing
+    to do (a second tap, or someone was quicker)."""
+
+
+def cli_actor() -> str:
+    """Who a restore or accept from the command line is recorded as: ``cli:<OS user>`` (``cli``
+    when the user cannot be told)."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+@contextlib.asynccontextmanager
+async def claimed(
+    claims: store_claims.Claims,
+    repository: str,
+    clock: Clock = utcnow,
+    wait: float = CLAIM_WAIT,
+) -> AsyncIterator[None]:
+    """Hold the claim on ``repository`` (store/claims.py), so that no check of it runs on any
+    replica meanwhile. Waits up to ``wait`` seconds for a check that holds it, then raises
+    StoreError. Polls a quick try (pg_try_advisory_lock) rather than blocking a worker thread."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while True:
+        claim = await asyncio.to_thread(claims.acquire, repository, clock(), slot=None)
+        if claim is not None:
+            break
+        if loop.time() >= deadline:
+            raise errors.StoreError(
+                f"{repository} is being checked by another process (a replica): "
+                "try again in a moment"
+            )
+        await asyncio.sleep(CLAIM_POLL)
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(claim.release)
+
+
+def claims_hold(
+    claims: store_claims.Claims, clock: Clock = utcnow, wait: float = CLAIM_WAIT
+) -> Hold:
+    """A Hold that takes the repository's claim (``claimed``): what a process without checks of
+    its own (the CLI) needs."""
+    return lambda repository: claimed(claims, repository, clock, wait)
+
+
+@dataclasses.dataclass(frozen=True)
+class Actions:
+    """Plan, restore and accept over ``store``; ``hold`` keeps checks of the repository away while
+    an action writes, ``registries`` gives the client of a registry host (only plan and restore
+    need one). ``on_restore(repository, result)`` hears of every restore run (result ``restored``
+    or ``failed``: the restores_total metric), ``on_written()`` of every event written (its
+    alerts are queued with it)."""
+
+    store: store_repo.Store
+    hold: Hold
+    _: dataclasses.KW_ONLY
+    clock: Clock = utcnow
+    registries: Registries | None = None
+    on_restore: Callable[[str, str], None] | None = None
+    on_written: Callable[[], None] | None = None
+
+    def _restorer(self, ref: models.ImageRef, actor: str) -> restore.Restorer:
+        if self.registries is None:
+            raise RuntimeError("plan and restore need the registries' clients")
+        return restore.Restorer(
+            self.store, self.registries(ref.host), clock=self.clock, actor=actor
+        )
+
+    async def plan(self, ref: models.ImageRef, digest: str | None, actor: str) -> restore.Plan:
+        """What restoring ``ref`` to ``digest`` (default: its record) would do; changes nothing.
+        Raises UsageError when the tag or the digest cannot be restored (restore.Restorer.plan)."""
+        return await self._restorer(ref, actor).plan(ref, digest)
+
+    async def restore(
+        self,
+        ref: models.ImageRef,
+        digest: str | None,
+        actor: str,
+        *,
+        still_recorded: bool = False,
+    ) -> restore.Outcome:
+        """Restore ``ref`` to ``digest`` (default: its record), holding its repository, and
+        record the outcome (one ``restored`` or ``restore_failed`` event).
+
+        ``still_recorded``: only while ``digest`` is the tag's record and the tag does not answer
+        it already, judged under the hold (``check_still_wanted``: UsageError, AlreadyDone)."""
+        restorer = self._restorer(ref, actor)
+        async with self.hold(ref.name):
+            if still_recorded:
+                assert digest is not None and ref.tag is not None
+                record = await asyncio.to_thread(self.store.get_tag, ref.name, ref.tag)
+                check_still_wanted(record, ref, digest)
+            outcome = await restorer.run(ref, digest)
+        if self.on_restore is not None:
+            self.on_restore(ref.name, "restored" if outcome.restored else "failed")
+        if self.on_written is not None:
+            self.on_written()
+        return outcome
+
+    async def accept(
+        self, ref: models.ImageRef, reason: str | None, actor: str, expected: str | None = None
+    ) -> models.Event:
+        """Make the tag's current digest its record, holding its repository (``accept``)."""
+        async with self.hold(ref.name):
+            event = await asyncio.to_thread(
+                accept,
+                self.store,
+                ref,
+                now=self.clock(),
+                actor=actor,
+                reason=reason,
+                expected=expected,
+            )
+        if self.on_written is not None:
+            self.on_written()
+        return event
+
+
+def check_still_wanted(record: models.TagRecord | None, ref: models.ImageRef, digest: str) -> None:
+    """For a restore to ``digest`` asked on the strength of an alert: raise UsageError unless
+    ``digest`` is still the tag's record, AlreadyDone when the tag is back at it already. Called
+    under the repository's hold, so that an accept or restore that got there first wins."""
+    if record is None:
+        raise errors.UsageError(f"{ref.name}:{ref.tag} was never recorded")
+    if record.recorded_digest != digest:
+        raise errors.UsageError(
+            f"the record of {ref.name}:{ref.tag} changed since (now "
+            f"{models.short_digest(record.recorded_digest)}): nothing was restored"
+        )
+    if record.state is models.TagState.OK and record.current_digest == digest:
+        raise AlreadyDone(f"{ref.name}:{ref.tag} already answers {models.short_digest(digest)}")
+
+
+def accept(
+    store: store_repo.Store,
+    ref: models.ImageRef,
+    *,
+    now: dt.datetime,
+    actor: str,
+    reason: str | None = None,
+    expected: str | None = None,
+) -> models.Event:
+    """Make the tag's current digest its recorded one (a deliberate re-release); return the
+    ``accepted`` event written with the record (state ok) in one transaction. Blocking; the
+    caller holds the repository.
+
+    Raises UsageError when the tag was never recorded, is deleted, already answers its recorded
+    digest (nothing to accept; AlreadyDone when that is the digest asked for), or, with
+    ``expected``, answers another digest than that one (the person accepting saw ``expected``:
+    what moved since was never shown to them).
+    """
+    if ref.tag is None:
+        raise errors.UsageError(f"accept needs a tagged reference, got {ref}")
+    record = store.get_tag(ref.name, ref.tag)
+    if record is None:
+        raise errors.UsageError(f"{ref.name}:{ref.tag} was never recorded")
+    if record.state is models.TagState.DELETED or record.current_digest is None:
+        raise errors.UsageError(f"{record.ref} is deleted: there is no current digest to accept")
+    if record.current_digest == record.recorded_digest:
+        # accepted already (when it is the digest asked for), or back at its record meanwhile
+        done = expected is None or expected == record.recorded_digest
+        raise (AlreadyDone if done else errors.UsageError)(
+            f"{record.ref} already answers its recorded digest {record.recorded_digest}"
+        )
+    if expected is not None and record.current_digest != expected:
+        raise errors.UsageError(
+            f"{record.ref} now answers {record.current_digest}, not {expected}: nothing accepted"
+        )
+    new_record = dataclasses.replace(
+        record,
+        recorded_digest=record.current_digest,
+        state=models.TagState.OK,
+        missing_count=0,
+        last_changed=now,
+    )
+    event = models.Event(
+        record.repository,
+        record.tag,
+        models.EventKind.ACCEPTED,
+        now,
+        old_digest=record.recorded_digest,
+        new_digest=record.current_digest,
+        detail={"reason": reason or ""},
+        actor=actor,
+    )
+    (saved,) = store.apply_changes(
+        record.repository, now, [models.Change(record.repository, record.tag, new_record, event)]
+    )
+    return saved
