@@ -37,7 +37,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from watchdog import actions, config, errors, models
-from watchdog.alerts import render, slack
+from watchdog.alerts import answers, render, slack
 from watchdog.store import repo as store_repo
 from watchdog.web import common
 
@@ -239,13 +239,17 @@ class Responder:
                 if tap.action == render.ACTION_RESTORE:
                     # a restore can take a while: say so at once (the buttons stay, so nothing is
                     # lost if this never finishes; a second tap meanwhile is refused as busy)
-                    progress = await self._report(tap, _restoring_text(tap.actor), progress=True)
+                    progress = await self._report(
+                        tap, answers.restoring_text(tap.actor), progress=True
+                    )
                 try:
                     result = await self._act(tap)
                 except Exception:
                     # a bug, not an expected failure: say so rather than leave "Restoring…"
                     log.exception("slack_action_crashed action=%s ref=%s", tap.verb, tap.shown)
-                    result = _Result("error", _could_not("an internal error, see the log"), False)
+                    result = _Result(
+                        "error", answers.could_not("an internal error, see the log"), False
+                    )
             if self.observer is not None:
                 self.observer.on_slack_action(tap.verb, result.result)
             log.info(
@@ -279,17 +283,21 @@ class Responder:
         try:
             record = await asyncio.to_thread(self.store.get_tag, tap.ref.name, tap.ref.tag)
         except errors.StoreError as exc:
-            return _Result("error", _could_not(str(exc)), update=False)
+            return _Result("error", answers.could_not(str(exc)), update=False)
         if record is None:
-            return _Result("refused", _never_recorded_text(tap.actor, tap.shown), update=True)
+            return _Result(
+                "refused", answers.never_recorded_text(tap.actor, tap.shown), update=True
+            )
         settled = record.state is models.TagState.OK and record.recorded_digest == tap.digest
         if settled and record.current_digest == tap.digest:
             # done already (this tap's twin, a replay after a restart, or someone else): the
             # message keeps the outcome it shows
             done = "restored" if tap.action == render.ACTION_RESTORE else "accepted"
-            return _Result("already", _already_text(tap.shown, tap.digest, done), update=False)
+            return _Result(
+                "already", answers.already_text(tap.shown, tap.digest, done), update=False
+            )
         if tap.action == render.ACTION_RESTORE and record.recorded_digest != tap.digest:
-            text = _record_changed_text(tap.actor, tap.shown, record.recorded_digest)
+            text = answers.record_changed_text(tap.actor, tap.shown, record.recorded_digest)
             return _Result("refused", text, update=True)
         return None
 
@@ -300,19 +308,23 @@ class Responder:
                     tap.ref, tap.digest, tap.actor, still_recorded=True
                 )
                 if done.restored:
-                    text = _restored_text(tap.actor, tap.shown, tap.digest)
+                    text = answers.restored_text(tap.actor, tap.shown, tap.digest)
                     return _Result("restored", text, update=True)
-                return _Result("failed", _restore_failed_text(tap.actor, done.reason), update=True)
+                return _Result(
+                    "failed", answers.restore_failed_text(tap.actor, done.reason), update=True
+                )
             await self.actions.accept(tap.ref, "accepted from Slack", tap.actor, tap.digest)
-            return _Result("accepted", _accepted_text(tap.actor, tap.shown, tap.digest), True)
+            return _Result(
+                "accepted", answers.accepted_text(tap.actor, tap.shown, tap.digest), True
+            )
         except actions.AlreadyDone as exc:
             # someone was quicker (an accept, a restore, a check): the message keeps its outcome
-            return _Result("already", _nothing_to_do_text(str(exc)), update=False)
+            return _Result("already", answers.nothing_to_do_text(str(exc)), update=False)
         except errors.UsageError as exc:
-            return _Result("refused", _refused_text(tap.actor, str(exc)), update=True)
+            return _Result("refused", answers.refused_text(tap.actor, str(exc)), update=True)
         except errors.WatchdogError as exc:
             # nothing changed and the same tap may work in a minute: the buttons stay
-            return _Result("error", _could_not(str(exc)), update=False)
+            return _Result("error", answers.could_not(str(exc)), update=False)
 
     async def _report(self, tap: Tap, outcome: str | None, *, progress: bool = False) -> bool:
         """Show ``outcome`` in the alert in place of its buttons (None: the alert as it was
@@ -339,13 +351,13 @@ class Responder:
             if outcome is None or progress:
                 message = render.render_event(event, dataclasses.replace(context, buttons=True))
                 if outcome is not None:
-                    message = _with_progress(message, outcome)
+                    message = answers.with_progress(message, outcome)
             else:
                 message = render.render_outcome(event, outcome, context)
         elif outcome is None or progress:
             return False  # the alert cannot be rebuilt: leave it as it is
         else:
-            message = _outcome_message(outcome)
+            message = answers.outcome_message(outcome)
         try:
             await asyncio.to_thread(self.sender.update, tap.channel, tap.message_ts, message)
         except errors.AlertError as exc:
@@ -477,11 +489,11 @@ class _Endpoint:
                 tap.shown,
             )
             self._refused(tap.verb, "not_allowed")
-            self.spawn(responder.tell(tap, _not_allowed_text(tap.shown)), "slack tell")
+            self.spawn(responder.tell(tap, answers.not_allowed_text(tap.shown)), "slack tell")
             return Response(status_code=200)
         if not responder.claim(tap):
             self._refuse(tap, "busy", logging.INFO)
-            self.spawn(responder.tell(tap, _busy_text(tap.shown)), "slack tell")
+            self.spawn(responder.tell(tap, answers.busy_text(tap.shown)), "slack tell")
             return Response(status_code=200)
         log.info("slack_action action=%s ref=%s by=%s", tap.verb, tap.shown, tap.actor)
         if self.spawn(responder.perform(tap), f"slack {tap.verb} {tap.shown}"):
@@ -490,109 +502,7 @@ class _Endpoint:
         responder.release(tap)
         self._refuse(tap, "stopping")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(responder.tell(tap, _restarting_text(tap.shown)), TELL_TIMEOUT)
+            await asyncio.wait_for(
+                responder.tell(tap, answers.restarting_text(tap.shown)), TELL_TIMEOUT
+            )
         return common.error(503, "shutting down: tap again in a minute")
-
-
-# --- The Slack text of the answers (mrkdwn, escaped here) ---------------------------------------
-# Rendering only, apart from the endpoint's logic: it belongs with the alerts' rendering.
-
-
-def _restoring_text(actor: str) -> str:
-    return f":hourglass_flowing_sand: Restoring, tapped by {render.actor_mrkdwn(actor)}…"
-
-
-def _restored_text(actor: str, ref: str, digest: str) -> str:
-    return (
-        f":white_check_mark: *Restored* by {render.actor_mrkdwn(actor)}: `{render.escape(ref)}` "
-        f"answers `{models.short_digest(digest)}` again."
-    )
-
-
-def _restore_failed_text(actor: str, reason: str | None) -> str:
-    return (
-        f":x: {render.actor_mrkdwn(actor)} tapped Restore and it *failed*: "
-        f"{render.escape(reason or 'unknown reason')}. The tag was left as it was."
-    )
-
-
-def _accepted_text(actor: str, ref: str, digest: str) -> str:
-    return (
-        f":ballot_box_with_check: *Accepted* by {render.actor_mrkdwn(actor)}: "
-        f"`{models.short_digest(digest)}` is now the recorded digest of `{render.escape(ref)}`."
-    )
-
-
-def _already_text(ref: str, digest: str, done: str) -> str:
-    """``done``: what the tap asked for, done already (``restored`` or ``accepted``)."""
-    return (
-        f"`{render.escape(ref)}` already answers `{models.short_digest(digest)}` as its recorded "
-        f"digest: nothing to do (already {done})."
-    )
-
-
-def _nothing_to_do_text(why: str) -> str:
-    return f"Nothing to do: {render.escape(why)}."
-
-
-def _refused_text(actor: str, why: str) -> str:
-    return f":warning: {render.actor_mrkdwn(actor)}: nothing was done: {render.escape(why)}"
-
-
-def _never_recorded_text(actor: str, ref: str) -> str:
-    return (
-        f":warning: {render.actor_mrkdwn(actor)}: nothing was done: `{render.escape(ref)}` "
-        "was never recorded"
-    )
-
-
-def _record_changed_text(actor: str, ref: str, recorded: str) -> str:
-    return (
-        f":warning: {render.actor_mrkdwn(actor)} tapped Restore, but the record of "
-        f"`{render.escape(ref)}` changed since this alert (now `{models.short_digest(recorded)}`): "
-        "nothing was restored. Use `tag-watchdog restore --digest` if you mean it."
-    )
-
-
-def _could_not(error: str) -> str:
-    return (
-        f":x: could not complete ({render.escape(error)}); nothing was changed. "
-        "Tap again in a minute."
-    )
-
-
-def _not_allowed_text(ref: str) -> str:
-    return (
-        "You are not on tag-watchdog's `slack.allowed_users` list: nothing was done to "
-        f"`{render.escape(ref)}`."
-    )
-
-
-def _busy_text(ref: str) -> str:
-    return (
-        f"Another tap on `{render.escape(ref)}` is being acted on: its outcome will replace the "
-        "buttons. Nothing more was done."
-    )
-
-
-def _restarting_text(ref: str) -> str:
-    return (
-        f"tag-watchdog is restarting: nothing was done to `{render.escape(ref)}`. "
-        "Tap again in a minute."
-    )
-
-
-def _section(text: str) -> dict[str, Any]:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": render.truncate_mrkdwn(text)}}
-
-
-def _with_progress(message: render.Message, text: str) -> render.Message:
-    """``message`` (an alert with its buttons) with ``text`` shown above its buttons."""
-    blocks = list(message.blocks)
-    blocks.insert(max(len(blocks) - 2, 0), _section(text))
-    return render.Message(text=message.text, blocks=blocks)
-
-
-def _outcome_message(text: str) -> render.Message:
-    """The outcome alone, in place of an alert that cannot be rebuilt."""
-    return render.Message(text=text, blocks=[_section(text)])
