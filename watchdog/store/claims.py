@@ -19,14 +19,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import time
-from collections.abc import Callable
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Engine
 
-from watchdog import errors
 from watchdog.store import db, tables
 
 # A namespace for our advisory lock keys (two-int form), so they never collide with the
@@ -115,26 +112,6 @@ class Claims:
                 if conn is not None:
                     conn.close()
                 raise
-
-    def wait(
-        self, repository: str, now: Callable[[], dt.datetime], timeout: float, poll: float = 0.2
-    ) -> Claim:
-        """A claim on ``repository`` for a restore or accept started by hand (CLI, API, Slack),
-        so that no check of it runs meanwhile on any replica: a check that saw the tag put back
-        before the restore is recorded would take it for someone else's `reverted`. Waits up to
-        ``timeout`` seconds for a check holding it; then raises errors.StoreError. Blocking (the
-        CLI; the daemon polls ``acquire`` itself, off its worker threads)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            claim = self.acquire(repository, now(), slot=None)
-            if claim is not None:
-                return claim
-            if time.monotonic() >= deadline:
-                raise errors.StoreError(
-                    f"{repository} is being checked by another process (a replica): "
-                    "try again in a moment"
-                )
-            time.sleep(poll)
 
     @staticmethod
     def _stamp(conn: sa.Connection, repository: str, now: dt.datetime, slot: dt.datetime) -> bool:
