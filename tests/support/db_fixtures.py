@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from tests.support import parallel
 from watchdog.store import db, repo
 
 PG_ENV = "WATCHDOG_TEST_PG_URL"
@@ -47,7 +48,8 @@ class _PostgresServer:
         )
 
     def create(self) -> str:
-        name = PG_PREFIX + secrets.token_hex(6)
+        # the worker's id in the name: a database left behind says which worker made it
+        name = f"{PG_PREFIX}{parallel.worker_id()}_{secrets.token_hex(6)}"
         with self.admin.connect() as conn:
             conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
         return self.base.set(database=name).render_as_string(hide_password=False)
