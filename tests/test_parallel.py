@@ -1,19 +1,25 @@
-"""The suite's own machinery for pytest-xdist (tests/support/parallel.py, no_skips.py, ports.py),
+"""The suite's own machinery for pytest-xdist (tests/support/parallel.py, no_skips.py, ports.py,
+the database pool of db_fixtures.py),
 checked on small suites of its own run in real pytest subprocesses: a skip on a worker still fails
 a WATCHDOG_NO_SKIPS run, a ``serial`` test runs alone while the others do run side by side, and
 ports handed to concurrent processes never collide."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
-from tests.support import parallel, ports
+from tests.support import db_fixtures, parallel, ports
+from watchdog import models
+from watchdog.store import db, repo, tables
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -144,3 +150,68 @@ def test_concurrent_processes_never_get_the_same_port() -> None:
     assert all(p in pool for p in claimed)
     if len(pool) >= ports.MIN_RANGE:
         assert not any(lo <= p <= hi for p in claimed)
+
+
+# --- the worker's databases (tests/support/db_fixtures.py) -------------------------------------
+
+
+def _events_ids(url: str) -> list[int]:
+    engine = db.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [r[0] for r in conn.execute(sa.select(tables.events.c.id))]
+    finally:
+        engine.dispose()
+
+
+def _add_event(url: str) -> None:
+    engine = db.create_engine(url)
+    try:
+        store = repo.Store(engine)
+        event = models.Event(
+            repository="127.0.0.1:5000/a/b",
+            tag="1.0.0",
+            kind=models.EventKind.FIRST_SEEN,
+            at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+            new_digest="sha256:" + "a" * 64,
+        )
+        record = models.TagRecord(
+            repository=event.repository,
+            tag=event.tag,
+            recorded_digest=event.new_digest,
+            current_digest=event.new_digest,
+            media_type="application/vnd.oci.image.manifest.v1+json",
+            state=models.TagState.OK,
+            first_seen=event.at,
+            last_checked=event.at,
+            last_changed=event.at,
+        )
+        change = models.Change(event.repository, event.tag, record=record, event=event)
+        store.apply_check(event.repository, event.at, [change])
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_pooled_database_comes_back_empty_with_ids_from_1_and_a_changed_one_never(
+    _pg_server: Any,
+) -> None:
+    server = db_fixtures._require(_pg_server)
+    url = server.migrated()
+    _add_event(url)
+    assert _events_ids(url) == [1]
+    server.give_back(url, reusable=True)
+    again = server.migrated()
+    assert again == url  # the same database, from the pool
+    assert _events_ids(again) == []
+    _add_event(again)
+    assert _events_ids(again) == [1]  # as in a new database
+    # a test that changed the schema does not hand it on
+    engine = sa.create_engine(again)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE events ADD COLUMN extra integer")
+    engine.dispose()
+    server.give_back(again, reusable=True)
+    other = server.migrated()
+    assert other != again and _events_ids(other) == []
+    server.give_back(other, reusable=True)

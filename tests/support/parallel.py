@@ -11,6 +11,12 @@ bounds on time. Other tests hold a shared lock while they run, a serial test the
 a waiting serial test first takes a gate that new tests pass through, so it is not starved.
 ``SERIAL`` marks tests by function name from here, for files whose owners have not added the
 marker themselves (a name listed here that no test has fails tests/test_parallel.py).
+
+Order on workers: longest first, serial tests last. The longest tests start first so that none
+of them is left running alone at the end (``--dist load --maxschedchunk 2`` hands tests out in
+this order, two at a time); serial tests go last, when only short tests are left to wait for.
+How long a test takes comes from the last run (``.pytest_cache``), else from ``SLOW`` (a clean
+clone, as CI has).
 """
 
 from __future__ import annotations
@@ -36,6 +42,18 @@ SERIAL: dict[str, str] = {
 }
 
 
+# test function name -> seconds it took on the 2-core machine (docs/PERFORMANCE.md), for runs
+# without a cache of their own
+SLOW: dict[str, float] = {
+    "test_sigkill_at_random_points_of_cycles_and_restores_loses_and_doubles_nothing": 30,
+    "test_no_secret_in_any_output_or_the_database": 36,
+    "test_three_replicas_check_each_watch_once_per_interval": 33,
+    "test_run_under_another_writer_waits_or_errs_and_records_the_move_once": 22,
+    "test_postgres_restarted_under_run_loses_and_doubles_nothing": 15,
+}
+CACHE_KEY = "tag-watchdog/durations"
+
+
 def worker_id() -> str:
     """``gw0``, ``gw1``... on a pytest-xdist worker; ``main`` in a run without workers."""
     return os.environ.get("PYTEST_XDIST_WORKER", "main")
@@ -44,6 +62,7 @@ def worker_id() -> str:
 def pytest_configure(config: pytest.Config) -> None:
     if _is_controller(config):
         config.stash[_dir_key] = tempfile.mkdtemp(prefix="tag-watchdog-serial-")
+        config.pluginmanager.register(_Durations(), "tag-watchdog-durations")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -58,11 +77,44 @@ def pytest_configure_node(node: Any) -> None:
     node.workerinput[LOCK_KEY] = node.config.stash[_dir_key]
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        name = getattr(item, "originalname", item.name)
-        if name in SERIAL:
-            item.add_marker(pytest.mark.serial(reason=SERIAL[name]))
+        if _name(item) in SERIAL:
+            item.add_marker(pytest.mark.serial(reason=SERIAL[_name(item)]))
+    if _is_controller(config):
+        return  # one process: the files' order, as always
+    # every worker sorts alike (the cache is only written when the run is over): xdist insists
+    # on identical collections
+    cache = getattr(config, "cache", None)  # None with -p no:cacheprovider
+    known: dict[str, float] = cache.get(CACHE_KEY, {}) if cache else {}
+
+    def key(item: pytest.Item) -> tuple[bool, float]:
+        took = known.get(item.nodeid, SLOW.get(_name(item), 0.0))
+        return (item.get_closest_marker("serial") is not None, -took)
+
+    items.sort(key=key)
+
+
+class _Durations:
+    """(in the controller) how long each test took, kept in the cache for the next run's order."""
+
+    def __init__(self) -> None:
+        self.took: dict[str, float] = {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.took[report.nodeid] = self.took.get(report.nodeid, 0.0) + report.duration
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        cache = getattr(session.config, "cache", None)
+        if cache is None or not self.took:
+            return
+        known: dict[str, float] = cache.get(CACHE_KEY, {})
+        known.update({k: round(v, 2) for k, v in self.took.items()})
+        cache.set(CACHE_KEY, known)
+
+
+def _name(item: pytest.Item) -> str:
+    return getattr(item, "originalname", item.name)
 
 
 @pytest.hookimpl(wrapper=True)
