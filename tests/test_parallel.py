@@ -109,9 +109,9 @@ def test_a_serial_test_runs_alone_while_ordinary_ones_overlap(
     assert any(spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1] for a, b in pairs), spans
 
 
-def test_every_name_marked_serial_from_the_table_is_a_test() -> None:
+def test_every_name_in_the_serial_and_slow_tables_is_a_test() -> None:
     sources = "\n".join(p.read_text() for p in (ROOT / "tests").rglob("test_*.py"))
-    for name in parallel.SERIAL:
+    for name in [*parallel.SERIAL, *parallel.SLOW]:
         assert re.search(rf"^(async )?def {name}\(", sources, re.M), f"{name}: no such test"
 
 
