@@ -72,6 +72,10 @@ def _timed(name, seconds):
     with open(os.environ["TIMES"], "a") as f:
         f.write(json.dumps([name, start, time.monotonic()]) + "\\n")
 
+def test_long():
+    # still running when another worker, done with its short tests, reaches the serial one
+    _timed("long", 1.5)
+
 @pytest.mark.parametrize("i", range(6))
 def test_ordinary(i):
     _timed(f"ordinary-{i}", 0.4)
@@ -96,7 +100,7 @@ def test_a_serial_test_runs_alone_while_ordinary_ones_overlap(
     result = pytester.runpytest_subprocess(
         "-p", "xdist", "-p", "tests.support.parallel", "-p", "tests.support.no_skips", "-n", "3"
     )
-    result.assert_outcomes(passed=7, xfailed=1)
+    result.assert_outcomes(passed=8, xfailed=1)
     assert result.ret == pytest.ExitCode.OK  # WATCHDOG_NO_SKIPS is set: an xfail is no skip
     spans = {
         name: (start, end) for name, start, end in map(json.loads, times.read_text().splitlines())
