@@ -102,8 +102,11 @@ class _PostgresServer:
             if self._schema is None:
                 with engine.connect() as conn:
                     self._schema = self._schema_of(conn)
-        finally:
+        except BaseException:
             engine.dispose()
+            self._drops.put(sa.make_url(url).database or "")  # not left behind
+            raise
+        engine.dispose()
         return url
 
     def give_back(self, url: str, *, reusable: bool) -> None:
