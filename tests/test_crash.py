@@ -38,6 +38,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import random
@@ -425,6 +426,19 @@ def _check(h: Harness, f: Figures, window: collections.Counter[int]) -> list[str
     return problems
 
 
+def _append_figures(out: Path, figures: dict[str, Any]) -> None:
+    """Add one run's figures to the JSON list in ``out``; runs on other pytest-xdist workers may
+    be adding theirs at the same moment."""
+    with out.open("a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        f.seek(0)
+        text = f.read()
+        previous = json.loads(text) if text.strip() else []
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps([*previous, figures], indent=1))
+
+
 @pytest.mark.parametrize("mode", ["webhook", "bot"])
 def test_sigkill_at_random_points_of_cycles_and_restores_loses_and_doubles_nothing(
     tmp_path: Path,
@@ -521,8 +535,7 @@ def test_sigkill_at_random_points_of_cycles_and_restores_loses_and_doubles_nothi
     print(f"crash figures: {summary}")
     out = Path(os.environ.get("WATCHDOG_CRASH_OUT") or "")
     if out.name:
-        previous = json.loads(out.read_text()) if out.exists() else []
-        out.write_text(json.dumps([*previous, dataclasses.asdict(f)], indent=1))
+        _append_figures(out, dataclasses.asdict(f))
     assert not problems, f"seed {seed}: " + "\n".join(problems)
     assert not settled, f"seed {seed}: {settled}"
     assert code == 0, logs[-1][1][-3000:]

@@ -14,7 +14,6 @@ import http.server
 import json
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -32,6 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from tests.support import ports
 from watchdog import config
 
 BINARY_NAMES = ("docker-registry", "registry")
@@ -52,9 +52,9 @@ def find_binary() -> str | None:
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free 127.0.0.1 port for a server in another process, claimed for this test process
+    (tests/support/ports.py: no race between pytest-xdist workers)."""
+    return ports.free_port()
 
 
 def htpasswd_line(username: str, password: str) -> str:
