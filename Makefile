@@ -26,7 +26,7 @@ test:
 # (WATCHDOG_CRASH_SEED=N replays one, WATCHDOG_CRASH_OUT=f.json keeps the figures).
 SOAK_KILLS ?= 120
 soak: venv
-	WATCHDOG_CRASH_KILLS=$(SOAK_KILLS) $(PY) -m pytest -q -s tests/test_crash.py -k sqlite
+	WATCHDOG_CRASH_KILLS=$(SOAK_KILLS) $(PY) -m pytest -q -s tests/system/test_crash.py -k sqlite
 
 lint: venv
 	.venv/bin/ruff check .

@@ -1,6 +1,6 @@
 """Small checks of the fault proxy itself (tests/support/faultproxy.py), with plain httpx/sockets.
 
-The proxy is what tests/test_faults.py trusts to inject each fault; these make sure each fault
+The proxy is what tests/system/test_faults.py trusts to inject each fault; these make sure each fault
 is really what it claims to be on the wire.
 """
 

@@ -322,7 +322,7 @@ def _record(current: str | None) -> models.TagRecord:
     )
 
 
-# HEAD and GET disagreeing is refused by resolve_digest (tests/test_registry_resolve.py) and, end
+# HEAD and GET disagreeing is refused by resolve_digest (tests/registry/test_resolve.py) and, end
 # to end, in test_a_registry_that_contradicts_itself_is_no_evidence above.
 @pytest.mark.parametrize(
     ("served", "record", "listed", "expected"),

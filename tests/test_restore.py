@@ -220,7 +220,7 @@ async def test_a_restore_cut_short_by_a_crash_is_finished_by_the_next_check(
     """``moved`` is committed before the restore runs; a crash in between used to leave the tag
     drifted for good (nothing restores a move already recorded) and, after the PUT, made the
     next check record the watchdog's own restore as a ``reverted`` by someone else. Found by
-    tests/test_crash.py."""
+    tests/system/test_crash.py."""
     release = pusher.index(repo, "0.15.0", seed="release")
     checker, watch = make_checker(store, registry, repo)
     await checker.check_watch(watch)

@@ -1,7 +1,7 @@
-"""Render the figures tests/test_faults.py collects (``WATCHDOG_RELIABILITY_OUT``) as the
+"""Render the figures tests/system/test_faults.py collects (``WATCHDOG_RELIABILITY_OUT``) as the
 markdown table of docs/RELIABILITY.md: one row per fault, summed over routes and backends.
 
-    WATCHDOG_RELIABILITY_OUT=/tmp/faults.json .venv/bin/pytest tests/test_faults.py
+    WATCHDOG_RELIABILITY_OUT=/tmp/faults.json .venv/bin/pytest tests/system/test_faults.py
     .venv/bin/python -m tests.support.reliability /tmp/faults.json
 """
 
@@ -43,7 +43,7 @@ def rows(figures: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def command(row: dict[str, Any]) -> str:
     selected = " or ".join(f"{backend}-{row['fault']}-{route}" for backend, route in row["cases"])
-    return f'`pytest tests/test_faults.py -k "{selected}"`'
+    return f'`pytest tests/system/test_faults.py -k "{selected}"`'
 
 
 def render(figures: list[dict[str, Any]]) -> str:

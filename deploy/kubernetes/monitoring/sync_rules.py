@@ -2,7 +2,7 @@
 
     python3 deploy/kubernetes/monitoring/sync_rules.py
 
-The suite (tests/test_deploy_kubernetes.py) fails when the two differ, so a rule changed in
+The suite (tests/deploy/test_kubernetes.py) fails when the two differ, so a rule changed in
 alerts.yml without running this cannot reach a release.
 """
 

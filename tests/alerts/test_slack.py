@@ -336,7 +336,7 @@ def test_restore_messages_name_the_digest_put_back() -> None:
 
 # --- golden messages -----------------------------------------------------------------------------
 
-GOLDEN = pathlib.Path(__file__).parent / "data" / "slack_messages.json"
+GOLDEN = pathlib.Path(__file__).parents[1] / "data" / "slack_messages.json"
 
 
 def golden_messages() -> dict[str, dict[str, Any]]:
@@ -377,7 +377,7 @@ def golden_messages() -> dict[str, dict[str, Any]]:
 
 def write_golden() -> None:
     """Rewrite the golden file from the rendering as it is (after a deliberate change of text):
-    ``python -c "from tests import test_alerts_slack as t; t.write_golden()"``."""
+    ``python -c "from tests.alerts import test_slack as t; t.write_golden()"``."""
     text = json.dumps(golden_messages(), indent=1, ensure_ascii=False, sort_keys=True)
     GOLDEN.write_text(text + "\n", encoding="utf-8")
 

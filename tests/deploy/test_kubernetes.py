@@ -18,7 +18,7 @@ import yaml
 
 from watchdog import config, daemon, errors
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "kubernetes"
 MONITORING = K8S / "monitoring"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"

@@ -18,12 +18,12 @@ import httpx
 import pytest
 import yaml
 
+from tests.deploy.test_files import DEPLOY, alert_rules, dashboard_exprs, tool
 from tests.support import faultproxy, images
 from tests.support import registry as support_registry
 from tests.support.cli import clean_env, wait_for
 from tests.support.registry import free_port
 from tests.support.slack_standin import SlackStandIn
-from tests.test_deploy import DEPLOY, alert_rules, dashboard_exprs, tool
 
 # --- a real Prometheus scraping a real daemon -------------------------------------------------
 

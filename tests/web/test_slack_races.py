@@ -24,7 +24,7 @@ from tests.support import registry as support_registry
 from tests.support.cli import http_status, run, start_daemon, wait_for
 from tests.support.registry import free_port
 from tests.support.slack_standin import TOKEN, SlackStandIn
-from tests.test_slack_actions import ALLOWED, SIGNING_SECRET, buttons_of, signed_headers, tap_body
+from tests.web.test_slack import ALLOWED, SIGNING_SECRET, buttons_of, signed_headers, tap_body
 from watchdog.alerts import render
 
 TAGS = ("1.0.0", "2.0.0")

@@ -11,7 +11,7 @@ import yaml
 from tests.support.cli import run
 from watchdog import config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FULL = """
 database_url: postgresql+psycopg://wd:${PGPASS}@db/wd
 interval: 5m

@@ -162,7 +162,7 @@ def test_another_spelling_of_the_same_file_is_the_same_lock(
 
 
 def test_postgresql_takes_no_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """PostgreSQL replicas coordinate inside the database (tests/test_replicas.py): nothing is
+    """PostgreSQL replicas coordinate inside the database (tests/system/test_replicas.py): nothing is
     locked and no file is made (the engine never connects here)."""
     monkeypatch.chdir(tmp_path)
     url = "postgresql+psycopg://watchdog:pw@127.0.0.1:5432/watchdog"

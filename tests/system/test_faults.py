@@ -83,7 +83,7 @@ def _status(code: int) -> Install:
 
 
 FAULTS = [
-    # every 5xx is the same to the client (tests/test_registry_client.py checks 500/502/503):
+    # every 5xx is the same to the client (tests/registry/test_client.py checks 500/502/503):
     # 500 on every route, 502 and 503 on one route each
     Fault("http-500", "HTTP 500 with an HTML body", _status(500), ("HEAD", "GET", "LIST")),
     Fault("http-502", "HTTP 502 with an HTML body", _status(502), ("GET",)),

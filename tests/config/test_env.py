@@ -12,7 +12,7 @@ import yaml
 
 from watchdog import config, errors
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # variable, value, where the setting lands, what it becomes
 OVERRIDES: list[tuple[str, str, tuple[str, ...], Any]] = [

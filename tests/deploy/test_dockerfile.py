@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 
 
 def hadolint() -> str:
-    path = shutil.which("hadolint", path=str(Path(__file__).parents[1] / ".venv" / "bin"))
+    path = shutil.which("hadolint", path=str(Path(__file__).parents[2] / ".venv" / "bin"))
     path = path or shutil.which("hadolint")
     if path is None:
         pytest.skip("hadolint is not installed (pip install -e '.[test]')")

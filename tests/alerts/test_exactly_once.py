@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from tests import test_alerts_delivery as delivery
+from tests.alerts import test_delivery as delivery
+from tests.alerts.test_delivery import NEW, OLD, REPO, T0, FakeTime, K
 from tests.support.slack_standin import CHANNEL_ID, TOKEN, Answer, SlackStandIn
-from tests.test_alerts_delivery import NEW, OLD, REPO, T0, FakeTime, K
 from watchdog import metrics, models
 from watchdog.alerts import outbox
 from watchdog.store import repo

@@ -18,7 +18,7 @@ import pytest
 
 from watchdog import daemon
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "deploy" / "systemd" / "tag-watchdog.service"
 SYSTEM_UNITS = Path("/usr/lib/systemd/system")
 
