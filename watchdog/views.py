@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from watchdog import models, restore
+from watchdog import models
 
-if TYPE_CHECKING:
-    from watchdog import service
+if TYPE_CHECKING:  # types only: status and history need no registry client (httpx) at all
+    from watchdog import restore, service
 
 
 def iso(value: Any) -> str | None:

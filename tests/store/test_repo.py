@@ -598,3 +598,14 @@ def test_mask_url() -> None:
         "postgresql+psycopg://watchdog:***@127.0.0.1:5432/db"
     )
     assert db.mask_url("sqlite:///watchdog.db") == "sqlite:///watchdog.db"
+
+
+def test_the_schema_check_reads_the_same_revisions_as_alembic() -> None:
+    """The schema check reads the scripts' headers itself (no Alembic import on every command):
+    it must find exactly the revisions, links and head that Alembic finds."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(db._alembic_config())
+    alembic_view = {r.revision: tuple(r._all_down_revisions) for r in script.walk_revisions()}
+    assert db.known_revisions() == alembic_view
+    assert [db.head()] == list(script.get_heads())
