@@ -175,12 +175,6 @@ def test_postgresql_takes_no_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: DaemonLock.acquire opens <file>.lock before the database is opened, so a SQLite "
-    "file in a missing directory makes `run` print 'internal error: FileNotFoundError ... (this "
-    "is a bug)' where `scan` says 'database ... unreachable: unable to open the database file'",
-)
 def test_run_on_a_sqlite_file_in_a_missing_directory_says_the_database_is_unreachable(
     tmp_path: Path,
 ) -> None:

@@ -16,6 +16,7 @@ from typing import IO
 from sqlalchemy.engine import Engine
 
 from watchdog import errors
+from watchdog.store import db
 
 
 class DaemonLock:
@@ -23,6 +24,7 @@ class DaemonLock:
 
     def __init__(self, engine: Engine) -> None:
         self._file: IO[bytes] | None = None
+        self._shown = db.mask_url(engine.url)
         database = engine.url.database
         self.path = (
             Path(database).resolve().with_name(Path(database).name + ".lock")
@@ -31,10 +33,19 @@ class DaemonLock:
         )
 
     def acquire(self) -> None:
-        """Take the lock or raise errors.AlreadyRunning naming the file and the holder's pid."""
+        """Take the lock or raise errors.AlreadyRunning naming the file and the holder's pid;
+        errors.DatabaseUnavailable when the lock file cannot be opened (a missing directory, no
+        write permission): the database itself could not be opened either, and says so the way
+        the other commands do."""
         if self.path is None:
             return
-        handle = self.path.open("a+b")
+        try:
+            handle = self.path.open("a+b")
+        except OSError as exc:
+            raise errors.DatabaseUnavailable(
+                f"database {self._shown} unreachable: unable to open the database file "
+                f"({exc.strerror or exc}: {self.path.parent})"
+            ) from exc
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
