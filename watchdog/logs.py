@@ -6,9 +6,11 @@ the event name. Secrets never reach a log call: settings hold them as ``config.S
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
 import json
 import logging
+import re
 import sys
 
 
@@ -22,7 +24,39 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+# One ``key=value`` of a log line: the value quoted as %r writes it (either quote, backslash
+# escapes), or a run of non-blanks as %s writes a digest, a host or a number.
+_PAIR = re.compile(r"""\s*([A-Za-z_][\w.-]*)=('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|\S*)""")
+_RESERVED = frozenset({"ts", "level", "logger", "event", "exception", "fields"})
+
+
+def parse_fields(text: str) -> dict[str, object] | None:
+    """The ``key=value`` pairs of ``text`` (what follows a log line's event name), quoted values
+    unquoted; None when ``text`` is not made of such pairs alone."""
+    out: dict[str, object] = {}
+    pos = 0
+    while pos < len(text):
+        match = _PAIR.match(text, pos)
+        if match is None or match.end() == pos:
+            return None if text[pos:].strip() else out
+        key, raw = match.groups()
+        value: object = raw
+        if raw[:1] in ("'", '"'):
+            try:
+                value = ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                value = raw
+        out[key] = value
+        pos = match.end()
+    return out
+
+
 class JsonFormatter(logging.Formatter):
+    """One JSON object per event: ``ts``, ``level``, ``logger``, ``event``, then every field of
+    the line as a key of its own (pipelines filter on ``repository``, ``registry``, ``ref``). A
+    line that is not all ``key=value`` keeps its text in ``fields``; a field named like one of
+    the fixed keys gets a ``_`` after its name."""
+
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
         event, _, rest = message.partition(" ")
@@ -35,7 +69,12 @@ class JsonFormatter(logging.Formatter):
             "event": event,
         }
         if rest:
-            data["fields"] = rest
+            parsed = parse_fields(rest)
+            if parsed is None:
+                data["fields"] = rest
+            else:
+                for key, value in parsed.items():
+                    data[key + "_" if key in _RESERVED else key] = value
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
         return json.dumps(data, sort_keys=False)
