@@ -149,6 +149,10 @@ class SlackStandIn:
         path, _, query = h.path.partition("?")
         length = int(h.headers.get("Content-Length") or 0)
         raw = h.rfile.read(length)
+        if len(raw) < length:
+            # the sender hung up mid-body (a daemon killed while sending): Slack takes nothing
+            # from a request it never received whole, and there is no one left to answer
+            return
         ctype = h.headers.get("Content-Type") or ""
         try:
             if ctype.startswith("application/x-www-form-urlencoded"):
