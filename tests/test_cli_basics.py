@@ -5,13 +5,17 @@ These run the real program in a subprocess (``python -m watchdog``), as a user o
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
-from tests.support.cli import run
+from tests.support.cli import clean_env, run
+from watchdog.store import tables
 
 
 def assert_no_traceback(proc: subprocess.CompletedProcess[str]) -> None:
@@ -141,3 +145,58 @@ def test_status_and_db_commands_on_a_fresh_sqlite(tmp_path: Path) -> None:
     assert proc.returncode == 0 and "no tags recorded yet" in proc.stdout
     proc = run("status", "--json", env=env)
     assert proc.returncode == 0 and json.loads(proc.stdout) == []
+
+
+def test_status_and_history_without_a_database_say_so_and_create_nothing(tmp_path: Path) -> None:
+    """Forgetting -c must not look like lost data: no silent new ./watchdog.db, no "no tags"."""
+    for args in (("status",), ("history", "ghcr.io/acme/app:1.0.0")):
+        proc = run(*args, cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert f"no database at {tmp_path / 'watchdog.db'}" in proc.stderr
+        assert "-c CONFIG" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_status_of_one_repository_says_when_only_others_are_recorded(tmp_path: Path) -> None:
+    db_file = tmp_path / "w.db"
+    env = {"WATCHDOG_DATABASE_URL": f"sqlite:///{db_file}"}
+    assert run("db", "upgrade", env=env).returncode == 0
+    engine = sa.create_engine(f"sqlite:///{db_file}")
+    now = dt.datetime(2026, 12, 1, 10, 0, tzinfo=dt.UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            tables.tags.insert().values(
+                repository="ghcr.io/acme/app",
+                tag="1.0.0",
+                recorded_digest="sha256:" + "a" * 64,
+                current_digest="sha256:" + "a" * 64,
+                state="ok",
+                first_seen=now,
+                last_checked=now,
+                last_changed=now,
+            )
+        )
+    engine.dispose()
+    other = run("status", "--repository", "ghcr.io/acme/other", env=env)
+    assert other.returncode == 0, other.stderr
+    assert "no tags of ghcr.io/acme/other recorded (other repositories have some" in other.stdout
+    mine = run("status", "--repository", "ghcr.io/acme/app", env=env)
+    assert "ghcr.io/acme/app:1.0.0" in mine.stdout
+
+
+def test_a_reader_that_leaves_early_is_no_error(tmp_path: Path) -> None:
+    """`tag-watchdog config check | head -1`: the pipe closes; exit 0, no "internal error"."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("watches: [" + ", ".join(f"'r.example/team/app{i}'" for i in range(400)) + "]\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "watchdog", "config", "check", "-c", str(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=clean_env(None),
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.read(10)  # the first bytes, as head does
+    proc.stdout.close()  # ...and it leaves
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0, err
+    assert "internal error" not in err and "Traceback" not in err

@@ -131,7 +131,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args)
     try:
-        return _dispatch(args)
+        code = _dispatch(args)
+        sys.stdout.flush()  # inside the try: a reader gone (`| head`) is a BrokenPipeError here
+        return code
+    except BrokenPipeError:
+        # `tag-watchdog status | head`: the reader left; nothing went wrong. (Before the handler
+        # of Exception, which would call it a bug.)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except errors.WatchdogError as exc:
         print(f"tag-watchdog: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -149,10 +156,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
-    except BrokenPipeError:
-        # `tag-watchdog status | head`: the reader left; nothing went wrong.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
@@ -179,13 +182,21 @@ def _load(args: argparse.Namespace, *, need_watches: bool = False) -> config.Set
     return config.load(path, require_watches=need_watches)
 
 
-def _open_store(settings: config.Settings) -> store_repo.Store:
-    """The store, its schema created first when the database is empty (never silently upgraded)."""
+def _open_store(settings: config.Settings, *, reading: bool = False) -> store_repo.Store:
+    """The store, its schema created first when the database is empty (never silently upgraded).
+    ``reading`` (status, history): a missing SQLite file is an error, not a new empty database
+    ("no tags recorded yet" would read like lost data when only ``-c`` was forgotten)."""
     from watchdog.alerts import outbox
     from watchdog.store import db
     from watchdog.store import repo as store_repo
 
     engine = db.create_engine(settings.database_url.reveal())
+    if reading and (missing := db.missing_sqlite_file(engine)) is not None:
+        engine.dispose()
+        raise errors.UsageError(
+            f"no database at {missing}: nothing was recorded there. Pass -c CONFIG (or set "
+            "WATCHDOG_CONFIG) with the database_url the daemon or scan uses"
+        )
     db.ensure_schema(engine, migrate_empty=True)
     # Events written by any command queue their alerts in the same transaction.
     return store_repo.Store(engine, channels=outbox.channel_names(settings))
@@ -312,13 +323,18 @@ def _status(args: argparse.Namespace) -> int:
     from watchdog import models, views
 
     settings = _load(args)
-    store = _open_store(settings)
+    store = _open_store(settings, reading=True)
     repository = None
     if args.repository:
         repository = models.ImageRef.parse(args.repository, allow_tag=False).name
     tags = store.all_tags(repository)
     if args.json:
         _print_json([views.record_json(t) for t in tags])
+        return EXIT_OK
+    if not tags and repository is not None and store.all_tags():
+        print(
+            f"no tags of {repository} recorded (other repositories have some: `status` lists all)"
+        )
         return EXIT_OK
     if not tags:
         print("no tags recorded yet (run `tag-watchdog scan` or `tag-watchdog run`)")
@@ -342,7 +358,7 @@ def _history(args: argparse.Namespace) -> int:
 
     ref = models.ImageRef.parse(args.ref, require_tag=True)
     settings = _load(args)
-    store = _open_store(settings)
+    store = _open_store(settings, reading=True)
     assert ref.tag is not None
     events = store.history(ref.name, ref.tag)
     if args.json:

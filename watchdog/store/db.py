@@ -112,6 +112,17 @@ def _sqlite_on_begin(conn: sa.Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+def missing_sqlite_file(engine: Engine) -> str | None:
+    """The absolute path of ``engine``'s SQLite file when it does not exist (connecting would
+    create it), else None (it exists, it is in memory, or the database is not SQLite)."""
+    database = engine.url.database
+    if engine.url.get_backend_name() != "sqlite" or database in (None, "", ":memory:"):
+        return None
+    assert database is not None
+    path = os.path.abspath(database)
+    return None if os.path.exists(path) else path
+
+
 def mask_url(url: str | sa.URL) -> str:
     """``url`` with the password replaced by ``***`` (for messages and logs)."""
     if isinstance(url, sa.URL):
