@@ -29,15 +29,10 @@ CLAIM_WAIT = 30.0
 CLAIM_POLL = 0.2  # seconds between two tries of a claim held by a check
 ACTOR_API = "api"
 
-Clock = Callable[[], dt.datetime]
 # Holds a repository (given by ImageRef.name) against checks for as long as the context lasts;
 # raises errors.StoreError when it cannot be had in time.
 Hold = Callable[[str], contextlib.AbstractAsyncContextManager[None]]
 Registries = Callable[[str], registry_client.RegistryClient]  # registry host -> its client
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 class AlreadyDone(errors.UsageError):
@@ -58,7 +53,7 @@ def cli_actor() -> str:
 async def claimed(
     claims: store_claims.Claims,
     repository: str,
-    clock: Clock = utcnow,
+    clock: models.Clock = models.utcnow,
     wait: float = CLAIM_WAIT,
 ) -> AsyncIterator[None]:
     """Hold the claim on ``repository`` (store/claims.py), so that no check of it runs on any
@@ -83,7 +78,7 @@ async def claimed(
 
 
 def claims_hold(
-    claims: store_claims.Claims, clock: Clock = utcnow, wait: float = CLAIM_WAIT
+    claims: store_claims.Claims, clock: models.Clock = models.utcnow, wait: float = CLAIM_WAIT
 ) -> Hold:
     """A Hold that takes the repository's claim (``claimed``): what a process without checks of
     its own (the CLI) needs."""
@@ -101,7 +96,7 @@ class Actions:
     store: store_repo.Store
     hold: Hold
     _: dataclasses.KW_ONLY
-    clock: Clock = utcnow
+    clock: models.Clock = models.utcnow
     registries: Registries | None = None
     on_restore: Callable[[str, str], None] | None = None
     on_written: Callable[[], None] | None = None

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import IO, TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from watchdog import __version__, errors
 
@@ -290,30 +290,13 @@ def _scan(args: argparse.Namespace) -> int:
         # Drift found is a definite answer even when some other watch failed; say both.
         code = EXIT_DRIFT if drift else (EXIT_FAILED if failed else EXIT_OK)
         if args.json:
-            _write_scan_json(code, drift=drift, complete=not failed, watches=spool)
+            views.write_scan_json(sys.stdout, code, drift=drift, complete=not failed, watches=spool)
             return code
     finally:
         spool.close()
     if failed:
         print("tag-watchdog: some checks could not complete (see above)", file=sys.stderr)
     return code
-
-
-def _write_scan_json(code: int, *, drift: bool, complete: bool, watches: IO[str]) -> None:
-    """Write ``{"exit_code", "drift", "complete", "watches"}`` byte for byte as ``_print_json``
-    would, the "watches" items copied from ``watches``: a file holding each item's JSON
-    (``indent=2``), each after a newline, separated by commas."""
-    head = json.dumps({"exit_code": code, "drift": drift, "complete": complete}, indent=2)
-    sys.stdout.write(head.removesuffix("\n}") + ',\n  "watches": [')
-    watches.seek(0)
-    first = watches.readline()  # "\n" before the first item; "" when there is none
-    if not first:
-        sys.stdout.write("]\n}\n")
-        return
-    sys.stdout.write(first)
-    for line in watches:  # JSON strings hold no raw newline: every line is the item's own
-        sys.stdout.write("    " + line)
-    sys.stdout.write("\n  ]\n}\n")
 
 
 # --- status / history ----------------------------------------------------------------------------

@@ -11,9 +11,19 @@ import enum
 import hashlib
 import ipaddress
 import re
+from collections.abc import Callable
 from typing import Any
 
 from watchdog import errors
+
+# What every layer tells the time with (injected in tests, never slept on).
+Clock = Callable[[], dt.datetime]
+
+
+def utcnow() -> dt.datetime:
+    """Now, timezone-aware in UTC."""
+    return dt.datetime.now(dt.UTC)
+
 
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_API = "registry-1.docker.io"

@@ -24,7 +24,7 @@ from watchdog.store import repo as store_repo
 
 log = logging.getLogger("watchdog.service")
 
-Clock = Callable[[], dt.datetime]
+Clock = models.Clock
 
 # Watches checked at once (`scan`, and the daemon's slots). Each check holds its repository's
 # records, registry answers and archived manifests until its one transaction commits, and a
@@ -34,9 +34,7 @@ MAX_CONCURRENT_CHECKS = 8
 # `scan`: watches started but not yet printed, per check slot (see check_all)
 WINDOW_PER_CHECK = 4
 
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
+utcnow = models.utcnow
 
 
 class Clients:

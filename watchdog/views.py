@@ -4,7 +4,8 @@ both), and the lines ``scan`` prints for a person."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import json
+from typing import IO, TYPE_CHECKING, Any
 
 from watchdog import models
 
@@ -109,3 +110,23 @@ def event_line(e: models.Event) -> str:
     if platforms:
         text += f" [changed: {', '.join(platforms)}]"
     return text
+
+
+def write_scan_json(
+    out: IO[str], code: int, *, drift: bool, complete: bool, watches: IO[str]
+) -> None:
+    """Write ``scan --json``'s ``{"exit_code", "drift", "complete", "watches"}`` to ``out``, byte
+    for byte as ``json.dumps(..., indent=2)`` of the whole would, the "watches" items copied from
+    ``watches``: a file holding each item's JSON (``indent=2``), each after a newline, separated
+    by commas (so the items never have to be in memory together)."""
+    head = json.dumps({"exit_code": code, "drift": drift, "complete": complete}, indent=2)
+    out.write(head.removesuffix("\n}") + ',\n  "watches": [')
+    watches.seek(0)
+    first = watches.readline()  # "\n" before the first item; "" when there is none
+    if not first:
+        out.write("]\n}\n")
+        return
+    out.write(first)
+    for line in watches:  # JSON strings hold no raw newline: every line is the item's own
+        out.write("    " + line)
+    out.write("\n  ]\n}\n")

@@ -53,12 +53,8 @@ SEND_MARGIN = 15.0
 # (its ``ts``) and ours may disagree by a little.
 LOOKUP_MARGIN = dt.timedelta(minutes=5)
 
-Clock = Callable[[], dt.datetime]
+Clock = models.Clock
 Sleep = Callable[[float], Awaitable[None]]
-
-
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 # When to try a temporarily failed alert again: backoff up to 5 min, a channel's Retry-After up
@@ -129,7 +125,7 @@ class Worker:
         settings: config.Settings,
         *,
         observer: Observer | None = None,
-        clock: Clock = _utcnow,
+        clock: Clock = models.utcnow,
         sleep: Sleep = asyncio.sleep,
         policy: retry.Policy = DEFAULT_RETRY,
         lease: float | None = None,

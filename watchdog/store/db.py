@@ -116,9 +116,8 @@ def missing_sqlite_file(engine: Engine) -> str | None:
     """The absolute path of ``engine``'s SQLite file when it does not exist (connecting would
     create it), else None (it exists, it is in memory, or the database is not SQLite)."""
     database = engine.url.database
-    if engine.url.get_backend_name() != "sqlite" or database in (None, "", ":memory:"):
+    if engine.url.get_backend_name() != "sqlite" or not database or database == ":memory:":
         return None
-    assert database is not None
     path = os.path.abspath(database)
     return None if os.path.exists(path) else path
 
