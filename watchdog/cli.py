@@ -360,7 +360,7 @@ def _history(args: argparse.Namespace) -> int:
                 e.old_digest or "-",
                 e.new_digest or "-",
                 ", ".join(platforms) if platforms else "",
-                e.actor,
+                views.event_by(e),
             )
         )
     _print_table(("WHEN", "EVENT", "OLD DIGEST", "NEW DIGEST", "PLATFORMS", "BY"), rows)
