@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     _add_release_commands(sub, common)
+    _add_tls_flags(sub.choices["guard"])
 
     db = sub.add_parser("db", parents=[common], help="database schema (Alembic)")
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", parser_class=_Parser)
@@ -123,6 +124,54 @@ def _add_release_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "--allow-digest", metavar="D", help="exit 0 when the tag already is this digest (a re-run)"
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+# The TLS flags of `guard` (which needs no config), named as oras/helm/crane users know them;
+# each is the registries: key in brackets, and applies to every registry the command asks.
+_TLS_FLAGS = {
+    "ca_file": "--ca-file",
+    "client_cert": "--client-cert",
+    "client_key": "--client-key",
+    "insecure": "--tls/--plain-http",
+}
+
+
+def _add_tls_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "TLS",
+        "For the registry asked, over its config entry (keys ca_file, client_cert, client_key, "
+        "insecure). Docker's certs.d/<host[:port]>/ (ca.crt, client.cert, client.key) is read "
+        "too: from /etc/docker/certs.d, or $WATCHDOG_CERTS_DIR.",
+    )
+    g.add_argument(
+        "--ca-file", metavar="PEM", help="trust these CA certificates too (added to the default)"
+    )
+    g.add_argument(
+        "--client-cert", metavar="PEM", help="client certificate (mTLS), with --client-key"
+    )
+    g.add_argument("--client-key", metavar="PEM", help="the client certificate's private key")
+    mode = g.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--tls",
+        dest="plain_http",
+        action="store_false",
+        default=None,
+        help="HTTPS even on loopback (localhost, 127.0.0.1 default to plain HTTP; a CA or "
+        "client certificate also implies HTTPS)",
+    )
+    mode.add_argument(
+        "--plain-http",
+        dest="plain_http",
+        action="store_true",
+        default=None,
+        help="plain HTTP (there is no HTTPS without verification)",
+    )
+
+
+def _with_tls_flags(args: argparse.Namespace, settings: config.Settings) -> config.Settings:
+    flags = {key: getattr(args, key, None) for key in ("ca_file", "client_cert", "client_key")}
+    flags["insecure"] = getattr(args, "plain_http", None)
+    return settings.with_registry_flags(flags, _TLS_FLAGS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -179,7 +228,7 @@ def _load(args: argparse.Namespace, *, need_watches: bool = False) -> config.Set
         raise errors.UsageError(
             "no configuration: pass -c CONFIG or set WATCHDOG_CONFIG (see config.example.yaml)"
         )
-    return config.load(path, require_watches=need_watches)
+    return _with_tls_flags(args, config.load(path, require_watches=need_watches))
 
 
 def _open_store(settings: config.Settings, *, reading: bool = False) -> store_repo.Store:

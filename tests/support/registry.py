@@ -1,4 +1,6 @@
-"""A real ``docker-registry`` (CNCF distribution) for tests, open, htpasswd or token-authenticated.
+"""A real ``docker-registry`` (CNCF distribution) for tests, open, htpasswd or token-authenticated,
+over plain HTTP or TLS (a certificate from a private CA made in the test, optionally requiring a
+client certificate from it).
 
 Each server gets its own config, storage directory and free 127.0.0.1 port. The token variant
 trusts a tiny in-test JWT issuer (ES256, key in ``x5c``) that grants per scope and can be told
@@ -14,6 +16,7 @@ import http.server
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import threading
 import time
@@ -32,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.support import ports
+from tests.support import tls as support_tls
 from watchdog import config
 
 BINARY_NAMES = ("docker-registry", "registry")
@@ -279,8 +283,12 @@ class RegistryServer:
         password: str | None = None,
         binary: str | None = None,
         extra_config: str = "",
+        tls: support_tls.PrivateCA | None = None,
+        require_client_cert: bool = False,
     ) -> None:
-        """``extra_config``: YAML appended to the generated config (e.g. ``notifications:``)."""
+        """``extra_config``: YAML appended to the generated config (e.g. ``notifications:``).
+        ``tls``: serve HTTPS with a server certificate from that CA; ``require_client_cert``:
+        refuse clients without a certificate from it (distribution's ``http.tls.clientcas``)."""
         if mode not in ("open", "basic", "token"):
             raise ValueError(f"unknown registry mode {mode!r}")
         self.mode = mode
@@ -294,6 +302,13 @@ class RegistryServer:
         self._proc: subprocess.Popen[bytes] | None = None
         self._log = workdir / "registry.log"
         self.extra_config = extra_config
+        if require_client_cert and tls is None:
+            raise ValueError("require_client_cert needs tls")
+        self.ca = tls
+        self.require_client_cert = require_client_cert
+        self.server_pair = tls.server(f"server-{uuid.uuid4().hex[:8]}") if tls else None
+        # the certificate the tests' own clients (pushers, the start probe) present
+        self.client_pair = tls.client(f"client-{uuid.uuid4().hex[:8]}") if tls else None
 
     @property
     def host(self) -> str:
@@ -301,7 +316,17 @@ class RegistryServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{'https' if self.ca else 'http'}://{self.host}"
+
+    def ssl_context(self, *, client_cert: bool = True) -> ssl.SSLContext | bool:
+        """For plain httpx: trusts this server's CA (and presents a client certificate, when it
+        requires one and ``client_cert``); True (the default trust) without TLS."""
+        if self.ca is None:
+            return True
+        context = ssl.create_default_context(cafile=str(self.ca.ca_file))
+        if client_cert and self.require_client_cert and self.client_pair is not None:
+            context.load_cert_chain(str(self.client_pair.cert), str(self.client_pair.key))
+        return context
 
     def settings(self, **overrides: Any) -> config.RegistrySettings:
         """RegistrySettings for this server: plain HTTP, its credentials, no docker config."""
@@ -309,7 +334,7 @@ class RegistryServer:
             "host": self.host,
             "username": self.username,
             "password": config.Secret(self.password) if self.password else None,
-            "insecure": True,
+            "insecure": self.ca is None,
             "timeout": 5.0,
             "use_docker_config": False,
         }
@@ -347,6 +372,14 @@ class RegistryServer:
             f"  addr: 127.0.0.1:{self.port}",
             "  secret: tag-watchdog-tests",
         ]
+        if self.server_pair is not None and self.ca is not None:
+            lines += [
+                "  tls:",
+                f"    certificate: {self.server_pair.cert}",
+                f"    key: {self.server_pair.key}",
+            ]
+            if self.require_client_cert:
+                lines += ["    clientcas:", f"      - {self.ca.ca_file}"]
         if self.mode == "basic":
             assert self.username and self.password
             htpasswd = self.workdir / "htpasswd"
@@ -409,7 +442,7 @@ class RegistryServer:
                         time.sleep(0.2)  # the old process's socket may still be closing
                     break
                 try:
-                    httpx.get(self.url + "/v2/", timeout=1.0)
+                    httpx.get(self.url + "/v2/", timeout=1.0, verify=self.ssl_context())
                     return self
                 except httpx.TransportError:
                     time.sleep(0.01)
