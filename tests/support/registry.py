@@ -89,6 +89,7 @@ class TokenRequest:
     user: str | None  # the basic-auth user, None when anonymous
     scopes: list[str]
     service: str | None
+    user_agent: str | None = None
 
 
 GrantPolicy = Callable[[str | None, str, str, list[str]], list[str]]
@@ -179,7 +180,9 @@ class TokenIssuer:
             [{"type": "repository", "name": repository, "actions": ["pull", "push", "delete"]}]
         )
 
-    def _answer(self, method: str, query: str, authorization: str | None) -> tuple[int, bytes]:
+    def _answer(
+        self, method: str, query: str, authorization: str | None, user_agent: str | None = None
+    ) -> tuple[int, bytes]:
         params = urllib.parse.parse_qs(query)
         scopes = [s for value in params.get("scope", []) for s in value.split()]
         user: str | None = None
@@ -189,7 +192,7 @@ class TokenIssuer:
             if (params.get("grant_type") or [""])[0] != "refresh_token":
                 return 400, b'{"details":"unsupported grant_type"}'
             if refresh not in self.refresh_tokens:
-                self._record(method, None, scopes, params)
+                self._record(method, None, scopes, params, user_agent)
                 return 401, b'{"details":"invalid refresh token"}'
             user = self.refresh_tokens[refresh]
         elif authorization and authorization.lower().startswith("basic "):
@@ -199,10 +202,10 @@ class TokenIssuer:
                 return 400, b'{"details":"bad basic header"}'
             name, _, password = raw.partition(":")
             if self.users.get(name) != password:
-                self._record(method, name, scopes, params)
+                self._record(method, name, scopes, params, user_agent)
                 return 401, b'{"details":"wrong username or password"}'
             user = name
-        self._record(method, user, scopes, params)
+        self._record(method, user, scopes, params, user_agent)
         if self.deny or (self.require_auth and user is None):
             return 401, b'{"details":"access denied"}'
         access = []
@@ -220,12 +223,16 @@ class TokenIssuer:
         return 200, json.dumps(body).encode()
 
     def _record(
-        self, method: str, user: str | None, scopes: list[str], params: dict[str, list[str]]
+        self,
+        method: str,
+        user: str | None,
+        scopes: list[str],
+        params: dict[str, list[str]],
+        user_agent: str | None = None,
     ) -> None:
         with self._lock:
-            self.requests.append(
-                TokenRequest(method, user, scopes, (params.get("service") or [None])[0])
-            )
+            service = (params.get("service") or [None])[0]
+            self.requests.append(TokenRequest(method, user, scopes, service, user_agent))
 
     def _handler_class(self) -> type[http.server.BaseHTTPRequestHandler]:
         issuer = self
@@ -238,7 +245,12 @@ class TokenIssuer:
                 if url.path != "/token":
                     self._send(404, b"not here")
                     return
-                status, body = issuer._answer("GET", url.query, self.headers.get("Authorization"))
+                status, body = issuer._answer(
+                    "GET",
+                    url.query,
+                    self.headers.get("Authorization"),
+                    self.headers.get("User-Agent"),
+                )
                 self._send(status, body)
 
             def do_POST(self) -> None:
@@ -248,7 +260,7 @@ class TokenIssuer:
                 if url.path != "/token":
                     self._send(404, b"not here")
                     return
-                status, body = issuer._answer("POST", form, None)
+                status, body = issuer._answer("POST", form, None, self.headers.get("User-Agent"))
                 self._send(status, body)
 
             def _send(self, status: int, body: bytes) -> None:
