@@ -315,8 +315,11 @@ class Settings(fields.Section):
 
     def problems(self) -> Iterator[tuple[str, str]]:
         # the certs.d entries this config will use: those of its registries and watched hosts
-        hosts = {r.host for r in self.registries if isinstance(r, RegistrySettings)}
-        hosts |= {w.repository.host for w in self.watches if isinstance(w, WatchSettings)}
+        # (an invalid list is held as given: only the valid entries count)
+        registries = self.registries if isinstance(self.registries, tuple | list) else ()
+        watches = self.watches if isinstance(self.watches, tuple | list) else ()
+        hosts = {r.host for r in registries if isinstance(r, RegistrySettings)}
+        hosts |= {w.repository.host for w in watches if isinstance(w, WatchSettings)}
         certs_dir = self.certs_dir if isinstance(self.certs_dir, str) else None
         for host in sorted(hosts):
             for problem in tls.certs_d(certs_dir, host)[1]:
