@@ -85,6 +85,7 @@ async def test_without_the_ca_the_check_is_a_tls_error(
         await _head(settings)
     message = str(info.value)
     assert "TLS handshake failed" in message and "certificate verify failed" in message
+    assert "trust it with ca_file or certs.d" in message
     assert server.host in message
 
 

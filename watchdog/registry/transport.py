@@ -214,7 +214,7 @@ class Transport:
     ) -> tuple[str, errors.RegistryError]:
         """The metric label and the watchdog error for a failed exchange (the one mapping)."""
         if isinstance(exc, ssl.SSLError):
-            return "tls_error", self._unavailable(what, "TLS failed" + _client_cert_hint(exc), exc)
+            return "tls_error", self._unavailable(what, "TLS failed" + _tls_hint(exc), exc)
         if isinstance(exc, httpx.TimeoutException):
             return "timeout", self._unavailable(what, "timed out", exc)
         if isinstance(exc, TimeoutError):
@@ -225,7 +225,7 @@ class Transport:
             )
         if isinstance(exc, httpx.ConnectError):
             if _is_tls(exc):
-                hint = _client_cert_hint(exc)
+                hint = _tls_hint(exc)
                 return "tls_error", self._unavailable(what, "TLS handshake failed" + hint, exc)
             return "connect_error", self._unavailable(what, "cannot connect", exc)
         if isinstance(exc, httpx.RemoteProtocolError):
@@ -360,10 +360,12 @@ def ssl_context(settings: config.RegistrySettings) -> ssl.SSLContext:
     return context
 
 
-def _client_cert_hint(exc: BaseException) -> str:
-    """A hint when the registry's TLS alert is about our (missing) client certificate."""
-    reason = str(getattr(exc, "reason", "") or exc).upper()
-    if "ALERT" in reason and "CERTIFICATE" in reason:
+def _tls_hint(exc: BaseException) -> str:
+    """What to do about the usual TLS failures: an untrusted CA, a refused client certificate."""
+    text = f"{getattr(exc, 'reason', '') or ''} {exc}".upper()
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return " (a private CA? trust it with ca_file or certs.d; guard: --ca-file)"
+    if "ALERT" in text and "CERTIFICATE" in text:
         return " (the registry refused the client certificate, or wants one: client_cert)"
     return ""
 
