@@ -126,54 +126,6 @@ def _add_release_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-# The TLS flags of `guard` (which needs no config), named as oras/helm/crane users know them;
-# each is the registries: key in brackets, and applies to every registry the command asks.
-_TLS_FLAGS = {
-    "ca_file": "--ca-file",
-    "client_cert": "--client-cert",
-    "client_key": "--client-key",
-    "insecure": "--tls/--plain-http",
-}
-
-
-def _add_tls_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group(
-        "TLS",
-        "For the registry asked, over its config entry (keys ca_file, client_cert, client_key, "
-        "insecure). Docker's certs.d/<host[:port]>/ (ca.crt, client.cert, client.key) is read "
-        "too: from /etc/docker/certs.d, or $WATCHDOG_CERTS_DIR.",
-    )
-    g.add_argument(
-        "--ca-file", metavar="PEM", help="trust these CA certificates too (added to the default)"
-    )
-    g.add_argument(
-        "--client-cert", metavar="PEM", help="client certificate (mTLS), with --client-key"
-    )
-    g.add_argument("--client-key", metavar="PEM", help="the client certificate's private key")
-    mode = g.add_mutually_exclusive_group()
-    mode.add_argument(
-        "--tls",
-        dest="plain_http",
-        action="store_false",
-        default=None,
-        help="HTTPS even on loopback (localhost, 127.0.0.1 default to plain HTTP; a CA or "
-        "client certificate also implies HTTPS)",
-    )
-    mode.add_argument(
-        "--plain-http",
-        dest="plain_http",
-        action="store_true",
-        default=None,
-        help="plain HTTP (there is no HTTPS without verification)",
-    )
-
-
-def _with_tls_flags(args: argparse.Namespace, settings: config.Settings) -> config.Settings:
-    flags = {key: getattr(args, key, None) for key in ("ca_file", "client_cert", "client_key")}
-    flags["insecure"] = getattr(args, "plain_http", None)
-    return settings.with_registry_flags(flags, _TLS_FLAGS)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tag-watchdog`` console script."""
     parser = build_parser()
@@ -629,6 +581,36 @@ def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     for row in (header, *rows):
         print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+# --- guard's TLS flags (named as oras, helm and crane users know them) ----------------------------
+
+# flag -> the registries: key it sets, for every registry the command asks (over its entry)
+_TLS_FLAGS = {"ca_file": "--ca-file", "client_cert": "--client-cert", "client_key": "--client-key"}
+
+
+def _add_tls_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "TLS",
+        "Like the config's ca_file, client_cert, client_key and insecure. Docker's "
+        "certs.d/<host[:port]>/ (ca.crt, client.cert, client.key) is read too: from "
+        "/etc/docker/certs.d, or $WATCHDOG_CERTS_DIR.",
+    )
+    g.add_argument("--ca-file", metavar="PEM", help="trust these CAs too (added to the default)")
+    g.add_argument("--client-cert", metavar="PEM", help="client certificate (mTLS)")
+    g.add_argument("--client-key", metavar="PEM", help="the client certificate's private key")
+    mode = g.add_mutually_exclusive_group()
+    on_loopback = "HTTPS even on loopback (plain HTTP by default; --ca-file implies it)"
+    mode.add_argument(
+        "--tls", dest="plain_http", action="store_false", default=None, help=on_loopback
+    )
+    mode.add_argument("--plain-http", action="store_true", default=None, help="plain HTTP")
+
+
+def _with_tls_flags(args: argparse.Namespace, settings: config.Settings) -> config.Settings:
+    flags = {key: getattr(args, key, None) for key in _TLS_FLAGS}
+    flags["insecure"] = getattr(args, "plain_http", None)
+    return settings.with_registry_flags(flags, {**_TLS_FLAGS, "insecure": "--tls/--plain-http"})
 
 
 if __name__ == "__main__":
