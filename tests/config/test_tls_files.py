@@ -166,3 +166,28 @@ interval: 0s
     assert f"cannot read {tmp_path / 'missing.crt'}" in result.stderr
     assert "client_key (line 2): is required with client_cert" in result.stderr
     assert "interval (line 6): must be at least 1s" in result.stderr
+
+
+def test_command_line_flags_go_over_every_registry_entry(ca: support_tls.PrivateCA) -> None:
+    settings = config.from_mapping(
+        {
+            "certs_dir": "/nonexistent",
+            "registries": [{"host": "localhost:5000", "insecure": True, "timeout": "3s"}],
+        },
+        env={},
+    )
+    assert settings.registry("localhost:5000").scheme == "http"
+    flagged = settings.with_registry_flags({"insecure": False, "ca_file": None})
+    entry = flagged.registry("localhost:5000")
+    assert (entry.scheme, entry.timeout) == ("https", 3.0)  # the rest of the entry still holds
+    assert flagged.registry("127.0.0.1:1").scheme == "https"  # and hosts without one
+    assert settings.registry("127.0.0.1:1").scheme == "http"  # the original is unchanged
+    # a CA given on the command line: HTTPS, unless the entry insists on plain HTTP
+    with_ca = settings.with_registry_flags({"ca_file": str(ca.ca_file)})
+    assert with_ca.registry("127.0.0.1:1").ca_file == str(ca.ca_file)
+    with pytest.raises(errors.ConfigError) as info:
+        with_ca.registry("localhost:5000")
+    assert info.value.problems == [
+        "registries: localhost:5000: insecure: is true (plain HTTP), but ca_file/client_cert "
+        "are for HTTPS"
+    ]
