@@ -13,10 +13,9 @@ for notifications that are lost.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Iterable, Sequence
 
-from watchdog import config, errors, models
+from watchdog import config, errors, models, safejson
 
 MEDIA_TYPE = "application/vnd.docker.distribution.events.v1+json"
 MAX_BODY_BYTES = 1024 * 1024
@@ -36,7 +35,7 @@ def parse(body: bytes) -> list[RegistryEvent]:
     if len(body) > MAX_BODY_BYTES:
         raise errors.UsageError(f"notification body over {MAX_BODY_BYTES} bytes")
     try:
-        doc = json.loads(body)
+        doc = safejson.loads(body)
     except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deep
         raise errors.UsageError("notification body is not JSON") from None
     raw_events = doc.get("events") if isinstance(doc, dict) else None
@@ -175,7 +174,7 @@ def _json_object(body: bytes, what: str) -> dict[str, object]:
     if len(body) > MAX_BODY_BYTES:
         raise errors.UsageError(f"notification body over {MAX_BODY_BYTES} bytes")
     try:
-        doc = json.loads(body)
+        doc = safejson.loads(body)
     except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deep
         raise errors.UsageError(f"{what} body is not JSON") from None
     if not isinstance(doc, dict):
