@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.support import hostile
@@ -218,8 +219,6 @@ async def test_an_identity_token_is_not_re_sent_to_a_redirect_target(
     ],
 )
 def test_which_redirects_a_credentialed_request_may_follow(source, target, allowed):
-    import httpx
-
     assert auth.may_follow(httpx.URL(source), httpx.URL(target)) is allowed
 
 
@@ -377,3 +376,14 @@ async def test_scope_churn_cannot_grow_the_token_cache(make_server, monkeypatch)
         # the live token the registry echoed is still blanked; the evicted ones are not kept
         assert issued[-1] in live and issued[-1] not in str(exc.value), str(exc.value)
         assert issued[0] not in rc._wire.secrets
+
+
+def test_a_long_body_of_live_tokens_shows_none_of_them():
+    wire = transport.Transport(config.RegistrySettings(host="example.test"))
+    tokens = [base64.urlsafe_b64encode(bytes([i]) * 600).decode() for i in range(50)]
+    for token in tokens:
+        wire.hold_secret(token)
+    body = " ".join(tokens * 3).encode()  # 120 KB: only a prefix is scanned
+    shown = wire.body_text(transport.Response(400, httpx.Headers(), body, httpx.URL("http://x/")))
+    assert shown.startswith("*** *** ***") and len(shown) <= 200
+    assert not any(t[:12] in shown or t[-12:] in shown for t in tokens), shown

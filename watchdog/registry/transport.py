@@ -15,7 +15,7 @@ import math
 import re
 import ssl
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol
 
 import httpx
@@ -46,6 +46,7 @@ _SECRET_SHAPES = re.compile(
 # not grow with the number of live tokens. Shorter tokens, or ones with other characters, are
 # replaced one by one like passwords.
 _KEY = 16
+_SHAPE_REACH = 4096
 _TOKEN_RUN = re.compile(rf"[A-Za-z0-9._~+/=-]{{{_KEY},}}")
 
 
@@ -286,7 +287,7 @@ class Transport:
         """The start of an answer's body for a message, secrets blanked."""
         if not resp.body:
             return "(no body)"
-        return errors.truncate(self.redact(resp.body.decode("utf-8", "replace")))
+        return self._redactor.shown(resp.body.decode("utf-8", "replace"), self.redact)
 
     def redact(self, text: str) -> str:
         """``text`` with every known secret and anything shaped like a credential blanked."""
@@ -342,6 +343,7 @@ class Redactor:
         # held tokens of token characters, by their last _KEY characters
         self._by_key: dict[str, set[str]] = {}
         self._plain: list[str] | None = []  # replaced one by one, longest first; None: stale
+        self._lengths: collections.Counter[int] = collections.Counter()  # of indexed tokens
 
     @property
     def secrets(self) -> frozenset[str]:
@@ -363,6 +365,7 @@ class Redactor:
             return
         if _indexable(secret):
             self._by_key.setdefault(secret[-_KEY:], set()).add(secret)
+            self._lengths[len(secret)] += 1
         else:
             self._plain = None
 
@@ -379,22 +382,44 @@ class Redactor:
                 same.discard(secret)
                 if not same:
                     del self._by_key[secret[-_KEY:]]
+            self._lengths[len(secret)] -= 1
+            if self._lengths[len(secret)] == 0:
+                del self._lengths[len(secret)]
         else:
             self._plain = None
 
+    def shown(self, text: str, redact: Callable[[str], str]) -> str:
+        """The start of ``text`` as a message shows it (one line, errors.truncate's length),
+        blanked by ``redact`` without scanning all of a long body.
+
+        Only a prefix of the flattened text is scanned for tokens (tokens hold no whitespace),
+        grown until what is shown ends before the last ``longest`` characters scanned, so that
+        no token cut at the end of the prefix can be shown in part (a 64 KiB body of base64
+        would otherwise be scanned window by window).
+        """
+        text = self._replace_plain(text)  # before flattening: a password may hold spaces
+        flat = " ".join(text.split())
+        limit = errors.MAX_BODY_IN_MESSAGE
+        # at least _SHAPE_REACH: credential-shaped text no one registered (a JWT) is blanked by
+        # its shape, which a cut could break too
+        longest = max(max(self._lengths, default=0), _SHAPE_REACH)
+        cut = limit + 2 * longest
+        while True:
+            blanked = redact(flat[:cut])
+            if cut >= len(flat) or len(blanked) >= limit + longest:
+                return errors.truncate(blanked, limit)
+            cut *= 2
+
     def redact(self, text: str) -> str:
         """``text`` with every secret replaced by ``***``."""
-        if self._plain is None:
-            plain = self._permanent | {s for s in self._held if not _indexable(s)}
-            self._plain = sorted(plain, key=len, reverse=True)
-        for secret in self._plain:
-            if secret in text:
-                text = text.replace(secret, "***")
+        text = self._replace_plain(text)
         if not self._by_key:
             return text
+        shortest = min(self._lengths)
         spans: list[tuple[int, int]] = []
         for run in _TOKEN_RUN.finditer(text):
-            spans.extend(self._token_spans(run.group(), run.start()))
+            if run.end() - run.start() >= shortest:
+                spans.extend(self._token_spans(run.group(), run.start()))
         if not spans:
             return text
         out: list[str] = []
@@ -408,6 +433,15 @@ class Redactor:
             last = end
         out.append(text[last:])
         return "".join(out)
+
+    def _replace_plain(self, text: str) -> str:
+        if self._plain is None:
+            plain = self._permanent | {s for s in self._held if not _indexable(s)}
+            self._plain = sorted(plain, key=len, reverse=True)
+        for secret in self._plain:
+            if secret in text:
+                text = text.replace(secret, "***")
+        return text
 
     def _token_spans(self, run: str, offset: int) -> list[tuple[int, int]]:
         """Where held tokens occur in ``run`` (a run of token characters), as text offsets."""
