@@ -1,10 +1,16 @@
-"""Registry authentication: challenges, bearer tokens, and the 401 handshake.
+"""Registry authentication: bearer tokens and the 401 handshake.
 
 :class:`Handshake` is what the client calls for every exchange: it answers the challenge the
-registry last made up front, and on a 401 takes the new challenge, finds credentials (see
+registry last made up front, and on a 401 takes the new challenge (parsed by
+:mod:`watchdog.registry.challenges`), finds credentials (see
 :mod:`watchdog.registry.credentials`), fetches a token from the realm over the same
 :class:`~watchdog.registry.transport.Transport` (its limits, deadline and observer apply) and
 tries once more. The retry loop around temporary failures stays with the client.
+
+Where credentials may go (the rules of :meth:`Handshake._realm` and :func:`may_follow`, as
+crane keeps them): to the registry's own origin, and to the token realm its first challenge
+named; never in clear text to another host, never across an https -> http redirect, never in
+answer to a 401 from another origin a request was redirected to.
 
 Not an ``httpx.Auth`` flow: httpx would send the token request itself, outside the transport's
 body limits, deadline and per-exchange metrics.
@@ -26,7 +32,7 @@ from typing import Any
 import httpx
 
 from watchdog import config, errors, safejson
-from watchdog.registry import credentials, transport
+from watchdog.registry import challenges, credentials, transport
 
 DEFAULT_TOKEN_LIFETIME = 60.0
 MAX_TOKEN_BODY_BYTES = 1024 * 1024
@@ -47,127 +53,6 @@ _SWEEP_EVERY = 30.0
 MAX_TOKEN_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-
-_TOKEN_CHARS = frozenset(
-    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-)
-
-
-# --- challenges ---------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Challenge:
-    """One ``WWW-Authenticate`` challenge: the scheme (lower-cased) and its parameters."""
-
-    scheme: str
-    params: Mapping[str, str] = dataclasses.field(default_factory=dict)
-
-    @property
-    def realm(self) -> str | None:
-        return self.params.get("realm")
-
-    @property
-    def service(self) -> str | None:
-        return self.params.get("service")
-
-    @property
-    def scope(self) -> str | None:
-        return self.params.get("scope")
-
-    @property
-    def error(self) -> str | None:
-        return self.params.get("error")
-
-
-def parse_challenges(values: str | list[str]) -> list[Challenge]:
-    """Every challenge in one or more ``WWW-Authenticate`` header values (RFC 7235).
-
-    Parameter names are lower-cased; quoted values may hold commas, spaces and ``\\"``. Input that
-    does not parse is skipped rather than guessed at: the caller then finds no usable challenge.
-    """
-    out: list[Challenge] = []
-    for value in [values] if isinstance(values, str) else values:
-        out.extend(_parse_one_header(value))
-    return out
-
-
-def _parse_one_header(text: str) -> list[Challenge]:
-    out: list[Challenge] = []
-    n = len(text)
-    i = 0
-
-    def skip(chars: str) -> None:
-        nonlocal i
-        while i < n and text[i] in chars:
-            i += 1
-
-    def token() -> str:
-        nonlocal i
-        start = i
-        while i < n and text[i] in _TOKEN_CHARS:
-            i += 1
-        return text[start:i]
-
-    def bare() -> str:
-        # Unquoted values should be tokens, but registries send realm=https://... unquoted too.
-        nonlocal i
-        start = i
-        while i < n and text[i] not in ", \t":
-            i += 1
-        return text[start:i]
-
-    def quoted() -> str:
-        nonlocal i
-        i += 1  # the opening quote
-        buf: list[str] = []
-        while i < n and text[i] != '"':
-            if text[i] == "\\" and i + 1 < n:
-                i += 1
-            buf.append(text[i])
-            i += 1
-        i += 1  # the closing quote (or the end of an unterminated string)
-        return "".join(buf)
-
-    while i < n:
-        skip(" \t,")
-        scheme = token()
-        if not scheme:
-            i += 1  # not a token: step over it and look for the next challenge
-            continue
-        params: dict[str, str] = {}
-        while True:
-            skip(" \t")
-            mark = i
-            name = token()
-            skip(" \t")
-            if not name or i >= n or text[i] != "=":
-                # no "name=" here: the next challenge's scheme starts (or junk we step over)
-                i = mark
-                break
-            i += 1  # '='
-            skip(" \t")
-            value = quoted() if i < n and text[i] == '"' else bare()
-            params[name.lower()] = value
-            skip(" \t")
-            if i < n and text[i] == ",":
-                i += 1
-                continue
-            break
-        out.append(Challenge(scheme.lower(), params))
-    return out
-
-
-def pick_challenge(challenges: list[Challenge]) -> Challenge | None:
-    """The challenge to answer: Bearer (with a realm) over Basic; None when neither is offered."""
-    for ch in challenges:
-        if ch.scheme == "bearer" and ch.realm:
-            return ch
-    for ch in challenges:
-        if ch.scheme == "basic":
-            return ch
-    return None
-
 
 # --- tokens -------------------------------------------------------------------------------------
 
@@ -272,7 +157,7 @@ def join_scopes(*scopes: str | None) -> str:
     return " ".join(sorted(seen))
 
 
-def token_query(challenge: Challenge, scope: str) -> list[tuple[str, str]]:
+def token_query(challenge: challenges.Challenge, scope: str) -> list[tuple[str, str]]:
     """Query parameters for a token GET: ``service`` and one ``scope`` per scope."""
     params: list[tuple[str, str]] = []
     if challenge.service:
@@ -338,7 +223,7 @@ class Handshake:
         self._token_locks: dict[TokenKey, list[Any]] = {}
         # The challenge the registry last made: answered up front from then on, which saves a
         # round trip per request on registries that want auth.
-        self._challenge: Challenge | None = None
+        self._challenge: challenges.Challenge | None = None
         # The first token realm the registry named: credentials go to the registry's own origin
         # and to this one only (as crane keeps the realm of its ping).
         self._realm_pinned: httpx.URL | None = None
@@ -412,7 +297,7 @@ class Handshake:
     ) -> str:
         """The Authorization header answering the challenge of the 401 ``resp``; AuthError when
         there is no challenge to answer or nothing to answer it with."""
-        challenge = pick_challenge(parse_challenges(resp.headers.get_list("www-authenticate")))
+        challenge = challenges.pick(challenges.parse(resp.headers.get_list("www-authenticate")))
         if challenge is None:
             raise self._auth_error(what, "HTTP 401 without a Bearer or Basic challenge", 401)
         # Retry once: when we sent nothing, or a token the registry no longer takes (revoked,
@@ -438,7 +323,7 @@ class Handshake:
         who = creds.identity if creds is not None else "<anonymous>"
         hint = ""
         if resp.status == 401:
-            ch = pick_challenge(parse_challenges(resp.headers.get_list("www-authenticate")))
+            ch = challenges.pick(challenges.parse(resp.headers.get_list("www-authenticate")))
             if ch is not None and ch.error:
                 hint = f" ({ch.error})"
         return self._auth_error(
@@ -462,7 +347,7 @@ class Handshake:
         return self._credentials
 
     async def _authorization(
-        self, challenge: Challenge, scope: str, what: str, *, stale: str | None = None
+        self, challenge: challenges.Challenge, scope: str, what: str, *, stale: str | None = None
     ) -> str | None:
         """The Authorization header answering ``challenge`` for ``scope``, or None for "no way".
 
@@ -493,7 +378,7 @@ class Handshake:
                 del self._token_locks[key]
 
     def _realm(
-        self, challenge: Challenge, creds: credentials.Credentials | None, what: str
+        self, challenge: challenges.Challenge, creds: credentials.Credentials | None, what: str
     ) -> httpx.URL:
         """The token service URL of a Bearer ``challenge``, once it is fit to be sent ``creds``.
 
@@ -536,7 +421,7 @@ class Handshake:
 
     async def _fetch_token(
         self,
-        challenge: Challenge,
+        challenge: challenges.Challenge,
         scope: str,
         creds: credentials.Credentials | None,
         what: str,
@@ -609,7 +494,7 @@ class Handshake:
 
 def _token_request(
     realm_url: httpx.URL,
-    challenge: Challenge,
+    challenge: challenges.Challenge,
     scope: str,
     creds: credentials.Credentials | None,
 ) -> tuple[str, httpx.URL, dict[str, str], bytes | None]:
