@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.support import hostile
-from watchdog import config, errors, safejson
+from watchdog import config, errors, observe, safejson
 from watchdog.registry import auth, client, transport
 
 USER = "alice"
@@ -266,6 +266,12 @@ async def test_deeply_nested_json_is_an_ordinary_registry_error(make_server, whe
     else:
         assert isinstance(exc.value, errors.ProtocolError) and not exc.value.temporary, message
     assert len(message) < 500 and "\n" not in message
+
+
+def test_an_image_config_nested_too_deep_is_no_image_info():
+    # observe catches ValueError for a config blob that is not JSON; RecursionError escaped it
+    with pytest.raises(ValueError, match="deeper than"):
+        observe.image_info(hostile.nested_object("config"))
 
 
 def test_safejson_limits_depth_and_never_recurses():
