@@ -7,14 +7,18 @@ the net under whatever bug comes next, so the test injects one.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support import hostile
+from tests.support import cli, hostile
 from tests.test_service import make_checker
 from watchdog import config, observe
+from watchdog.registry import media
 from watchdog.store import repo
 
 
@@ -42,3 +46,42 @@ async def test_a_crashing_check_is_a_failed_check(
         "tag_watchdog_checks_total", {"registry": server.host, "result": "error"}
     )
     assert errors_counted == 1.0
+
+
+def test_scan_goes_on_past_a_registry_answering_json_nested_too_deep(tmp_path: Path) -> None:
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": media.OCI_MANIFEST,
+            "config": {"mediaType": "application/json", "digest": "sha256:" + "0" * 64, "size": 2},
+            "layers": [],
+        }
+    ).encode()
+    digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+
+    def registry(seen: hostile.Seen) -> hostile.Reply:
+        if seen.path == "/v2/team/deep/tags/list":
+            return hostile.Reply(200, hostile.nested_object("tags"))
+        if seen.path == "/v2/team/app/tags/list":
+            return hostile.Reply(200, {"name": "team/app", "tags": ["1.0.0"]})
+        if seen.path in ("/v2/team/app/manifests/1.0.0", f"/v2/team/app/manifests/{digest}"):
+            headers = [("Content-Type", media.OCI_MANIFEST), ("Docker-Content-Digest", digest)]
+            return hostile.Reply(200, manifest, headers)
+        if seen.path == "/v2/":
+            return hostile.Reply(200, {})
+        return hostile.Reply(404, {"errors": [{"code": "MANIFEST_UNKNOWN"}]})
+
+    with hostile.HostileServer(registry) as server:
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(
+            f"database_url: sqlite:///{tmp_path / 'w.db'}\n"
+            f"watches:\n  - repository: {server.host}/team/deep\n"
+            f"  - repository: {server.host}/team/app\n"
+        )
+        done = cli.run("scan", "-c", str(cfg), cwd=tmp_path)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "internal error" not in done.stdout + done.stderr
+    assert "Traceback" not in done.stderr
+    assert "nested deeper than" in done.stdout + done.stderr
+    status = json.loads(cli.run("status", "--json", "-c", str(cfg), cwd=tmp_path).stdout)
+    assert digest in json.dumps(status), status  # the watch after the hostile one was checked

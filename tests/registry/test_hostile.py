@@ -265,6 +265,7 @@ async def test_deeply_nested_json_is_an_ordinary_registry_error(make_server, whe
         assert isinstance(exc.value, errors.RegistryUnavailable), message
     else:
         assert isinstance(exc.value, errors.ProtocolError) and not exc.value.temporary, message
+        assert f"nested deeper than {safejson.MAX_DEPTH} levels" in message, message
     assert len(message) < 500 and "\n" not in message
 
 

@@ -170,6 +170,8 @@ def parse_token_response(body: bytes) -> tuple[str, float | None]:
     """``(token, expires_in)`` from a token service answer (``token`` or ``access_token``)."""
     try:
         value = safejson.loads(body)
+    except safejson.TooDeep as exc:
+        raise errors.ProtocolError(f"token service answer refused: {exc}") from None
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise errors.ProtocolError("token service answered something that is not JSON") from None
     if not isinstance(value, dict):

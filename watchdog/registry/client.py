@@ -440,6 +440,8 @@ class RegistryClient:
     def _page_tags(self, what: str, body: bytes) -> list[str]:
         try:
             doc = safejson.loads(body)
+        except safejson.TooDeep as exc:
+            raise self._wire.protocol(what, f"the tag list is refused: {exc}") from None
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise self._wire.protocol(what, "the tag list is not valid JSON") from None
         if not isinstance(doc, dict):
