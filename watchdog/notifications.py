@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from watchdog import config, errors, models
+from watchdog import config, errors, models, safejson
 
 MEDIA_TYPE = "application/vnd.docker.distribution.events.v1+json"
 MAX_BODY_BYTES = 1024 * 1024
@@ -83,7 +82,7 @@ def parse(body: bytes) -> list[RegistryEvent]:
     if len(body) > MAX_BODY_BYTES:
         raise errors.UsageError(f"notification body over {MAX_BODY_BYTES} bytes")
     try:
-        doc = json.loads(body)
+        doc = safejson.loads(body)
     except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deep
         raise errors.UsageError("notification body is not JSON") from None
     raw_events = doc.get("events") if isinstance(doc, dict) else None
@@ -238,7 +237,7 @@ def _json_object(body: bytes, what: str) -> dict[str, object]:
     if len(body) > MAX_BODY_BYTES:
         raise errors.UsageError(f"notification body over {MAX_BODY_BYTES} bytes")
     try:
-        doc = json.loads(body)
+        doc = safejson.loads(body)
     except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deep
         raise errors.UsageError(f"{what} body is not JSON") from None
     if not isinstance(doc, dict):

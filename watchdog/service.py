@@ -176,14 +176,20 @@ class Checker:
         unreachable: str | None = None
         try:
             await self._check(watch, result)
-        except errors.WatchdogError as exc:
-            result.error = str(exc)
+        except Exception as exc:
+            # Anything but a WatchdogError is a bug: a failed check all the same (logged with its
+            # traceback, counted, recorded), so that one odd answer never silences the cycle.
+            message = str(exc)
+            if not isinstance(exc, errors.WatchdogError):
+                log.error("check_crashed repository=%s", ref.name, exc_info=exc)
+                message = f"internal error: {type(exc).__name__}"
+            result.error = message
             if isinstance(exc, errors.RegistryError) and exc.temporary:
-                unreachable = str(exc)
-            log.warning("check_failed repository=%s error=%r", ref.name, str(exc))
+                unreachable = message
+            log.warning("check_failed repository=%s error=%r", ref.name, message)
             try:
                 await asyncio.to_thread(
-                    self.store.record_watch_error, ref.name, self.clock(), str(exc)
+                    self.store.record_watch_error, ref.name, self.clock(), message
                 )
             except errors.StoreError as store_exc:
                 log.warning("record_error_failed repository=%s error=%r", ref.name, str(store_exc))
