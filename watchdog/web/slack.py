@@ -344,10 +344,7 @@ class Responder:
         except errors.StoreError:
             pass
         if event is not None:
-            on_move = next(
-                (w.on_move for w in self.settings.watches if w.name == event.repository), None
-            )
-            context = render.Context(on_move=on_move, first_seen=first_seen)
+            context = render.context_for(self.settings, event.repository, first_seen=first_seen)
             if outcome is None or progress:
                 message = render.render_event(event, dataclasses.replace(context, buttons=True))
                 if outcome is not None:
