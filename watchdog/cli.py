@@ -282,7 +282,7 @@ def _scan(args: argparse.Namespace) -> int:
         # Each result is printed (or spooled) in config order as soon as it and those before it
         # are done, and then dropped: memory stays at a few repositories' working sets.
         nonlocal drift, failed, shown
-        drift = drift or bool(r.drifted)
+        drift = drift or views.confirmed_drift(r)
         failed = failed or not r.ok
         if args.json:
             spool.write(",\n" if shown else "\n")
