@@ -114,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = cfg_sub.add_parser("check", parents=[common], help="validate, print with secrets masked")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
+    sub.add_parser(
+        "health",
+        parents=[common],
+        help="the container health probe: 0 when the daemon's /healthz (at http.listen) answers",
+    )
+
     al = sub.add_parser("alerts", parents=[common], help="alert channels (Slack)")
     al_sub = al.add_subparsers(dest="alerts_command", metavar="ACTION", parser_class=_Parser)
     al_sub.required = True
@@ -253,6 +259,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _config_check(args)
     if command == "alerts":
         return _alerts_test(args)
+    if command == "health":
+        from watchdog import healthcheck
+
+        # only an explicit -c: the daemon's own -c comes before WATCHDOG_CONFIG (healthcheck)
+        return healthcheck.main(getattr(args, "config", None))
     raise errors.UsageError(f"unknown command {command!r}")  # argparse prevents this
 
 
