@@ -5,14 +5,19 @@ errors) alike, so that a log pipeline reading stderr never meets free text."""
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.support import images
 from tests.support import registry as support_registry
 from tests.support.cli import run
 from tests.support.registry import free_port
 from tests.support.slack_standin import Answer, SlackStandIn
+from watchdog import logs
 
 
 def _json_lines(stderr: str) -> list[dict[str, Any]]:
@@ -72,3 +77,27 @@ def test_errors_and_usage_errors_are_json_too(tmp_path: Path) -> None:
 
     text = run("restore", cwd=tmp_path)  # without the flag: argparse's usual text
     assert text.returncode == 2 and text.stderr.startswith("usage: ")
+
+
+def test_a_library_warning_and_the_programs_own_words_are_json_lines_in_process(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            logs.setup("warning", "json")
+            warnings.warn("this option is deprecated", DeprecationWarning, stacklevel=1)
+            logs.say("tag-watchdog: interrupted", event="interrupted")
+            logging.captureWarnings(False)
+        logs.setup("warning", "text")
+        logs.say("tag-watchdog: as it is")
+    finally:
+        root.handlers[:], root.level = saved
+    *lines, text = capsys.readouterr().err.splitlines()
+    warned, said = _json_lines("\n".join(lines))
+    assert warned["logger"] == "py.warnings" and warned["level"] == "warning"
+    assert "this option is deprecated" in json.dumps(warned)
+    assert said["event"] == "interrupted" and said["message"] == "tag-watchdog: interrupted"
+    assert text == "tag-watchdog: as it is"  # text logs: the words as they are
