@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.slack_standin import CHANNEL_ID, TOKEN, Answer, SlackStandIn
 from watchdog import config, errors, models
-from watchdog.alerts import render, slack
+from watchdog.alerts import answers, render, slack
 
 K = models.EventKind
 REPO = "ghcr.io/deephaven/server"
@@ -390,6 +390,18 @@ def test_suggested_commands_carry_the_config_file_the_watchdog_runs_with(tmp_pat
     context = render.context_for(settings, REPO)
     assert context == render.Context(on_move="restore", threads=True, config_path=str(cfg))
     assert render.context_for(config.Settings(), REPO).config_path is None
+
+
+def test_a_tap_on_a_changed_record_suggests_the_whole_command_with_the_config() -> None:
+    text = answers.record_changed_text(
+        "slack:U0123ABCD (bob)", f"{REPO}:0.15.0", NEW, OLD, "/etc/tag-watchdog/config.yaml"
+    )
+    assert "nothing was restored" in text and models.short_digest(NEW) in text
+    assert (
+        f"`tag-watchdog restore -c /etc/tag-watchdog/config.yaml {REPO}:0.15.0 --digest {OLD}`"
+    ) in text
+    bare = answers.record_changed_text("cli:bob", f"{REPO}:0.15.0", NEW, OLD)
+    assert f"`tag-watchdog restore {REPO}:0.15.0 --digest {OLD}`" in bare
 
 
 # --- golden messages -----------------------------------------------------------------------------

@@ -73,8 +73,18 @@ def context_for(
         first_seen=first_seen,
         buttons=buttons,
         threads=bool(settings.slack.token and settings.slack.channel),
-        config_path=os.path.abspath(settings.source) if settings.source else None,
+        config_path=config_path(settings),
     )
+
+
+def config_path(settings: config.Settings) -> str | None:
+    """The absolute path of the file ``settings`` came from, for ``-c`` in suggested commands."""
+    return os.path.abspath(settings.source) if settings.source else None
+
+
+def config_arg(path: str | None) -> str:
+    """`` -c PATH`` (quoted for a shell) for a suggested command; empty without a file."""
+    return f" -c {shlex.quote(path)}" if path else ""
 
 
 # --- escaping and limits -------------------------------------------------------------------------
@@ -162,9 +172,8 @@ def restore_commands(
     watchdog's own with ``-c CONFIG_PATH`` when one is given (it finds the record there)."""
     if not recorded:
         return []
-    config_arg = f" -c {shlex.quote(config_path)}" if config_path else ""
     return [
-        f"tag-watchdog restore{config_arg} {event.repository}:{event.tag}",
+        f"tag-watchdog restore{config_arg(config_path)} {event.repository}:{event.tag}",
         f"crane tag {event.repository}@{recorded} {event.tag}",
     ]
 

@@ -297,7 +297,13 @@ class Responder:
                 "already", answers.already_text(tap.shown, tap.digest, done), update=False
             )
         if tap.action == render.ACTION_RESTORE and record.recorded_digest != tap.digest:
-            text = answers.record_changed_text(tap.actor, tap.shown, record.recorded_digest)
+            text = answers.record_changed_text(
+                tap.actor,
+                tap.shown,
+                record.recorded_digest,
+                tap.digest,
+                render.config_path(self.settings),
+            )
             return _Result("refused", text, update=True)
         return None
 
