@@ -73,14 +73,20 @@ def test_the_config_is_the_daemons_own_when_the_probe_is_not_told(tmp_path: Path
     # PID 1 is the image's daemon, started with another -c: that file
     cmdline.write_bytes(b"/opt/tag-watchdog/bin/tag-watchdog\0run\0-c\0/cfg/other.yaml\0")
     assert healthcheck.config_path(None, env, proc) == "/cfg/other.yaml"
+    # as the kernel runs the console script (its shebang): the interpreter first
+    cmdline.write_bytes(
+        b"/opt/tag-watchdog/bin/python\0/opt/tag-watchdog/bin/tag-watchdog\0run\0-c\0/cfg/s.yaml\0"
+    )
+    assert healthcheck.config_path(None, env, proc) == "/cfg/s.yaml"
     assert healthcheck.config_path("/given.yaml", env, proc) == "/given.yaml"
     cmdline.write_bytes(b"python3\0-m\0watchdog\0run\0--config=/cfg/m.yaml\0")
     assert healthcheck.config_path(None, env, proc) == "/cfg/m.yaml"
     # PID 1 without -c (the config from the environment), or not the daemon at all: the env's
     cmdline.write_bytes(b"/opt/tag-watchdog/bin/tag-watchdog\0run\0--log-format\0json\0")
     assert healthcheck.config_path(None, env, proc) == env["WATCHDOG_CONFIG"]
-    cmdline.write_bytes(b"/sbin/init\0-c\0/x.yaml\0run\0")
-    assert healthcheck.config_path(None, env, proc) == env["WATCHDOG_CONFIG"]
+    for other in (b"/sbin/init\0-c\0/x.yaml\0run\0", b"python3\0/srv/app.py\0run\0-c\0/x.yaml\0"):
+        cmdline.write_bytes(other)
+        assert healthcheck.config_path(None, env, proc) == env["WATCHDOG_CONFIG"]
     cmdline.unlink()  # not readable (another system): the env's, else the defaults
     assert healthcheck.config_path(None, env, proc) == env["WATCHDOG_CONFIG"]
     assert healthcheck.config_path(None, {}, proc) is None

@@ -27,13 +27,19 @@ _WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S10
 
 
 def daemon_config(cmdline: Sequence[str]) -> str | None:
-    """The ``-c``/``--config`` of ``cmdline`` when it is a ``tag-watchdog run`` (or ``python -m
-    watchdog run``), else None."""
-    args = list(cmdline[1:])
-    if "-m" in args and args[args.index("-m") + 1 : args.index("-m") + 2] == ["watchdog"]:
-        args = args[args.index("-m") + 2 :]
-    elif not cmdline or not Path(cmdline[0]).name.startswith("tag-watchdog"):
+    """The ``-c``/``--config`` of ``cmdline`` when it is a ``tag-watchdog run`` (the console
+    script, as its shebang runs it: ``python .../tag-watchdog run``; or ``python -m watchdog
+    run``), else None."""
+    args = list(cmdline)
+    if args and Path(args[0]).name.startswith("python"):
+        args = args[1:]
+        while args and args[0].startswith("-") and args[0] != "-m":
+            args = args[1:]  # the interpreter's own flags (-u, -X dev...)
+        if args[:2] == ["-m", "watchdog"]:
+            args = args[1:]
+    if not args or not (args[0] == "watchdog" or Path(args[0]).name.startswith("tag-watchdog")):
         return None
+    args = args[1:]
     if "run" not in args:
         return None
     for i, arg in enumerate(args):
