@@ -139,13 +139,7 @@ def test_scan_during_an_outage_shows_the_recorded_drift_marked_not_rechecked(
     assert drifted["recorded_digest"] == release.digest
     assert drifted["current_digest"] == rebuilt.digest
     assert drifted["rechecked"] is False
-    text = run("scan", "-c", str(cfg), cwd=tmp_path)
-    assert text.returncode == 3
-    assert (
-        f"DRIFT     {server.host}/team/app:1.0.0 is drifted (recorded {release.digest}) "
-        "[from the record, not re-checked]"
-    ) in text.stdout
-    assert "1.1.0" not in text.stdout
+    # (the text lines of the same result: tests/test_views.py, without another slow scan)
 
 
 def test_run_daemon_detects_a_move_serves_metrics_and_stops_cleanly(
