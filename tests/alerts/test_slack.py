@@ -349,6 +349,8 @@ def test_a_restore_from_the_command_line_names_the_person_not_the_watchdog() -> 
     )
     assert sections(failed)[0].startswith("<@U0123ABCD> (bob) could *not* put")
     assert "What the watchdog did" not in everything(failed)
+    api = render.render_event(event(K.RESTORED, actor="api"))
+    assert sections(api)[0].startswith("A call to the HTTP API put")
     auto = render.render_event(event(K.RESTORED, actor="watchdog"))
     assert sections(auto)[0].startswith("The watchdog put")
     assert "*What the watchdog did:* restored the recorded digest." in sections(auto)

@@ -185,7 +185,11 @@ def _by_watchdog(event: models.Event) -> bool:
 
 def _who(event: models.Event) -> str:
     """Who did what ``event`` records, for the start of a sentence (mrkdwn)."""
-    return "The watchdog" if _by_watchdog(event) else actor_mrkdwn(event.actor)
+    if _by_watchdog(event):
+        return "The watchdog"
+    if event.actor == "api":  # actions.ACTOR_API: a holder of the API token, not named
+        return "A call to the HTTP API"
+    return actor_mrkdwn(event.actor)
 
 
 def _restoring(event: models.Event, context: Context) -> bool:
