@@ -13,7 +13,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PATH=/opt/tag-watchdog/bin:$PATH
+    PATH=/opt/tag-watchdog/bin:$PATH \
+    WATCHDOG_CONFIG=/etc/tag-watchdog/config.yaml
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -27,10 +28,15 @@ RUN python3 -m venv /opt/tag-watchdog \
     && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/tag-watchdog --no-create-home watchdog \
     && install -d -o 10001 -g 10001 -m 0700 /var/lib/tag-watchdog
 
+# The default SQLite record (sqlite:///watchdog.db, relative to this directory) outlives the
+# container: a volume (named, or anonymous by default).
+VOLUME /var/lib/tag-watchdog
 USER 10001:10001
 WORKDIR /var/lib/tag-watchdog
 EXPOSE 9797
+# Asks /healthz where the daemon listens: http.listen of the same config and environment (the
+# daemon's -c, else WATCHDOG_CONFIG; WATCHDOG_HTTP_LISTEN counts), 0.0.0.0 / :: on loopback.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9797/healthz', timeout=4)"]
+    CMD ["tag-watchdog", "health"]
 ENTRYPOINT ["tag-watchdog"]
 CMD ["run", "-c", "/etc/tag-watchdog/config.yaml"]

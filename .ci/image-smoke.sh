@@ -13,7 +13,8 @@
 # Then, with a docker-registry and the PostgreSQL test cluster on the host:
 #   db upgrade; scan exits 0 on a new release, 1 after the tag is overwritten; run turns healthy
 #   (read-only root filesystem, /tmp a tmpfs, as in deploy/kubernetes/); the process is not root;
-#   docker stop ends it with exit code 0 well before the SIGKILL.
+#   docker stop ends it with exit code 0 well before the SIGKILL; a daemon on another port than
+#   9797 turns healthy too (the health check follows http.listen).
 # Needs: root, Debian/Ubuntu (apt-get), docker-registry and .venv (scripts/test installs both).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -204,7 +205,8 @@ with images.Pusher(f"http://127.0.0.1:{port}") as pusher:
 PYTHON
 }
 
-# The image's health check asks 127.0.0.1:9797: the daemon listens there (host network).
+# The first daemon listens on the default 127.0.0.1:9797 (host network); a second one, last,
+# on another port.
 if ! "$PY" -c 'import socket; socket.create_server(("127.0.0.1", 9797)).close()' 2>/dev/null; then
     fail "port 9797 is taken on this machine"
 fi
@@ -235,6 +237,19 @@ in_image() {
         fail "tag-watchdog $* exited $status, expected $expected"
     fi
     say "tag-watchdog $*: exit $status as expected"
+}
+
+wait_healthy() {
+    # wait_healthy CONTAINER: until the image's own health check says healthy
+    local deadline=$((SECONDS + 90))
+    until [ "$(docker inspect -f '{{.State.Health.Status}}' "$1")" = healthy ]; do
+        if [ "$SECONDS" -ge "$deadline" ] || [ "$(docker inspect -f '{{.State.Running}}' "$1")" != true ]; then
+            docker logs "$1" >&2 || true
+            docker inspect -f '{{json .State.Health}}' "$1" >&2 || true
+            fail "$1 did not turn healthy"
+        fi
+        sleep 1
+    done
 }
 
 # --- the smoke test --------------------------------------------------------------------------------------
@@ -271,14 +286,7 @@ CONTAINERS+=("$NAME")
 # the image's own health check, asked every 2 s instead of every 30 s
 docker run -d --name "$NAME" "${RUN_ARGS[@]}" --health-interval 2s --health-start-period 60s \
     "$IMAGE" >/dev/null
-deadline=$((SECONDS + 90))
-until [ "$(docker inspect -f '{{.State.Health.Status}}' "$NAME")" = healthy ]; do
-    if [ "$SECONDS" -ge "$deadline" ] || [ "$(docker inspect -f '{{.State.Running}}' "$NAME")" != true ]; then
-        docker logs "$NAME" >&2 || true
-        fail "the daemon did not turn healthy"
-    fi
-    sleep 1
-done
+wait_healthy "$NAME"
 say "healthy"
 wait_http "http://127.0.0.1:9797/readyz" 60 || { docker logs "$NAME" >&2; fail "/readyz"; }
 "$PY" -c 'import sys, urllib.request; body = urllib.request.urlopen(sys.argv[1]).read().decode(); assert "tag_watchdog_build_info" in body' \
@@ -300,5 +308,22 @@ if [ "$code" != 0 ] || [ "$took" -ge 75 ]; then
 fi
 grep -q "stopped" "$WORK/daemon.log" || { tail -n 20 "$WORK/daemon.log" >&2; fail "no 'stopped' in the log"; }
 say "docker stop: exit code 0 after ${took}s"
+
+# The health check follows http.listen: a daemon on another port turns healthy too (it asked the
+# fixed 127.0.0.1:9797 once, and such a daemon was "unhealthy" while it served).
+OTHER_PORT="$(free_port)"
+sed "s/127.0.0.1:9797/127.0.0.1:$OTHER_PORT/" "$WORK/config.yaml" >"$WORK/other-port.yaml"
+grep -q "127.0.0.1:$OTHER_PORT" "$WORK/other-port.yaml" || fail "no listen address to change"
+chmod 0644 "$WORK/other-port.yaml"
+OTHER="tag-watchdog-smoke-port-$$"
+CONTAINERS+=("$OTHER")
+docker run -d --name "$OTHER" --network host --read-only --tmpfs /tmp \
+    -v "$WORK/other-port.yaml:/etc/tag-watchdog/config.yaml:ro" \
+    -e WATCHDOG_DATABASE_URL="$DATABASE_URL" \
+    --health-interval 2s --health-start-period 60s "$IMAGE" >/dev/null
+wait_healthy "$OTHER"
+wait_http "http://127.0.0.1:$OTHER_PORT/readyz" 60 || { docker logs "$OTHER" >&2; fail "/readyz on $OTHER_PORT"; }
+docker stop -t 75 "$OTHER" >/dev/null
+say "a daemon on port $OTHER_PORT: healthy (the health check follows http.listen)"
 
 say "OK: image $IMAGE built on $BASE_TAG and smoke-tested"

@@ -72,6 +72,7 @@ def test_scan_records_then_exits_1_on_a_move_and_history_shows_it(
     assert watch["events"] == [] and watch["tags_checked"] == 2
     assert [d["tag"] for d in watch["drifted"]] == ["0.15.0"]
     assert watch["drifted"][0]["current_digest"] == rebuilt.digest
+    assert watch["drifted"][0]["rechecked"] is True  # asked the registry this time
 
     history = run("history", ref, "-c", str(cfg), cwd=tmp_path)
     assert history.returncode == 0, history.stderr
@@ -110,6 +111,35 @@ def test_scan_exits_3_when_the_registry_is_down_and_changes_nothing(
         ).stdout
     )
     assert [e["kind"] for e in history] == ["first_seen"]
+
+
+def test_scan_during_an_outage_shows_the_recorded_drift_marked_not_rechecked(
+    tmp_path: Path, server: support_registry.RegistryServer
+) -> None:
+    with images.Pusher(server.url) as pusher:
+        release = pusher.image("team/app", "1.0.0", seed="a")
+        pusher.image("team/app", "1.1.0", seed="b")
+    cfg = write_config(
+        tmp_path / "c.yaml", server.host, "team/app", db=f"sqlite:///{tmp_path / 'w.db'}"
+    )
+    assert run("scan", "-c", str(cfg), cwd=tmp_path).returncode == 0
+    with images.Pusher(server.url) as pusher:
+        rebuilt = pusher.image("team/app", "1.0.0", seed="rebuilt")
+    assert run("scan", "-c", str(cfg), cwd=tmp_path).returncode == 1  # the drift is recorded
+    server.stop()
+
+    down = run("scan", "--json", "-c", str(cfg), cwd=tmp_path)
+    assert down.returncode == 3, down.stderr  # could not complete; no drift confirmed now
+    data = json.loads(down.stdout)
+    assert data["drift"] is False and data["complete"] is False
+    (watch,) = data["watches"]
+    assert watch["error"] and "cannot connect" in watch["error"]
+    (drifted,) = watch["drifted"]  # not `[]`: the record knows 1.0.0 is drifted
+    assert drifted["tag"] == "1.0.0" and drifted["state"] == "drifted"
+    assert drifted["recorded_digest"] == release.digest
+    assert drifted["current_digest"] == rebuilt.digest
+    assert drifted["rechecked"] is False
+    # (the text lines of the same result: tests/test_views.py, without another slow scan)
 
 
 def test_run_daemon_detects_a_move_serves_metrics_and_stops_cleanly(

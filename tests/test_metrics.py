@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from watchdog import metrics
+from tests import test_service
+from tests.support.registry import free_port
+from watchdog import config, metrics
+from watchdog.store import repo
 from watchdog.web import app as web_app
 
 DESIGN_METRICS = {
@@ -96,3 +100,30 @@ def test_watched_repository_series_start_at_zero() -> None:
     assert restores == {"restored": 0.0, "failed": 0.0}
     checks = {s.labels["result"] for s in fams["tag_watchdog_checks"].samples}
     assert checks == {"ok", "error"}
+
+
+async def test_a_watch_that_never_succeeded_is_stale_from_when_it_was_first_watched(
+    store: repo.Store,
+) -> None:
+    """Its last-successful-poll series exists from start-up (the rules' time() - x grows), and
+    a failed check does not move it; a success does (test_service's checks)."""
+    dead = config.RegistrySettings(host=f"127.0.0.1:{free_port()}")  # nothing listens there
+    before = time.time()
+    checker, watch = test_service.make_checker(store, dead, repository="never/ok")
+    after = time.time()
+    series = "tag_watchdog_last_successful_poll_timestamp_seconds"
+
+    def value() -> float:
+        (sample,) = families(checker.metrics)[series].samples
+        assert sample.labels == {"repository": watch.name}
+        return float(sample.value)
+
+    started = value()
+    assert before <= started <= after
+    result = await checker.check_watch(watch)
+    assert result.error is not None and "cannot connect" in result.error
+    assert value() == started  # not a success: still the start-up time
+    # a second Checker on the same metrics (never made in one process, but cheap to promise)
+    # does not reset it
+    checker.metrics.watch(watch.name, watch.repository.host, now=started + 100)
+    assert value() == started

@@ -27,9 +27,35 @@ SCAN_ALERT_SECONDS = 20.0  # how long `scan` keeps retrying the alerts it queued
 
 
 class _Parser(argparse.ArgumentParser):
+    json_errors = False  # --log-format json on the command line: a usage error is JSON too
+
     def error(self, message: str) -> NoReturn:
+        if self.json_errors:
+            from watchdog import logs
+
+            logs.setup("warning", "json")
+            logs.say(f"{self.prog}: error: {message}", event="usage_error")
+            self.exit(EXIT_USAGE)
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _wants_json_logs(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` asks for ``--log-format json`` (looked at before parsing, for the errors
+    of parsing itself)."""
+    for i, arg in enumerate(argv):
+        if arg == "--log-format=json" or (
+            arg == "--log-format" and argv[i + 1 : i + 2] == ["json"]
+        ):
+            return True
+    return False
+
+
+def _say(text: str, event: str = "error") -> None:
+    """A line for the person on stderr (as JSON with ``--log-format json``: logs.say)."""
+    from watchdog import logs
+
+    logs.say(text, event=event)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = cfg_sub.add_parser("check", parents=[common], help="validate, print with secrets masked")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
+    sub.add_parser(
+        "health",
+        parents=[common],
+        help="the container health probe: 0 when the daemon's /healthz (at http.listen) answers",
+    )
+
     al = sub.add_parser("alerts", parents=[common], help="alert channels (Slack)")
     al_sub = al.add_subparsers(dest="alerts_command", metavar="ACTION", parser_class=_Parser)
     al_sub.required = True
@@ -129,6 +161,7 @@ def _add_release_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tag-watchdog`` console script."""
     parser = build_parser()
+    _Parser.json_errors = _wants_json_logs(sys.argv[1:] if argv is None else list(argv))
     args = parser.parse_args(argv)
     _setup_logging(args)
     try:
@@ -141,20 +174,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     except errors.WatchdogError as exc:
-        print(f"tag-watchdog: {exc}", file=sys.stderr)
+        _say(f"tag-watchdog: {exc}", "error")
         return exc.exit_code
     except KeyboardInterrupt:
-        print("tag-watchdog: interrupted", file=sys.stderr)
+        _say("tag-watchdog: interrupted", "interrupted")
         return 130
     except Exception as exc:
         # A bug, not an expected failure: one line for the user, the traceback on request.
         import logging
 
         logging.getLogger("watchdog.cli").debug("internal error", exc_info=True)
-        print(
+        _say(
             f"tag-watchdog: internal error: {type(exc).__name__}: {errors.truncate(str(exc))} "
             "(this is a bug; --log-level debug shows the traceback)",
-            file=sys.stderr,
+            "internal_error",
         )
         return EXIT_FAILED
 
@@ -227,6 +260,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _config_check(args)
     if command == "alerts":
         return _alerts_test(args)
+    if command == "health":
+        from watchdog import healthcheck
+
+        # only an explicit -c: the daemon's own -c comes before WATCHDOG_CONFIG (healthcheck)
+        return healthcheck.main(getattr(args, "config", None))
     raise errors.UsageError(f"unknown command {command!r}")  # argparse prevents this
 
 
@@ -256,7 +294,7 @@ def _scan(args: argparse.Namespace) -> int:
         # Each result is printed (or spooled) in config order as soon as it and those before it
         # are done, and then dropped: memory stays at a few repositories' working sets.
         nonlocal drift, failed, shown
-        drift = drift or bool(r.drifted)
+        drift = drift or views.confirmed_drift(r)
         failed = failed or not r.ok
         if args.json:
             spool.write(",\n" if shown else "\n")
@@ -278,15 +316,15 @@ def _scan(args: argparse.Namespace) -> int:
         try:
             undelivered = await worker.drain(SCAN_ALERT_SECONDS)
         except errors.StoreError as exc:
-            print(f"tag-watchdog: alerts not delivered: {exc}", file=sys.stderr)
+            _say(f"tag-watchdog: alerts not delivered: {exc}", "alerts_not_delivered")
 
     try:
         asyncio.run(scan_all())
         if undelivered:
-            print(
+            _say(
                 f"tag-watchdog: {undelivered} alert(s) not delivered yet (see the log); "
                 "they stay queued for `tag-watchdog run` or the next scan",
-                file=sys.stderr,
+                "alerts_queued",
             )
         # Drift found is a definite answer even when some other watch failed; say both.
         code = EXIT_DRIFT if drift else (EXIT_FAILED if failed else EXIT_OK)
@@ -296,7 +334,7 @@ def _scan(args: argparse.Namespace) -> int:
     finally:
         spool.close()
     if failed:
-        print("tag-watchdog: some checks could not complete (see above)", file=sys.stderr)
+        _say("tag-watchdog: some checks could not complete (see above)", "checks_incomplete")
     return code
 
 
@@ -415,9 +453,9 @@ def _restore(args: argparse.Namespace) -> int:
     elif result.restored:
         print(f"restored {ref.name}:{ref.tag} to {result.event.new_digest}")
     else:
-        print(
+        _say(
             f"tag-watchdog: restore of {ref.name}:{ref.tag} failed: {result.reason}",
-            file=sys.stderr,
+            "restore_failed",
         )
     return code
 
@@ -501,7 +539,7 @@ def _first_recorded(args: argparse.Namespace, settings: config.Settings, ref: An
             ref.name, ref.tag
         )
     except errors.StoreError as exc:
-        print(f"tag-watchdog: note: the database cannot say: {exc}", file=sys.stderr)
+        _say(f"tag-watchdog: note: the database cannot say: {exc}", "note")
         return None
     return _when(record.first_seen) if record is not None else None
 
@@ -554,10 +592,10 @@ def _alerts_test(args: argparse.Namespace) -> int:
     settings = _load(args)
     results = asyncio.run(outbox.send_test(settings))
     if not results:
-        print(
+        _say(
             "tag-watchdog: no alert channel configured "
             "(set slack.webhook_url, or slack.token and slack.channel)",
-            file=sys.stderr,
+            "no_alert_channel",
         )
         return EXIT_USAGE
     for channel, error in sorted(results.items()):

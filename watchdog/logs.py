@@ -80,13 +80,35 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, sort_keys=False)
 
 
+_formatter: logging.Formatter = TextFormatter()
+
+
 def setup(level: str = "info", fmt: str = "text") -> None:
     """Send every log line to stderr in the chosen format; quiet the chatty libraries."""
+    global _formatter
+    _formatter = JsonFormatter() if fmt == "json" else TextFormatter()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.setFormatter(_formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # httpx logs every request URL at INFO; token-service URLs may carry scopes and account names.
     for name in ("httpx", "httpcore", "apscheduler", "uvicorn.access", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # A library's warnings.warn() is a log line too (py.warnings), not free text on stderr.
+    logging.captureWarnings(True)
+
+
+def say(text: str, *, event: str = "error", level: int = logging.ERROR) -> None:
+    """Write ``text``, the program's own words for a person, to stderr: as it is, or with
+    ``--log-format json`` as one JSON object like every log line (``event`` and ``message``
+    keys), so that a pipeline reading stderr never meets a line that is not JSON."""
+    if isinstance(_formatter, JsonFormatter):
+        record = logging.LogRecord("watchdog.cli", level, __file__, 0, event, None, None)
+        data = json.loads(_formatter.format(record))
+        data["message"] = text
+        line = json.dumps(data)
+    else:
+        line = text
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()

@@ -6,6 +6,8 @@ result. Never a digest; a tag only on the small ``tags_drifted_info`` gauge of d
 
 from __future__ import annotations
 
+import time
+
 import prometheus_client as prom
 
 from watchdog import __version__
@@ -41,6 +43,7 @@ class Metrics:
             registry=r,
         )
         self._drifted_labels: dict[str, set[tuple[str, str]]] = {}
+        self._watched: set[str] = set()  # repositories whose start-up poll time is set
         self.tag_moves = prom.Counter(
             p + "tag_moves",
             "Verified moves of a release tag to another digest.",
@@ -84,7 +87,9 @@ class Metrics:
         )
         self.last_successful_poll = prom.Gauge(
             p + "last_successful_poll_timestamp_seconds",
-            "Unix time of the last successful check of a repository.",
+            "Unix time of the last successful check of a repository; until its first success, "
+            "the time the watchdog began watching it (so time() - this grows from start-up "
+            "for a watch that never succeeds, and the staleness alert fires for it too).",
             ["repository"],
             registry=r,
         )
@@ -121,9 +126,16 @@ class Metrics:
         )
         self.build_info.labels(version=__version__).set(1)
 
-    def watch(self, repository: str, registry: str) -> None:
+    def watch(self, repository: str, registry: str, *, now: float | None = None) -> None:
         """Create the series of a watched repository at zero, so that ``increase()`` and alert
-        rules see the first move, deletion or restore instead of a series that starts at 1."""
+        rules see the first move, deletion or restore instead of a series that starts at 1; and
+        its last successful poll at ``now`` (default: the time), when the watching begins, so
+        that a watch that never succeeds is stale from start-up instead of absent."""
+        if repository not in self._watched:
+            self._watched.add(repository)
+            self.last_successful_poll.labels(repository=repository).set(
+                time.time() if now is None else now
+            )
         self.tag_moves.labels(repository=repository)
         self.tag_deletions.labels(repository=repository)
         for result in RESTORE_RESULTS:

@@ -88,6 +88,9 @@ class CheckResult:
     tag_errors: dict[str, str] = dataclasses.field(default_factory=dict)
     error: str | None = None  # the whole check failed (listing, database)
     drifted: list[models.TagRecord] = dataclasses.field(default_factory=list)
+    # The drifted tags known from the record only: this check could not ask the registry about
+    # them (an outage, a tag's error), so their drift is the last one seen, not re-checked.
+    not_rechecked: set[str] = dataclasses.field(default_factory=set)
     seconds: float = 0.0
 
     @property
@@ -206,6 +209,7 @@ class Checker:
         ref = watch.repository
         registry = self.clients.get(ref.host)
         records = await asyncio.to_thread(self.store.load_tags, ref.name)
+        _recorded_drift(result, records)  # what the result says if the registry cannot be asked
         # on_move: restore: moves whose promised restore has no outcome yet; finished below
         unfinished = await autorestore.unfinished(self.store, watch, records)
         todo = await self._todo(registry, watch, records)
@@ -341,6 +345,7 @@ class Checker:
         result.drifted = sorted(
             (r for r in current.values() if r.state is not models.TagState.OK), key=lambda r: r.tag
         )
+        result.not_rechecked = {r.tag for r in result.drifted if r.tag in result.tag_errors}
         m = self.metrics
         m.tags_watched.labels(repository=repository).set(len(watched))
         m.tags_drifted.labels(repository=repository).set(len(result.drifted))
@@ -372,6 +377,14 @@ class Checker:
                     event.tag,
                     event.new_digest,
                 )
+
+
+def _recorded_drift(result: CheckResult, records: Mapping[str, models.TagRecord]) -> None:
+    """``result.drifted``: the tags the record knows as drifted (or deleted), all not re-checked."""
+    result.drifted = sorted(
+        (r for r in records.values() if r.state is not models.TagState.OK), key=lambda r: r.tag
+    )
+    result.not_rechecked = {r.tag for r in result.drifted}
 
 
 def _summary(tag_errors: Mapping[str, str]) -> str | None:

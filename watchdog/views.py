@@ -69,16 +69,25 @@ def check_json(r: service.CheckResult) -> dict[str, Any]:
         "error": r.error,
         "tag_errors": r.tag_errors,
         "events": [event_json(e) for e in r.events],
-        "drifted": [record_json(t) for t in r.drifted],
+        # "rechecked": false: drift known from the record, the registry not asked this time
+        "drifted": [
+            {**record_json(t), "rechecked": t.tag not in r.not_rechecked} for t in r.drifted
+        ],
         "seconds": round(r.seconds, 3),
     }
+
+
+def confirmed_drift(r: service.CheckResult) -> bool:
+    """Whether this check found drift itself (what ``scan``'s exit code 1 says), not only the
+    record's drift of tags it could not re-check."""
+    return any(t.tag not in r.not_rechecked for t in r.drifted)
 
 
 def check_lines(r: service.CheckResult) -> list[str]:
     """What ``scan`` prints for one watch: a summary line, then one line per event (first
     sightings aside), per tag that could not be checked and per drifted tag."""
     if r.error:
-        return [f"{r.repository}: could not check: {r.error}"]
+        return [f"{r.repository}: could not check: {r.error}", *_drift_lines(r)]
     counts: dict[str, int] = {}
     for e in r.events:
         counts[e.kind.value] = counts.get(e.kind.value, 0) + 1
@@ -90,10 +99,15 @@ def check_lines(r: service.CheckResult) -> list[str]:
     lines += [
         f"  ERROR     {r.repository}:{tag}: {err}" for tag, err in sorted(r.tag_errors.items())
     ]
-    lines += [
-        f"  DRIFT     {t.ref} is {t.state.value} (recorded {t.recorded_digest})" for t in r.drifted
+    return lines + _drift_lines(r)
+
+
+def _drift_lines(r: service.CheckResult) -> list[str]:
+    return [
+        f"  DRIFT     {t.ref} is {t.state.value} (recorded {t.recorded_digest})"
+        + (" [from the record, not re-checked]" if t.tag in r.not_rechecked else "")
+        for t in r.drifted
     ]
-    return lines
 
 
 def event_line(e: models.Event) -> str:

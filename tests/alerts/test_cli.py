@@ -102,7 +102,7 @@ def test_scan_delivers_the_alert_it_queued_once(
     (msg,) = standin.messages()
     text = msg["text"] + str(msg["blocks"])
     assert release.digest in text and rebuilt.digest in text
-    assert f"tag-watchdog restore {registry.host}/{repo}:1.0.0" in text
+    assert f"tag-watchdog restore -c {cfg} {registry.host}/{repo}:1.0.0" in text  # its config
     assert f"crane tag {registry.host}/{repo}@{release.digest} 1.0.0" in text
     # both images as their config blobs describe them, hostile label escaped
     assert "`1111111`" in text and "`2222222`" in text and "2026-11-28T08:00:00Z" in text
@@ -164,7 +164,7 @@ def test_the_daemon_alerts_once_per_move_even_across_sigkill_while_slack_is_down
         (msg,) = standin.messages()
         body = msg["text"] + str(msg["blocks"])
         assert first_release.digest in body and rebuilt.digest in body
-        assert f"tag-watchdog restore {ref}:0.15.0" in body
+        assert f"tag-watchdog restore -c {cfg} {ref}:0.15.0" in body
         assert "linux/amd64" in body  # the platforms that changed
         scraped = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
         assert 'tag_watchdog_alerts_total{channel="slack",result="delivered"} 1.0' in scraped

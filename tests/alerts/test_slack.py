@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.slack_standin import CHANNEL_ID, TOKEN, Answer, SlackStandIn
 from watchdog import config, errors, models
-from watchdog.alerts import render, slack
+from watchdog.alerts import answers, render, slack
 
 K = models.EventKind
 REPO = "ghcr.io/deephaven/server"
@@ -334,6 +334,78 @@ def test_restore_messages_name_the_digest_put_back() -> None:
     assert restored.text.endswith(models.short_digest(OLD))
 
 
+# --- who did it, what follows, which commands (the wording of issue 15) -----------------------
+
+
+def test_a_restore_from_the_command_line_names_the_person_not_the_watchdog() -> None:
+    ev = event(K.RESTORED, old_digest=NEW, new_digest=OLD, actor="cli:alice")
+    msg = render.render_event(ev, render.Context(on_move="alert"))
+    text = everything(msg)
+    assert "cli:alice put" in sections(msg)[0]
+    assert "The watchdog" not in text and "What the watchdog did" not in text
+    assert msg.text.endswith(f"restored to {models.short_digest(OLD)} by cli:alice")
+    failed = render.render_event(
+        event(K.RESTORE_FAILED, old_digest=NEW, new_digest=OLD, actor="slack:U0123ABCD (bob)")
+    )
+    assert sections(failed)[0].startswith("<@U0123ABCD> (bob) could *not* put")
+    assert "What the watchdog did" not in everything(failed)
+    api = render.render_event(event(K.RESTORED, actor="api"))
+    assert sections(api)[0].startswith("A call to the HTTP API put")
+    auto = render.render_event(event(K.RESTORED, actor="watchdog"))
+    assert sections(auto)[0].startswith("The watchdog put")
+    assert "*What the watchdog did:* restored the recorded digest." in sections(auto)
+
+
+def test_an_automatic_restore_offers_no_manual_restore_and_says_where_the_outcome_goes() -> None:
+    ev = event(K.MOVED, detail={"restoring": True})
+    webhook = render.render_event(ev, render.Context(on_move="restore"))
+    text = everything(webhook)
+    assert "follows in a message of its own" in text and "thread" not in text
+    assert "tag-watchdog restore" not in text and "Put it back" not in text
+    assert "crane tag" not in text
+    bot = render.render_event(ev, render.Context(on_move="restore", threads=True, buttons=True))
+    assert "follows in this thread" in everything(bot)
+    assert "tag-watchdog restore" not in everything(bot)
+    assert not [b for b in bot.blocks if b["type"] == "actions"]  # no Restore/Accept buttons
+    # an event that promised a restore says so even when the watch changed since
+    assert "restoring the recorded digest" in everything(render.render_event(ev))
+    # a deletion is not restored on its own: the manual commands stay
+    deleted = render.render_event(event(K.DELETED, new_digest=None), render.Context("restore"))
+    assert "tag-watchdog restore" in everything(deleted)
+    assert "puts back moved tags, not deleted ones" in everything(deleted)
+
+
+def test_suggested_commands_carry_the_config_file_the_watchdog_runs_with(tmp_path: Any) -> None:
+    ev = event(K.MOVED)
+    path = "/etc/tag watchdog/config.yaml"  # a space: quoted for the shell
+    msg = render.render_event(ev, render.Context(on_move="alert", config_path=path))
+    command = f"tag-watchdog restore -c '{path}' {REPO}:0.15.0"
+    assert render.escape(command) in "\n".join(sections(msg))
+    assert msg.text.endswith(f"Put it back: {render.escape(command)}")
+    # from the settings: the absolute path of the file they came from, and whether Slack threads
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"watches: [{{repository: {REPO}, on_move: restore}}]\n"
+        "slack: {token: xoxb-1, channel: C0123ABCD}\n"
+    )
+    settings = config.load(str(cfg))
+    context = render.context_for(settings, REPO)
+    assert context == render.Context(on_move="restore", threads=True, config_path=str(cfg))
+    assert render.context_for(config.Settings(), REPO).config_path is None
+
+
+def test_a_tap_on_a_changed_record_suggests_the_whole_command_with_the_config() -> None:
+    text = answers.record_changed_text(
+        "slack:U0123ABCD (bob)", f"{REPO}:0.15.0", NEW, OLD, "/etc/tag-watchdog/config.yaml"
+    )
+    assert "nothing was restored" in text and models.short_digest(NEW) in text
+    assert (
+        f"`tag-watchdog restore -c /etc/tag-watchdog/config.yaml {REPO}:0.15.0 --digest {OLD}`"
+    ) in text
+    bare = answers.record_changed_text("cli:bob", f"{REPO}:0.15.0", NEW, OLD)
+    assert f"`tag-watchdog restore {REPO}:0.15.0 --digest {OLD}`" in bare
+
+
 # --- who pushed, and the commit ---------------------------------------------------------------
 
 
@@ -433,6 +505,16 @@ def golden_messages() -> dict[str, dict[str, Any]]:
         messages[f"{kind.value}/restore"] = render.render_event(
             event(kind, old_digest=None, id=None, actor="watchdog"), restore
         )
+    messages["restored/cli"] = render.render_event(
+        event(K.RESTORED, old_digest=NEW, new_digest=OLD, actor="cli:alice"), restore
+    )
+    messages["moved/restore_threads"] = render.render_event(
+        event(K.MOVED, detail={"restoring": True}),
+        render.Context(on_move="restore", threads=True, buttons=True),
+    )
+    messages["moved/alert_config"] = render.render_event(
+        event(K.MOVED), render.Context(on_move="alert", config_path="/etc/tag-watchdog/c.yaml")
+    )
     messages["outcome"] = render.render_outcome(
         event(K.MOVED, detail=rich), "*Restored* by <@U0123ABCD>.", alert
     )
@@ -458,6 +540,6 @@ def test_every_message_is_byte_for_byte_the_golden_one() -> None:
     expected = json.loads(GOLDEN.read_text(encoding="utf-8"))
     actual = golden_messages()
     assert sorted(actual) == sorted(expected)
-    assert len(actual) == 2 * len(K) + 5
+    assert len(actual) == 2 * len(K) + 8
     for name, message in actual.items():
         assert message == expected[name], name

@@ -72,5 +72,5 @@ def test_ci_builds_and_smoke_tests_the_image_after_the_suite() -> None:
     assert not lines[suite].startswith("exec ")
     script = (ROOT / ".ci" / "image-smoke.sh").read_text()
     assert "--build-arg BASE_IMAGE=" in script
-    for step in ("db upgrade", "scan", "docker stop", "--read-only"):
+    for step in ("db upgrade", "scan", "docker stop", "--read-only", 'wait_healthy "$OTHER"'):
         assert step in script, step

@@ -119,6 +119,9 @@ def test_dockerfile_is_small_non_root_with_a_healthcheck() -> None:
     assert "-slim" in text
     user = re.findall(r"^USER (\S+)", text, re.M)
     assert user and user[-1] not in ("root", "0")
-    assert "HEALTHCHECK" in text and "/healthz" in text
+    # the probe follows http.listen (watchdog/healthcheck.py), not a fixed 127.0.0.1:9797
+    assert re.search(r'^HEALTHCHECK .*\n\s+CMD \["tag-watchdog", "health"\]$', text, re.M)
+    assert "9797/healthz" not in text
+    assert re.findall(r"^VOLUME (\S+)$", text, re.M) == ["/var/lib/tag-watchdog"]
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".git" in ignored and ".venv" in ignored

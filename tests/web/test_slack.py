@@ -168,7 +168,7 @@ def test_no_buttons_without_the_signing_secret_or_in_webhook_mode() -> None:
 def test_an_action_by_a_slack_user_is_shown_as_a_mention() -> None:
     event = moved_event(kind=models.EventKind.RESTORED, actor=f"slack:{ALLOWED} (alice)")
     texts = json.dumps(render.render_event(event).blocks)
-    assert f"by <@{ALLOWED}> (alice)" in texts
+    assert f"<@{ALLOWED}> (alice) put" in texts
     forged = moved_event(kind=models.EventKind.RESTORED, actor="slack:<!channel> (x)")
     assert "<!channel>" not in json.dumps(render.render_event(forged).blocks)
 
@@ -417,7 +417,7 @@ def test_one_tap_restore_and_accept_on_a_real_daemon(
                 # ... and the restore is an event alerted like any other, naming who did it.
                 wait_for(
                     lambda: any(
-                        f"by <@{ALLOWED}>" in json.dumps(m)
+                        f"<@{ALLOWED}> (alice) put" in json.dumps(m)
                         and "Release tag restored" in json.dumps(m)
                         for m in standin.messages()
                     ),

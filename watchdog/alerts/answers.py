@@ -58,11 +58,16 @@ def never_recorded_text(actor: str, ref: str) -> str:
     )
 
 
-def record_changed_text(actor: str, ref: str, recorded: str) -> str:
+def record_changed_text(
+    actor: str, ref: str, recorded: str, digest: str, config_path: str | None = None
+) -> str:
+    """``digest``: what the tap asked for (the record when the alert was sent); the command that
+    restores it anyway carries ``-c config_path``, the daemon's config."""
+    command = f"tag-watchdog restore{render.config_arg(config_path)} {ref} --digest {digest}"
     return (
         f":warning: {render.actor_mrkdwn(actor)} tapped Restore, but the record of "
         f"`{render.escape(ref)}` changed since this alert (now `{models.short_digest(recorded)}`): "
-        "nothing was restored. Use `tag-watchdog restore --digest` if you mean it."
+        f"nothing was restored. If you mean it: `{render.escape(command)}`"
     )
 
 

@@ -13,7 +13,9 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import os
 import re
+import shlex
 from collections.abc import Callable
 from typing import Any
 
@@ -44,11 +46,46 @@ class Message:
 
 @dataclasses.dataclass(frozen=True)
 class Context:
-    """What rendering knows beyond the event: the watch's policy and when the tag was recorded."""
+    """What rendering knows beyond the event: the watch's policy, when the tag was recorded, how
+    the channel delivers follow-ups and which config file the commands it suggests need."""
 
     on_move: str | None = None  # "alert" | "restore" | None (repository no longer watched)
     first_seen: dt.datetime | None = None
     buttons: bool = False  # Restore/Accept buttons (bot mode with slack.signing_secret)
+    threads: bool = False  # bot mode: follow-ups go into the alert's thread (a webhook cannot)
+    # The config file the daemon (or command) was started with: suggested commands carry
+    # `-c PATH`, without which they would look at another database (or none).
+    config_path: str | None = None
+
+
+def context_for(
+    settings: config.Settings,
+    repository: str,
+    *,
+    first_seen: dt.datetime | None = None,
+    buttons: bool = False,
+) -> Context:
+    """The Context of an alert about ``repository`` sent with ``settings``: its watch's policy,
+    whether the channel threads (bot mode) and the config file, as an absolute path (a person
+    runs the suggested command from another directory)."""
+    on_move = next((w.on_move for w in settings.watches if w.name == repository), None)
+    return Context(
+        on_move=on_move,
+        first_seen=first_seen,
+        buttons=buttons,
+        threads=bool(settings.slack.token and settings.slack.channel),
+        config_path=config_path(settings),
+    )
+
+
+def config_path(settings: config.Settings) -> str | None:
+    """The absolute path of the file ``settings`` came from, for ``-c`` in suggested commands."""
+    return os.path.abspath(settings.source) if settings.source else None
+
+
+def config_arg(path: str | None) -> str:
+    """`` -c PATH`` (quoted for a shell) for a suggested command; empty without a file."""
+    return f" -c {shlex.quote(path)}" if path else ""
 
 
 # --- escaping and limits -------------------------------------------------------------------------
@@ -120,20 +157,48 @@ _TITLES = {
 }
 
 
+# Events whose summary names who did it (no "by ..." line under them).
+_NAMES_ITS_ACTOR = frozenset({models.EventKind.RESTORED, models.EventKind.RESTORE_FAILED})
+
 # Events after which a person may want to put the tag back by hand.
 _MANUAL_RESTORE_KINDS = frozenset(
     {"moved", "deleted", "reappeared", "restore_failed", "restore_stopped"}
 )
 
 
-def restore_commands(event: models.Event, recorded: str | None) -> list[str]:
-    """The commands that put the tag back at ``recorded`` by hand (empty when unknown)."""
+def restore_commands(
+    event: models.Event, recorded: str | None, config_path: str | None = None
+) -> list[str]:
+    """The commands that put the tag back at ``recorded`` by hand (empty when unknown); the
+    watchdog's own with ``-c CONFIG_PATH`` when one is given (it finds the record there)."""
     if not recorded:
         return []
     return [
-        f"tag-watchdog restore {event.repository}:{event.tag}",
+        f"tag-watchdog restore{config_arg(config_path)} {event.repository}:{event.tag}",
         f"crane tag {event.repository}@{recorded} {event.tag}",
     ]
+
+
+def _by_watchdog(event: models.Event) -> bool:
+    # The daemon's own restores are recorded as "watchdog"; a person's as cli:USER or slack:U123.
+    return not event.actor or event.actor == "watchdog"
+
+
+def _who(event: models.Event) -> str:
+    """Who did what ``event`` records, for the start of a sentence (mrkdwn)."""
+    if _by_watchdog(event):
+        return "The watchdog"
+    if event.actor == "api":  # actions.ACTOR_API: a holder of the API token, not named
+        return "A call to the HTTP API"
+    return actor_mrkdwn(event.actor)
+
+
+def _restoring(event: models.Event, context: Context) -> bool:
+    """Whether the watchdog restores the tag on its own after ``event`` (``on_move: restore``):
+    the alert then offers no manual restore, the outcome follows."""
+    if event.kind is not models.EventKind.MOVED:
+        return False
+    return event.detail.get("restoring") is True or context.on_move == "restore"
 
 
 def _recorded(event: models.Event) -> str | None:
@@ -189,17 +254,20 @@ def _reverted(event: models.Event, ref: str, recorded: str | None) -> tuple[str,
 
 
 def _restored(event: models.Event, ref: str, recorded: str | None) -> tuple[str, str]:
+    by = "" if _by_watchdog(event) else f" by {event.actor}"
     return (
-        f"The watchdog put *{_code(ref)}* back at its recorded digest.",
-        f"tag-watchdog: {ref} restored to {models.short_digest(recorded or '')}",
+        f"{_who(event)} put *{_code(ref)}* back at its recorded digest.",
+        f"tag-watchdog: {ref} restored to {models.short_digest(recorded or '')}{by}",
     )
 
 
 def _restore_failed(event: models.Event, ref: str, recorded: str | None) -> tuple[str, str]:
     reason = event.detail.get("reason") or event.detail.get("error") or "unknown reason"
+    by = "" if _by_watchdog(event) else f" (by {event.actor})"
     return (
-        f"The watchdog could *not* put *{_code(ref)}* back: {escape(reason)}. Nothing was changed.",
-        f"tag-watchdog: restoring {ref} FAILED: {reason}",
+        f"{_who(event)} could *not* put *{_code(ref)}* back: {escape(reason)}. "
+        "Nothing was changed.",
+        f"tag-watchdog: restoring {ref} FAILED{by}: {reason}",
     )
 
 
@@ -342,11 +410,11 @@ def render_event(event: models.Event, context: Context = Context()) -> Message:
     action = _action(event, context)
     if action:
         blocks.append(_section(f"*What the watchdog did:* {action}"))
-    commands = restore_commands(event, recorded)
-    if commands and kind.value in _MANUAL_RESTORE_KINDS:
+    commands = restore_commands(event, recorded, context.config_path)
+    if commands and kind.value in _MANUAL_RESTORE_KINDS and not _restoring(event, context):
         blocks.append(_section("*Put it back by hand:*\n```" + escape("\n".join(commands)) + "```"))
         fallback += f". Put it back: {commands[0]}"
-    if event.actor and event.actor != "watchdog":
+    if not _by_watchdog(event) and kind not in _NAMES_ITS_ACTOR:
         blocks.append(_context(f"by {actor_mrkdwn(event.actor)}"))
     if context.buttons:
         buttons = _buttons(event, recorded, context)
@@ -376,7 +444,7 @@ def button_value(event: models.Event, digest: str) -> str:
 def _buttons(event: models.Event, recorded: str | None, context: Context) -> dict[str, Any] | None:
     kind = event.kind.value
     elements: list[dict[str, Any]] = []
-    auto = context.on_move == "restore" and kind == "moved"  # the watchdog is restoring already
+    auto = _restoring(event, context)  # the watchdog is restoring already
     if recorded and kind in _MANUAL_RESTORE_KINDS and not auto:
         elements.append(
             {
@@ -451,10 +519,21 @@ def render_outcome(event: models.Event, outcome: str, context: Context = Context
 
 
 def _action(event: models.Event, context: Context) -> str:
-    if event.kind in (models.EventKind.MOVED, models.EventKind.DELETED):
-        if context.on_move == "restore" and event.kind is models.EventKind.MOVED:
-            return "restoring the recorded digest (`on_move: restore`); the outcome follows in the thread."
+    if _restoring(event, context):
+        # A webhook cannot thread: the outcome is a message of its own, after this one.
+        where = "in this thread" if context.threads else "in a message of its own"
+        return (
+            "restoring the recorded digest (`on_move: restore`); the outcome (restored, or how "
+            f"to put it back by hand) follows {where}."
+        )
+    if event.kind is models.EventKind.DELETED and context.on_move == "restore":
+        return "nothing on its own: `on_move: restore` puts back moved tags, not deleted ones."
+    if event.kind is models.EventKind.DELETED:
+        return "alerted only: the tag stays deleted until someone puts it back."
+    if event.kind is models.EventKind.MOVED:
         return "alerted only (`on_move: alert`): the tag still answers the new digest."
+    if not _by_watchdog(event):
+        return ""  # a person's restore: the summary names them; the watchdog did nothing
     if event.kind is models.EventKind.RESTORED:
         return "restored the recorded digest."
     if event.kind is models.EventKind.RESTORE_FAILED:
@@ -502,11 +581,11 @@ def render_test() -> Message:
 def render_item(item: models.OutboxItem, settings: config.Settings) -> Message:
     """The message for one outbox item: its event with the watch's context, or its notice."""
     if item.event is not None:
-        on_move = next(
-            (w.on_move for w in settings.watches if w.name == item.event.repository), None
+        context = context_for(
+            settings,
+            item.event.repository,
+            first_seen=item.first_seen,
+            buttons=settings.slack.buttons,
         )
-        return render_event(
-            item.event,
-            Context(on_move=on_move, first_seen=item.first_seen, buttons=settings.slack.buttons),
-        )
+        return render_event(item.event, context)
     return render_notice(item.notice or {})

@@ -296,7 +296,13 @@ class Responder:
                 "already", answers.already_text(tap.shown, tap.digest, done), update=False
             )
         if tap.action == render.ACTION_RESTORE and record.recorded_digest != tap.digest:
-            text = answers.record_changed_text(tap.actor, tap.shown, record.recorded_digest)
+            text = answers.record_changed_text(
+                tap.actor,
+                tap.shown,
+                record.recorded_digest,
+                tap.digest,
+                render.config_path(self.settings),
+            )
             return _Result("refused", text, update=True)
         return None
 
@@ -343,10 +349,7 @@ class Responder:
         except errors.StoreError:
             pass
         if event is not None:
-            on_move = next(
-                (w.on_move for w in self.settings.watches if w.name == event.repository), None
-            )
-            context = render.Context(on_move=on_move, first_seen=first_seen)
+            context = render.context_for(self.settings, event.repository, first_seen=first_seen)
             if outcome is None or progress:
                 message = render.render_event(event, dataclasses.replace(context, buttons=True))
                 if outcome is not None:
