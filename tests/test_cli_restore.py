@@ -49,7 +49,7 @@ def test_manual_restore_dry_run_refusal_and_accept(
     dry = run("restore", ref, "--dry-run", "-c", cfg)
     assert dry.returncode == 0, dry.stderr
     assert f"restore {ref} to {release.digest}" in dry.stdout
-    assert "blobs checked: 4 present" in dry.stdout
+    assert "blobs: 4 checked, 4 present, 0 missing" in dry.stdout
     assert tag_digest(registry, repo, "0.15.0") == rebuilt.digest
     plan = json.loads(run("restore", ref, "--dry-run", "--json", "-c", cfg).stdout)
     assert plan["dry_run"] is True and plan["digest"] == release.digest
