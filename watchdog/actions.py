@@ -221,6 +221,17 @@ def drifted_refs(store: store_repo.Store, repository: str | None = None) -> list
     ]
 
 
+def nothing_drifted(store: store_repo.Store, repository: str | None = None) -> str:
+    """What ``restore --drifted`` says when ``drifted_refs`` found nothing: that nothing is
+    drifted, or that ``repository`` has no tag recorded at all (a typo, another database)."""
+    if repository is None:
+        return "nothing drifted: every recorded tag answers its recorded digest"
+    name = models.ImageRef.parse(repository, allow_tag=False).name
+    if not store.all_tags(name):
+        return f"no tags of {name} recorded: nothing to restore (`status` lists what is)"
+    return f"nothing drifted in {name}: every recorded tag answers its recorded digest"
+
+
 def refuse_all(problems: list[str], total: int, what: str) -> None:
     """Raise one UsageError for every reference that cannot be acted on (of ``total``): all are
     judged before anything is changed, and one bad reference changes nothing."""
@@ -291,6 +302,25 @@ async def restore_planned(
         event=outcome.event,
         reason=outcome.reason,
     )
+
+
+async def restore_all(
+    acts: Actions,
+    refs: list[models.ImageRef],
+    digest: str | None,
+    actor: str,
+    *,
+    dry_run: bool = False,
+    show: Callable[[list[TagResult]], None] | None = None,
+) -> list[TagResult]:
+    """Plan every tag of ``refs`` (``plan_all``: UsageError before anything changes), hand the
+    plans to ``show``, then (unless ``dry_run``) carry each out in turn (``restore_planned``)."""
+    planned = await plan_all(acts, refs, digest, actor)
+    if show is not None:
+        show(planned)
+    if dry_run:
+        return planned
+    return [await restore_planned(acts, p, digest, actor) for p in planned]
 
 
 async def accept_all(

@@ -111,17 +111,11 @@ def _add_release_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("refs", metavar="REF", nargs="*", help=ref_help)
     p.add_argument("--drifted", action="store_true", help="every drifted or deleted tag")
     p.add_argument("--repository", help="with --drifted: only this repository's tags")
-    p.add_argument(
-        "--digest", help="restore this digest (one the tag once had as its record; one REF)"
-    )
+    p.add_argument("--digest", help="restore this digest (once the tag's record; one REF)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p = sub.add_parser(
-        "accept",
-        parents=[common],
-        help="make the tag's current digest the record (re-release)",
-        epilog=several,
-    )
+    accept_help = "make the tag's current digest the record (re-release)"
+    p = sub.add_parser("accept", parents=[common], help=accept_help, epilog=several)
     p.add_argument("refs", metavar="REF", nargs="+", help=ref_help)
     p.add_argument("--reason", help="why (kept in the event log)")
     p = sub.add_parser(
@@ -407,21 +401,22 @@ def _restore(args: argparse.Namespace) -> int:
     refs = actions.parse_refs(args.refs)  # a bad REF is refused before the config is read
     settings = _load(args)
     store = _open_store(settings)
-    if args.drifted:
-        refs = actions.drifted_refs(store, args.repository)
-        if not refs:
-            return _show_outcomes(args, [], several=True, dry_run=args.dry_run)
+    if args.drifted and not (refs := actions.drifted_refs(store, args.repository)):
+        if not args.json:
+            print(actions.nothing_drifted(store, args.repository))  # said so, exit 0
+        return _show_outcomes(args, [], several=True, dry_run=args.dry_run)
+
+    def show_plans(planned: list[actions.TagResult]) -> None:  # shown first, then carried out
+        if not args.json and (several or args.dry_run):
+            print("\n".join(views.plans_text(planned, several=several)))
 
     async def go() -> list[actions.TagResult]:
         clients = service.Clients(settings)
         try:
-            acts, actor = _actions(store, clients.get), actions.cli_actor()
-            planned = await actions.plan_all(acts, refs, digest, actor)
-            if not args.json and (several or args.dry_run):
-                print("\n".join(views.plans_text(planned, several=several)))  # plans first
-            if args.dry_run:
-                return planned
-            return [await actions.restore_planned(acts, p, digest, actor) for p in planned]
+            acts = _actions(store, clients.get)
+            return await actions.restore_all(
+                acts, refs, digest, actions.cli_actor(), dry_run=args.dry_run, show=show_plans
+            )
         finally:
             await clients.aclose()
 
@@ -438,10 +433,10 @@ def _show_outcomes(
         _print_json(views.outcomes_json(results, several=several, dry_run=shown))
     else:
         out, err = views.outcomes_text(results, several=several, dry_run=dry_run)
-        for line in out:
-            print(line)
-        for line in err:
-            print(f"tag-watchdog: {line}", file=sys.stderr)
+        if out:
+            print("\n".join(out))
+        if err:
+            print("\n".join(f"tag-watchdog: {line}" for line in err), file=sys.stderr)
     return views.worst_exit_code(results)
 
 
@@ -452,10 +447,8 @@ def _accept(args: argparse.Namespace) -> int:
 
     refs = actions.parse_refs(args.refs)
     store = _open_store(_load(args))
-    results = asyncio.run(
-        actions.accept_all(_actions(store), refs, args.reason, actions.cli_actor())
-    )
-    return _show_outcomes(args, results, several=len(refs) > 1, dry_run=False)
+    accepting = actions.accept_all(_actions(store), refs, args.reason, actions.cli_actor())
+    return _show_outcomes(args, asyncio.run(accepting), several=len(refs) > 1, dry_run=False)
 
 
 def _guard(args: argparse.Namespace) -> int:

@@ -190,10 +190,10 @@ def outcomes_text(
 ) -> tuple[list[str], list[str]]:
     """The lines for stdout and for stderr after the plans (``plans_text``): with one REF, its
     result (a failure on stderr; a dry run's plan says it all); with several, one line per tag
-    and a count."""
+    and a count; with none, nothing."""
     code = worst_exit_code(results)
     if not results:
-        return ["nothing drifted: the record shows every tag at its recorded digest"], []
+        return [], []
     if not several:
         if dry_run:
             return [], []
