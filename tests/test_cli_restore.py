@@ -119,11 +119,10 @@ def test_several_tags_at_once_and_every_drifted_tag(
         f"restore {a} to {releases['1.0.0'].digest}",
         f"  would PUT {releases['1.0.0'].size} bytes to {a}, then HEAD it",
     ]
-    assert blocks[1].splitlines()[:3] == [
+    assert blocks[1].splitlines()[:2] == [
         f"restore {b} to {releases['2.0.0'].digest}",
         f"  cannot restore: blob {lost} (of {releases['2.0.0'].digest}) is gone from the "
         "registry; nothing was changed",
-        f"  PROBLEM: blob {lost} (of {releases['2.0.0'].digest}) is gone from the registry",
     ]
     assert "  blobs: 2 checked, 1 present, 1 missing" in blocks[1].splitlines()
     assert c not in dry.stdout

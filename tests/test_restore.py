@@ -393,9 +393,22 @@ async def test_a_plan_says_what_it_found_problems_first_and_what_would_happen(
         f"  cannot restore: blob {lost} (of {release.children['linux/amd64'].digest}) is gone "
         "from the registry; nothing was changed"
     )
-    assert lines[2].startswith(f"  PROBLEM: blob {lost}")
+    assert not any(line.startswith("  PROBLEM") for line in lines)  # the verdict said it
     assert "  blobs: 4 checked, 3 present, 1 missing" in lines
     assert not any("would PUT" in line for line in lines)
+
+    # two gone: the verdict counts them, each one listed right under it
+    other = media.blobs(release.children["linux/arm64/v8"].body)[1]
+    delete_blob(registry, repo, other)
+    async with registry_client.RegistryClient(registry.settings()) as rc:
+        worse = await restore.Restorer(store, rc, clock=Clock(), actor="cli:test").plan(ref)
+    lines = worse.describe()
+    assert lines[1] == "  cannot restore: 2 blobs are gone from the registry; nothing was changed"
+    assert [line.split(" (of")[0] for line in lines[2:4]] == [
+        f"  PROBLEM: blob {lost}",
+        f"  PROBLEM: blob {other}",
+    ]
+    assert "  blobs: 4 checked, 2 present, 2 missing" in lines
 
 
 async def test_a_plan_for_a_tag_at_its_record_has_nothing_to_do(store, registry, repo, pusher):

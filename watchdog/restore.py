@@ -106,9 +106,11 @@ class Plan:
 
     def describe(self) -> list[str]:
         """The plan as lines for a person (what ``restore --dry-run`` prints): the verdict right
-        under the first line, then the problems, then what was found."""
+        under the first line, then the problems (when more than the one the verdict names),
+        then what was found."""
         lines = [f"restore {self.repository}:{self.tag} to {self.digest}", "  " + self.verdict()]
-        lines += [f"  PROBLEM: {problem}" for problem in self.problems]
+        if len(self.problems) > 1:  # one problem is the verdict's reason already
+            lines += [f"  PROBLEM: {problem}" for problem in self.problems]
         if self.current_digest:
             lines.append(f"  the tag answered {self.current_digest} at the last check")
         else:

@@ -78,14 +78,14 @@ FAILED = "failed"  # restore_failed recorded: gone for good, or the registry fai
 COULD_NOT_COMPLETE = "could_not_complete"  # registry or database unreachable: nothing written
 REFUSED = "refused"  # the record changed between the plan and the restore (someone was quicker)
 ACCEPTED = "accepted"
-EXIT_CODES = {
+EXIT_CODES = {  # in the order outcomes_summary counts them
     PLANNED: 0,
-    NOTHING_TO_DO: 0,
     RESTORED: 0,
     ACCEPTED: 0,
-    REFUSED: 2,
+    NOTHING_TO_DO: 0,
     CANNOT_RESTORE: 3,
     FAILED: 3,
+    REFUSED: 2,
     COULD_NOT_COMPLETE: 3,
 }
 
@@ -143,8 +143,12 @@ def tag_outcome_line(r: TagOutcome) -> str:
         return f"nothing to do for {ref}: {why.removeprefix('nothing to do: ')}"
     if r.outcome == PLANNED and r.plan is not None:
         return f"would restore {ref} to {r.plan.digest}"
-    word = {REFUSED: "REFUSED", CANNOT_RESTORE: "CANNOT RESTORE"}.get(r.outcome, "FAILED")
-    return f"{word} {ref}: {r.reason}"
+    if r.outcome == FAILED:
+        left = "; the tag was left as it was" if r.plan is not None and not r.plan.ok else ""
+        return f"restore of {ref} failed: {r.reason}{left}"
+    if r.outcome == CANNOT_RESTORE:
+        return f"{ref}: cannot restore: {r.reason}; nothing was changed"
+    return f"{ref}: {r.reason}"  # refused, could not complete: the reason says which
 
 
 def outcomes_summary(results: Sequence[TagOutcome], *, dry_run: bool) -> str:
