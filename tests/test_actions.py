@@ -372,3 +372,36 @@ def test_what_a_restore_of_several_refuses(
         actions.check_restore_request(refs, drifted, repository, digest)
     actions.check_restore_request(["a:1"], False, None, digest)  # one REF: anything goes
     actions.check_restore_request([], True, repository, None)
+
+
+async def test_a_tag_moved_since_the_last_check_is_not_called_nothing_to_do(
+    store: store_repo.Store,
+    registry: support_registry.RegistryServer,
+    repo: str,
+    pusher: images.Pusher,
+) -> None:
+    """The record says ok, but the tag was overwritten after the last check: the plan asks the
+    registry before saying "nothing to do", and the restore puts the release back."""
+    checker, watch = make_checker(store, registry, repo, on_move="alert")
+    release = pusher.image(repo, "0.15.0", seed="release")
+    await checker.check_watch(watch)
+    rebuilt = pusher.image(repo, "0.15.0", seed="unseen")  # no check has seen this yet
+    ref = models.ImageRef.parse(f"{watch.name}:0.15.0")
+    acts = actions.Actions(
+        store, Hold(store, "0.15.0"), clock=Clock(), registries=checker.clients.get
+    )
+    try:
+        (planned,) = await actions.plan_all(acts, [ref], None, "cli:test")
+        assert planned.outcome == "planned" and planned.plan is not None
+        assert planned.plan.unseen == rebuilt.digest and not planned.plan.nothing_to_do
+        assert (
+            f"  the tag answers {rebuilt.digest} now: moved since the last check, unseen yet"
+            in planned.plan.describe()
+        )
+        done = await actions.restore_planned(acts, planned, None, "cli:test")
+        assert done.outcome == "restored", done.reason
+        assert fetch(registry, repo, "0.15.0").headers["docker-content-digest"] == release.digest
+        (again,) = await actions.plan_all(acts, [ref], None, "cli:test")
+        assert again.outcome == "nothing_to_do"  # now the registry agrees with the record
+    finally:
+        await checker.clients.aclose()

@@ -284,9 +284,11 @@ async def restore_planned(
     if planned.plan is None or planned.outcome == views.NOTHING_TO_DO:
         return planned
     ref = planned.ref
+    # A tag moved unseen since the last check: its record (ok) would call the restore done.
+    judged = digest is None and planned.plan.unseen == ""
     try:
         outcome = await acts.restore(
-            ref, digest or planned.plan.digest, actor, still_recorded=digest is None
+            ref, digest or planned.plan.digest, actor, still_recorded=judged
         )
     except AlreadyDone as exc:
         return TagResult(ref, views.NOTHING_TO_DO, plan=planned.plan, reason=str(exc))

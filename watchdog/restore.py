@@ -60,9 +60,12 @@ class Plan:
     children_to_put: tuple[models.Manifest, ...] = ()
     blobs: tuple[tuple[str, BlobState], ...] = ()  # every blob checked, once, in order
     problems: tuple[str, ...] = ()  # things gone for good: the restore cannot be done
-    # The record says the tag answers ``digest``, its recorded digest, and is ok: a restore has
-    # nothing to do (``nothing_to_do``), and the CLI does not PUT it again.
+    # The record says the tag answers ``digest``, its recorded digest, and is ok, and the
+    # registry, asked now, agrees: a restore has nothing to do (the CLI does not PUT it again).
     up_to_date: bool = False
+    # The record says so but the registry, asked now, answers this (None: the tag is gone):
+    # moved since the last check, unseen by any check yet. "" when not asked or agreeing.
+    unseen: str | None = ""
 
     @property
     def ok(self) -> bool:
@@ -111,7 +114,10 @@ class Plan:
         lines = [f"restore {self.repository}:{self.tag} to {self.digest}", "  " + self.verdict()]
         if len(self.problems) > 1:  # one problem is the verdict's reason already
             lines += [f"  PROBLEM: {problem}" for problem in self.problems]
-        if self.current_digest:
+        if self.unseen != "":
+            now = self.unseen or "nothing (the tag is gone)"
+            lines.append(f"  the tag answers {now} now: moved since the last check, unseen yet")
+        elif self.current_digest:
             lines.append(f"  the tag answered {self.current_digest} at the last check")
         else:
             lines.append("  the tag was deleted at the last check")
@@ -210,9 +216,14 @@ class Restorer:
             manifest=manifest,
             source=source,
             current_digest=record.current_digest,
-            up_to_date=record.state is models.TagState.OK
-            and record.current_digest == target == record.recorded_digest,
         )
+        if record.state is models.TagState.OK and record.current_digest == target:
+            # "nothing to do" only when the registry agrees with the last check's word
+            answers = await self._answers(path, ref.tag)
+            if answers == target:
+                base = dataclasses.replace(base, up_to_date=target == record.recorded_digest)
+            else:
+                base = dataclasses.replace(base, unseen=answers)
         if manifest is None:
             return dataclasses.replace(
                 base,
@@ -235,6 +246,13 @@ class Restorer:
             blobs=tuple(blobs),
             problems=tuple(problems),
         )
+
+    async def _answers(self, path: str, tag: str) -> str | None:
+        """The digest the tag answers now; None when it is definitively absent."""
+        try:
+            return (await resolve.resolve_digest(self.registry, path, tag)).digest
+        except errors.NotFound:
+            return None
 
     async def _target(
         self, ref: models.ImageRef, digest: str | None
