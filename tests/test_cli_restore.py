@@ -18,6 +18,7 @@ from tests.support import registry as support_registry
 from tests.support.cli import clean_env, run
 from watchdog.registry import media
 from watchdog.store import claims, db
+from watchdog.store import repo as store_repo
 
 
 def write_config(path: Path, host: str, repository: str, db: Path) -> Path:
@@ -159,8 +160,17 @@ def test_several_tags_at_once_and_every_drifted_tag(
     accept = run("accept", b, a, "-c", cfg)
     assert accept.returncode == 2
     assert "1 of 2 references cannot be accepted; nothing was changed" in accept.stderr
-    status = {r["tag"]: r for r in json.loads(run("status", "--json", "-c", cfg).stdout)}
-    assert status["2.0.0"]["recorded_digest"] == releases["2.0.0"].digest
+    engine = db.create_engine(f"sqlite:///{tmp_path / 'w.db'}")
+    try:
+        record = store_repo.Store(engine).get_tag(f"{registry.host}/{repo}", "2.0.0")
+    finally:
+        engine.dispose()
+    assert record is not None and record.recorded_digest == releases["2.0.0"].digest
+    accepted = run("accept", b, "--json", "-c", cfg)  # the one REF's own document
+    assert accepted.returncode == 0, accepted.stderr
+    doc = json.loads(accepted.stdout)
+    assert (doc["exit_code"], doc["outcome"], doc["ref"]) == (0, "accepted", b)
+    assert doc["event"]["new_digest"] == rebuilds["2.0.0"].digest
 
     # a repository with nothing recorded (a typo?): said so, exit 0
     none = run("restore", "--drifted", "--repository", f"{registry.host}/{repo}-x", "-c", cfg)

@@ -49,6 +49,7 @@ def test_one_ref_keeps_its_own_document_and_a_failure_goes_to_stderr() -> None:
     assert doc["exit_code"] == 0 and doc["event"]["kind"] == "restored" and "results" not in doc
     accepted = views.outcomes_json([restored(A)], several=True, dry_run=None)
     assert "dry_run" not in accepted and len(accepted["results"]) == 1  # accept: no dry run
+    assert "plan" not in accepted["results"][0] and "plan" in doc
     failed = actions.TagResult(A, views.COULD_NOT_COMPLETE, reason="could not complete: x")
     assert views.outcomes_text([failed], several=False, dry_run=False) == (
         [],

@@ -118,6 +118,7 @@ def _add_release_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("accept", parents=[common], help=accept_help, epilog=several)
     p.add_argument("refs", metavar="REF", nargs="+", help=ref_help)
     p.add_argument("--reason", help="why (kept in the event log)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser(
         "guard",
         parents=[common],
@@ -428,7 +429,7 @@ def _show_outcomes(
 ) -> int:
     from watchdog import views
 
-    if getattr(args, "json", False):
+    if args.json:
         shown = dry_run if args.command == "restore" else None
         _print_json(views.outcomes_json(results, several=several, dry_run=shown))
     else:

@@ -109,10 +109,10 @@ def worst_exit_code(results: Sequence[TagOutcome]) -> int:
     return max((EXIT_CODES[r.outcome] for r in results), default=0)
 
 
-def tag_outcome_json(r: TagOutcome, *, dry_run: bool) -> dict[str, Any]:
+def tag_outcome_json(r: TagOutcome, *, dry_run: bool | None) -> dict[str, Any]:
     """One tag's part of ``restore``/``accept --json``; with one REF, the whole document.
-    A dry run: the plan's fields (``plan_json``); else the event written (or null), and the
-    plan when there was one."""
+    A dry run: the plan's fields (``plan_json``); else the event written (or null) and, for a
+    restore (``dry_run`` False; None is an accept), the plan (or null)."""
     head: dict[str, Any] = {"exit_code": EXIT_CODES[r.outcome]}
     if dry_run:
         head["dry_run"] = True
@@ -122,6 +122,7 @@ def tag_outcome_json(r: TagOutcome, *, dry_run: bool) -> dict[str, Any]:
     out = {**head, "ref": f"{r.ref.name}:{r.ref.tag}", "reason": r.reason}
     if not dry_run:
         out["event"] = event_json(r.event) if r.event is not None else None
+    if dry_run is False:
         out["plan"] = plan_json(r.plan) if r.plan is not None else None
     return out
 
@@ -180,7 +181,7 @@ def outcomes_json(
     """``restore``/``accept --json``: with one REF, that tag's document (``tag_outcome_json``),
     the shape a single restore always had; with several or ``--drifted``, ``{"exit_code": the
     worst, "dry_run" (restore only: ``dry_run`` not None), "results": [one document each]}``."""
-    docs = [tag_outcome_json(r, dry_run=bool(dry_run)) for r in results]
+    docs = [tag_outcome_json(r, dry_run=dry_run) for r in results]
     if not several and len(docs) == 1:
         return docs[0]
     head: dict[str, Any] = {"exit_code": worst_exit_code(results)}
