@@ -6,6 +6,11 @@ while a restore put it back would take the restore for someone else's ``reverted
 repository is held is the caller's (``Hold``): the CLI holds its claim (``claimed``: a check by a
 daemon on PostgreSQL holds it too), the daemon its own per-repository lock first, then the claim.
 A plan (``restore --dry-run``) changes nothing and holds nothing.
+
+A command naming several tags (``restore A B C``, ``restore --drifted``, ``accept A B``) judges
+all of them first (one that cannot be acted on is a UsageError naming each, and nothing is
+changed), then acts on each in turn under its own repository's hold (``plan_all``,
+``restore_planned``, ``accept_all``): what became of each is a ``TagResult``.
 """
 
 from __future__ import annotations
@@ -163,8 +168,8 @@ class Actions:
 
 @dataclasses.dataclass(frozen=True)
 class TagResult:
-    """What became of one tag: ``outcome`` (one of views.OUTCOMES), the plan, the event written
-    (if any) and, unless it went well, why."""
+    """What became of one tag: ``outcome`` (a key of views.EXIT_CODES), the plan, the event
+    written (if any) and, unless it went well, why."""
 
     ref: models.ImageRef
     outcome: str
@@ -195,8 +200,8 @@ def check_restore_request(
 
 
 def parse_refs(texts: Sequence[str]) -> list[models.ImageRef]:
-    """Every text parsed as a tagged reference, repeats dropped; one InvalidReference naming
-    every bad one (``refuse_all``)."""
+    """Every text parsed as a tagged reference, repeats dropped; one UsageError naming every
+    bad one (``refuse_all``)."""
     refs: list[models.ImageRef] = []
     problems: list[str] = []
     for text in texts:
@@ -257,9 +262,8 @@ async def plan_all(
         try:
             plan = await acts.plan(ref, digest, actor)
         except errors.RegistryError as exc:
-            results.append(
-                TagResult(ref, views.COULD_NOT_COMPLETE, reason=f"could not complete: {exc}")
-            )
+            reason = f"could not complete: {exc}; nothing was changed"
+            results.append(TagResult(ref, views.COULD_NOT_COMPLETE, reason=reason))
             continue
         except (errors.UsageError, errors.InvalidReference) as exc:
             problems.append(str(exc))
@@ -348,9 +352,8 @@ async def accept_all(
         except errors.UsageError as exc:
             results.append(TagResult(ref, views.REFUSED, reason=str(exc)))
         except errors.StoreError as exc:
-            results.append(
-                TagResult(ref, views.COULD_NOT_COMPLETE, reason=f"could not complete: {exc}")
-            )
+            reason = f"could not complete: {exc}; nothing was changed"
+            results.append(TagResult(ref, views.COULD_NOT_COMPLETE, reason=reason))
         else:
             results.append(TagResult(ref, views.ACCEPTED, event=event))
     return results

@@ -112,7 +112,7 @@ class Plan:
         under the first line, then the problems (when more than the one the verdict names),
         then what was found."""
         lines = [f"restore {self.repository}:{self.tag} to {self.digest}", "  " + self.verdict()]
-        if len(self.problems) > 1:  # one problem is the verdict's reason already
+        if len(self.problems) > 1 or self.nothing_to_do:  # else the verdict names the one
             lines += [f"  PROBLEM: {problem}" for problem in self.problems]
         if self.unseen != "":
             now = self.unseen or "nothing (the tag is gone)"
