@@ -239,3 +239,169 @@ def test_the_cli_is_recorded_as_its_os_user(monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.setattr("getpass.getuser", unknown)
     assert actions.cli_actor() == "cli"
+
+
+async def test_several_tags_are_all_judged_first_then_each_restored_under_its_own_hold(
+    store: store_repo.Store,
+    registry: support_registry.RegistryServer,
+    repo: str,
+    pusher: images.Pusher,
+) -> None:
+    """`restore A B C` (issue 15, item 2): one tag that cannot be restored refuses them all
+    before anything changes; then each tag is restored under its own hold, on condition that
+    its record is still what was planned (a restore or accept elsewhere meanwhile wins)."""
+    checker, watch = make_checker(store, registry, repo, on_move="alert")
+    releases = {t: pusher.image(repo, t, seed=f"release-{t}") for t in ("1.0.0", "2.0.0")}
+    await checker.check_watch(watch)
+    rebuilds = {t: pusher.image(repo, t, seed=f"rebuild-{t}") for t in releases}
+    await checker.check_watch(watch)
+    a, b = (models.ImageRef.parse(f"{watch.name}:{t}") for t in releases)
+    hold = Hold(store, "2.0.0")
+    acts = actions.Actions(store, hold, clock=Clock(), registries=checker.clients.get)
+
+    def answers(tag: str) -> str:
+        return fetch(registry, repo, tag).headers["docker-content-digest"]
+
+    try:
+        with pytest.raises(errors.UsageError) as refused:
+            await actions.plan_all(acts, [a, a.with_tag("9.9.9"), b], None, "cli:test")
+        assert str(refused.value).startswith(
+            "1 of 3 references cannot be restored; nothing was changed:\n"
+        )
+        assert f"{watch.name}:9.9.9 was never recorded" in str(refused.value)
+        assert hold.held == [] and answers("1.0.0") == rebuilds["1.0.0"].digest
+
+        planned = await actions.plan_all(acts, [a, b], None, "cli:test")
+        assert [p.outcome for p in planned] == ["planned", "planned"]
+        await acts.accept(b, "deliberate", "cli:someone-else")  # while the plans were shown
+        done = [await actions.restore_planned(acts, p, None, "cli:test") for p in planned]
+        assert [r.outcome for r in done] == ["restored", "refused"]
+        assert done[0].event is not None and done[0].event.new_digest == releases["1.0.0"].digest
+        assert done[1].event is None and "changed since" in (done[1].reason or "")
+        assert answers("1.0.0") == releases["1.0.0"].digest
+        assert answers("2.0.0") == rebuilds["2.0.0"].digest
+        assert len(hold.held) == 3  # a's restore, the accept, b's refusal: one hold each
+        assert hold.held[-1][1] == hold.held[-1][2]  # b: nothing written under its hold
+
+        # at its record: nothing to do, nothing PUT, nothing written
+        before = store.history(watch.name, "1.0.0")
+        (again,) = await actions.plan_all(acts, [a], None, "cli:test")
+        assert again.outcome == "nothing_to_do"
+        assert (await actions.restore_planned(acts, again, None, "cli:test")) is again
+        # restored by someone else between the plan and the restore: nothing to do either
+        pusher.image(repo, "1.0.0", seed="rebuild-again")
+        await checker.check_watch(watch)
+        (planned_a,) = await actions.plan_all(acts, [a], None, "cli:test")
+        await acts.restore(a, None, "cli:quicker")
+        later = await actions.restore_planned(acts, planned_a, None, "cli:test")
+        assert later.outcome == "nothing_to_do" and later.event is None
+        kinds = [e.kind.value for e in store.history(watch.name, "1.0.0")[len(before) :]]
+        assert kinds == ["moved", "restored"]  # the quicker one's only
+    finally:
+        await checker.clients.aclose()
+
+
+def test_several_accepts_are_all_judged_first_and_drifted_tags_are_listed(
+    store: store_repo.Store,
+) -> None:
+    other = REF.with_tag("0.16.0")
+    deleted = REF.with_tag("0.14.0")
+    elsewhere = models.ImageRef.parse("ghcr.io/acme/other:1.0.0")
+    rows = [
+        (REF, OLD, NEW, S.DRIFTED),
+        (other, OLD, OLD, S.OK),
+        (deleted, OLD, None, S.DELETED),
+        (elsewhere, OLD, NEW, S.DRIFTED),
+    ]
+    for ref, recorded, current, state in rows:
+        assert ref.tag is not None
+        record = models.TagRecord(ref.name, ref.tag, recorded, current, None, state, AT, AT, AT)
+        store.apply_changes(ref.name, AT, [models.Change(ref.name, ref.tag, record)])
+
+    async def hold(repository: str) -> AsyncIterator[None]:
+        yield
+
+    acts = actions.Actions(store, contextlib.asynccontextmanager(hold), clock=lambda: AT)
+    with pytest.raises(errors.UsageError) as refused:
+        asyncio.run(actions.accept_all(acts, [REF, other, deleted], None, "cli:test"))
+    message = str(refused.value)
+    assert message.startswith("2 of 3 references cannot be accepted; nothing was changed:")
+    assert "0.16.0 already answers" in message and "0.14.0 is deleted" in message
+    assert store.history(REF.name, "0.15.0") == []  # the good one was not accepted either
+    (result,) = asyncio.run(actions.accept_all(acts, [REF], "re-release", "cli:test"))
+    assert result.outcome == "accepted" and result.event is not None
+    assert result.event.new_digest == NEW
+
+    # drifted or deleted, by repository then tag (0.15.0 was just accepted, 0.16.0 is ok)
+    assert actions.drifted_refs(store) == [elsewhere, deleted]
+    assert actions.drifted_refs(store, "ghcr.io/acme/other") == [elsewhere]
+    assert actions.drifted_refs(store, "ghcr.io/acme/none") == []
+    assert actions.nothing_drifted(store, "ghcr.io/acme/none").startswith(
+        "no tags of ghcr.io/acme/none recorded"
+    )
+    store.apply_changes(
+        elsewhere.name,
+        AT,
+        [models.Change(elsewhere.name, "1.0.0", rows_ok(elsewhere))],
+    )
+    assert actions.drifted_refs(store, "ghcr.io/acme/other") == []
+    assert actions.nothing_drifted(store, "ghcr.io/acme/other").startswith(
+        "nothing drifted in ghcr.io/acme/other"
+    )
+
+
+def rows_ok(ref: models.ImageRef) -> models.TagRecord:
+    assert ref.tag is not None
+    return models.TagRecord(ref.name, ref.tag, OLD, OLD, None, S.OK, AT, AT, AT)
+
+
+@pytest.mark.parametrize(
+    ("refs", "drifted", "repository", "digest", "refusal"),
+    [
+        ([], False, None, None, "needs a REF"),
+        (["a:1"], True, None, None, "give no REF"),
+        (["a:1"], False, "ghcr.io/a", None, "needs a REF"),
+        (["a:1", "b:1"], False, None, OLD, "--digest goes with a single REF"),
+        ([], True, None, OLD, "--digest goes with a single REF"),
+    ],
+)
+def test_what_a_restore_of_several_refuses(
+    refs: list[str], drifted: bool, repository: str | None, digest: str | None, refusal: str
+) -> None:
+    with pytest.raises(errors.UsageError, match=refusal):
+        actions.check_restore_request(refs, drifted, repository, digest)
+    actions.check_restore_request(["a:1"], False, None, digest)  # one REF: anything goes
+    actions.check_restore_request([], True, repository, None)
+
+
+async def test_a_tag_moved_since_the_last_check_is_not_called_nothing_to_do(
+    store: store_repo.Store,
+    registry: support_registry.RegistryServer,
+    repo: str,
+    pusher: images.Pusher,
+) -> None:
+    """The record says ok, but the tag was overwritten after the last check: the plan asks the
+    registry before saying "nothing to do", and the restore puts the release back."""
+    checker, watch = make_checker(store, registry, repo, on_move="alert")
+    release = pusher.image(repo, "0.15.0", seed="release")
+    await checker.check_watch(watch)
+    rebuilt = pusher.image(repo, "0.15.0", seed="unseen")  # no check has seen this yet
+    ref = models.ImageRef.parse(f"{watch.name}:0.15.0")
+    acts = actions.Actions(
+        store, Hold(store, "0.15.0"), clock=Clock(), registries=checker.clients.get
+    )
+    try:
+        (planned,) = await actions.plan_all(acts, [ref], None, "cli:test")
+        assert planned.outcome == "planned" and planned.plan is not None
+        assert planned.plan.unseen == rebuilt.digest and not planned.plan.nothing_to_do
+        assert (
+            f"  the tag answers {rebuilt.digest} now: moved since the last check, unseen yet"
+            in planned.plan.describe()
+        )
+        done = await actions.restore_planned(acts, planned, None, "cli:test")
+        assert done.outcome == "restored", done.reason
+        assert fetch(registry, repo, "0.15.0").headers["docker-content-digest"] == release.digest
+        (again,) = await actions.plan_all(acts, [ref], None, "cli:test")
+        assert again.outcome == "nothing_to_do"  # now the registry agrees with the record
+    finally:
+        await checker.clients.aclose()

@@ -18,6 +18,7 @@ from tests.support import registry as support_registry
 from tests.support.cli import clean_env, run
 from watchdog.registry import media
 from watchdog.store import claims, db
+from watchdog.store import repo as store_repo
 
 
 def write_config(path: Path, host: str, repository: str, db: Path) -> Path:
@@ -49,7 +50,7 @@ def test_manual_restore_dry_run_refusal_and_accept(
     dry = run("restore", ref, "--dry-run", "-c", cfg)
     assert dry.returncode == 0, dry.stderr
     assert f"restore {ref} to {release.digest}" in dry.stdout
-    assert "blobs checked: 4 present" in dry.stdout
+    assert "blobs: 4 checked, 4 present, 0 missing" in dry.stdout
     assert tag_digest(registry, repo, "0.15.0") == rebuilt.digest
     plan = json.loads(run("restore", ref, "--dry-run", "--json", "-c", cfg).stdout)
     assert plan["dry_run"] is True and plan["digest"] == release.digest
@@ -88,6 +89,93 @@ def test_manual_restore_dry_run_refusal_and_accept(
     assert history[-1]["detail"]["reason"] == "hotfix re-release"
     # nothing left to accept
     assert run("accept", ref, "-c", cfg).returncode == 2
+
+
+def test_several_tags_at_once_and_every_drifted_tag(
+    tmp_path: Path, registry: support_registry.RegistryServer, repo: str, pusher: images.Pusher
+) -> None:
+    """`restore A B C` and `restore --drifted` (issue 15, items 2 and 6): 1.0.0 overwritten (can
+    be put back), 2.0.0 overwritten with a layer of its release gone (cannot), 3.0.0 untouched
+    (nothing to do). Every REF is judged before anything changes; the exit code is the worst."""
+    tags = ("1.0.0", "2.0.0", "3.0.0")
+    releases = {t: pusher.image(repo, t, seed=f"release-{t}") for t in tags}
+    cfg = str(write_config(tmp_path / "c.yaml", registry.host, repo, tmp_path / "w.db"))
+    a, b, c = (f"{registry.host}/{repo}:{t}" for t in tags)
+    assert run("scan", "-c", cfg).returncode == 0
+    rebuilds = {t: pusher.image(repo, t, seed=f"rebuild-{t}") for t in tags[:2]}
+    lost = media.blobs(releases["2.0.0"].body)[1]
+    httpx.delete(f"{registry.url}/v2/{repo}/blobs/{lost}").raise_for_status()
+    assert run("scan", "-c", cfg).returncode == 1
+
+    def answers() -> list[str]:
+        return [tag_digest(registry, repo, t) for t in tags]
+
+    moved = [rebuilds["1.0.0"].digest, rebuilds["2.0.0"].digest, releases["3.0.0"].digest]
+
+    # --drifted --dry-run: the plan of every drifted tag (3.0.0 is not), problems up front
+    dry = run("restore", "--drifted", "--dry-run", "-c", cfg)
+    assert dry.returncode == 3, dry.stderr
+    blocks = dry.stdout.split("\n\n")
+    assert blocks[0].splitlines()[:2] == [
+        f"restore {a} to {releases['1.0.0'].digest}",
+        f"  would PUT {releases['1.0.0'].size} bytes to {a}, then HEAD it",
+    ]
+    assert blocks[1].splitlines()[:2] == [
+        f"restore {b} to {releases['2.0.0'].digest}",
+        f"  cannot restore: blob {lost} (of {releases['2.0.0'].digest}) is gone from the "
+        "registry; nothing was changed",
+    ]
+    assert "  blobs: 2 checked, 1 present, 1 missing" in blocks[1].splitlines()
+    assert c not in dry.stdout
+    assert blocks[2].strip() == (
+        "2 tags: 1 would be restored, 1 cannot be restored; nothing was changed (dry run)"
+    )
+    assert answers() == moved
+
+    # one REF never recorded: a usage error naming it, and nothing restored
+    refused = run("restore", a, f"{registry.host}/{repo}:9.9.9", b, "-c", cfg)
+    assert refused.returncode == 2, refused.stderr
+    assert "1 of 3 references cannot be restored; nothing was changed" in refused.stderr
+    assert f"{repo}:9.9.9 was never recorded" in refused.stderr
+    assert answers() == moved and refused.stdout == ""
+
+    # all three: restored, failed (recorded as restore_failed), nothing to do; worst: 3
+    done = run("restore", a, b, c, a, "--json", "-c", cfg)  # a named twice: restored once
+    assert done.returncode == 3, done.stderr
+    doc = json.loads(done.stdout)
+    assert (doc["exit_code"], doc["dry_run"]) == (3, False)
+    results = doc["results"]
+    assert [(r["ref"], r["outcome"], r["exit_code"]) for r in results] == [
+        (a, "restored", 0),
+        (b, "failed", 3),
+        (c, "nothing_to_do", 0),
+    ]
+    assert results[0]["event"]["kind"] == "restored"
+    assert results[1]["event"]["kind"] == "restore_failed" and lost in results[1]["reason"]
+    assert results[2]["event"] is None and results[2]["plan"]["nothing_to_do"] is True
+    assert results[1]["plan"]["blobs"] == {"checked": 2, "present": 1, "missing": 1}
+    assert answers() == [releases["1.0.0"].digest, rebuilds["2.0.0"].digest, moved[2]]
+
+    # accept judges every REF first too: 1.0.0 is back at its record, so nothing is accepted
+    accept = run("accept", b, a, "-c", cfg)
+    assert accept.returncode == 2
+    assert "1 of 2 references cannot be accepted; nothing was changed" in accept.stderr
+    engine = db.create_engine(f"sqlite:///{tmp_path / 'w.db'}")
+    try:
+        record = store_repo.Store(engine).get_tag(f"{registry.host}/{repo}", "2.0.0")
+    finally:
+        engine.dispose()
+    assert record is not None and record.recorded_digest == releases["2.0.0"].digest
+    accepted = run("accept", b, "--json", "-c", cfg)  # the one REF's own document
+    assert accepted.returncode == 0, accepted.stderr
+    doc = json.loads(accepted.stdout)
+    assert (doc["exit_code"], doc["outcome"], doc["ref"]) == (0, "accepted", b)
+    assert doc["event"]["new_digest"] == rebuilds["2.0.0"].digest
+
+    # a repository with nothing recorded (a typo?): said so, exit 0
+    none = run("restore", "--drifted", "--repository", f"{registry.host}/{repo}-x", "-c", cfg)
+    assert none.returncode == 0, none.stderr
+    assert none.stdout.startswith(f"no tags of {registry.host}/{repo}-x recorded")
 
 
 def test_guard_exit_codes(

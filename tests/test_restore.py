@@ -363,3 +363,62 @@ async def test_a_tag_that_does_not_answer_the_digest_after_the_put_is_restore_fa
     assert outcome.reason == f"after the PUT the tag answers {liar}, not {release.digest}"
     record = store.get_tag(watch.name, "0.15.0")
     assert record is not None and record.state is S.DRIFTED
+
+
+async def test_a_plan_says_what_it_found_problems_first_and_what_would_happen(
+    store, registry, repo, pusher
+):
+    """`restore --dry-run`'s text (issue 15, item 6): blobs counted per state, never "4 present"
+    above "blob ... is gone"; the verdict right under the reference, then the problems."""
+    release = pusher.index(repo, "0.15.0", seed="release")
+    checker, watch = make_checker(store, registry, repo, on_move="alert")
+    await checker.check_watch(watch)
+    pusher.index(repo, "0.15.0", seed="rebuild")
+    await checker.check_watch(watch)
+    ref = models.ImageRef.parse(f"{registry.host}/{repo}:0.15.0")
+    lost = media.blobs(release.children["linux/amd64"].body)[1]
+    async with registry_client.RegistryClient(registry.settings()) as rc:
+        restorer = restore.Restorer(store, rc, clock=Clock(), actor="cli:test")
+        ok = await restorer.plan(ref)
+        delete_blob(registry, repo, lost)
+        broken = await restorer.plan(ref)
+    lines = ok.describe()
+    assert lines[1] == f"  would PUT {ok.manifest_size} bytes to {ref.name}:0.15.0, then HEAD it"
+    assert "  blobs: 4 checked, 4 present, 0 missing" in lines
+    assert not ok.nothing_to_do and ok.reason is None
+
+    lines = broken.describe()
+    assert not broken.ok and broken.blob_counts() == {"present": 3, "missing": 1}
+    assert lines[1] == (
+        f"  cannot restore: blob {lost} (of {release.children['linux/amd64'].digest}) is gone "
+        "from the registry; nothing was changed"
+    )
+    assert not any(line.startswith("  PROBLEM") for line in lines)  # the verdict said it
+    assert "  blobs: 4 checked, 3 present, 1 missing" in lines
+    assert not any("would PUT" in line for line in lines)
+
+    # two gone: the verdict counts them, each one listed right under it
+    other = media.blobs(release.children["linux/arm64/v8"].body)[1]
+    delete_blob(registry, repo, other)
+    async with registry_client.RegistryClient(registry.settings()) as rc:
+        worse = await restore.Restorer(store, rc, clock=Clock(), actor="cli:test").plan(ref)
+    lines = worse.describe()
+    assert lines[1] == "  cannot restore: 2 blobs are gone from the registry; nothing was changed"
+    assert [line.split(" (of")[0] for line in lines[2:4]] == [
+        f"  PROBLEM: blob {lost}",
+        f"  PROBLEM: blob {other}",
+    ]
+    assert "  blobs: 4 checked, 2 present, 2 missing" in lines
+
+
+async def test_a_plan_for_a_tag_at_its_record_has_nothing_to_do(store, registry, repo, pusher):
+    release = pusher.image(repo, "0.15.0", seed="release")
+    checker, watch = make_checker(store, registry, repo, on_move="alert")
+    await checker.check_watch(watch)
+    ref = models.ImageRef.parse(f"{registry.host}/{repo}:0.15.0")
+    async with registry_client.RegistryClient(registry.settings()) as rc:
+        plan = await restore.Restorer(store, rc, clock=Clock(), actor="cli:test").plan(ref)
+    assert plan.ok and plan.nothing_to_do
+    assert plan.describe()[1] == (
+        f"  nothing to do: the tag already answers the recorded digest {release.digest}"
+    )

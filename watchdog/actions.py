@@ -6,6 +6,11 @@ while a restore put it back would take the restore for someone else's ``reverted
 repository is held is the caller's (``Hold``): the CLI holds its claim (``claimed``: a check by a
 daemon on PostgreSQL holds it too), the daemon its own per-repository lock first, then the claim.
 A plan (``restore --dry-run``) changes nothing and holds nothing.
+
+A command naming several tags (``restore A B C``, ``restore --drifted``, ``accept A B``) judges
+all of them first (one that cannot be acted on is a UsageError naming each, and nothing is
+changed), then acts on each in turn under its own repository's hold (``plan_all``,
+``restore_planned``, ``accept_all``): what became of each is a ``TagResult``.
 """
 
 from __future__ import annotations
@@ -15,9 +20,9 @@ import contextlib
 import dataclasses
 import datetime as dt
 import getpass
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
-from watchdog import errors, models, restore
+from watchdog import errors, models, restore, views
 from watchdog.registry import client as registry_client
 from watchdog.store import claims as store_claims
 from watchdog.store import repo as store_repo
@@ -158,6 +163,202 @@ class Actions:
         return event
 
 
+# --- several tags per command ----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TagResult:
+    """What became of one tag: ``outcome`` (a key of views.EXIT_CODES), the plan, the event
+    written (if any) and, unless it went well, why."""
+
+    ref: models.ImageRef
+    outcome: str
+    plan: restore.Plan | None = None
+    event: models.Event | None = None
+    reason: str | None = None
+
+
+def unique(refs: list[models.ImageRef]) -> list[models.ImageRef]:
+    """``refs`` without repeats (the same tag named twice is restored once), in order."""
+    seen: dict[tuple[str, str | None], models.ImageRef] = {}
+    for ref in refs:
+        seen.setdefault((ref.name, ref.tag), ref)
+    return list(seen.values())
+
+
+def check_restore_request(
+    refs: Sequence[str], drifted: bool, repository: str | None, digest: str | None
+) -> None:
+    """UsageError unless ``restore`` was given REFs or ``--drifted`` (not both), ``--repository``
+    only with ``--drifted`` and ``--digest`` only with a single REF."""
+    if drifted and refs:
+        raise errors.UsageError("--drifted restores every drifted tag: give no REF with it")
+    if not drifted and (not refs or repository):
+        raise errors.UsageError("restore needs a REF (or several), or --drifted [--repository R]")
+    if digest and (drifted or len(refs) > 1):
+        raise errors.UsageError("--digest goes with a single REF")
+
+
+def parse_refs(texts: Sequence[str]) -> list[models.ImageRef]:
+    """Every text parsed as a tagged reference, repeats dropped; one UsageError naming every
+    bad one (``refuse_all``)."""
+    refs: list[models.ImageRef] = []
+    problems: list[str] = []
+    for text in texts:
+        try:
+            refs.append(models.ImageRef.parse(text, require_tag=True))
+        except errors.InvalidReference as exc:
+            problems.append(str(exc))
+    refuse_all(problems, len(texts), "used")
+    return unique(refs)
+
+
+def drifted_refs(store: store_repo.Store, repository: str | None = None) -> list[models.ImageRef]:
+    """Every tag (of ``repository``, a repository reference, else of all) the record shows
+    drifted or deleted, in the record's order."""
+    if repository is not None:
+        repository = models.ImageRef.parse(repository, allow_tag=False).name
+    wanted = (models.TagState.DRIFTED, models.TagState.DELETED)
+    return [
+        models.ImageRef.parse(record.ref)
+        for record in store.all_tags(repository)
+        if record.state in wanted
+    ]
+
+
+def nothing_drifted(store: store_repo.Store, repository: str | None = None) -> str:
+    """What ``restore --drifted`` says when ``drifted_refs`` found nothing: that nothing is
+    drifted, or that ``repository`` has no tag recorded at all (a typo, another database)."""
+    if repository is None:
+        return "nothing drifted: every recorded tag answers its recorded digest"
+    name = models.ImageRef.parse(repository, allow_tag=False).name
+    if not store.all_tags(name):
+        return f"no tags of {name} recorded: nothing to restore (`status` lists what is)"
+    return f"nothing drifted in {name}: every recorded tag answers its recorded digest"
+
+
+def refuse_all(problems: list[str], total: int, what: str) -> None:
+    """Raise one UsageError for every reference that cannot be acted on (of ``total``): all are
+    judged before anything is changed, and one bad reference changes nothing."""
+    if not problems:
+        return
+    if total == 1:
+        raise errors.UsageError(problems[0])
+    lines = "\n".join(f"  - {p}" for p in problems)
+    raise errors.UsageError(
+        f"{len(problems)} of {total} references cannot be {what}; nothing was changed:\n{lines}"
+    )
+
+
+async def plan_all(
+    acts: Actions, refs: list[models.ImageRef], digest: str | None, actor: str
+) -> list[TagResult]:
+    """Plan the restore of every tag of ``refs`` (to ``digest``, else its record), changing
+    nothing: ``planned``, ``nothing_to_do``, ``cannot_restore`` or ``could_not_complete`` each.
+    Raises UsageError naming every tag that cannot be restored at all (``refuse_all``)."""
+    results: list[TagResult] = []
+    problems: list[str] = []
+    for ref in refs:
+        try:
+            plan = await acts.plan(ref, digest, actor)
+        except errors.RegistryError as exc:
+            reason = f"could not complete: {exc}; nothing was changed"
+            results.append(TagResult(ref, views.COULD_NOT_COMPLETE, reason=reason))
+            continue
+        except (errors.UsageError, errors.InvalidReference) as exc:
+            problems.append(str(exc))
+            continue
+        if plan.nothing_to_do:
+            outcome = views.NOTHING_TO_DO
+        else:
+            outcome = views.PLANNED if plan.ok else views.CANNOT_RESTORE
+        results.append(TagResult(ref, outcome, plan=plan, reason=plan.reason))
+    refuse_all(problems, len(refs), "restored")
+    return results
+
+
+async def restore_planned(
+    acts: Actions, planned: TagResult, digest: str | None, actor: str
+) -> TagResult:
+    """Carry out one tag's plan (``plan_all``): restore it under its repository's hold, on the
+    condition (without ``digest``) that its record is still the digest planned: a restore or
+    accept that got there first (another process) wins, the tag is not put back twice.
+    ``planned`` that cannot be carried out (``nothing_to_do``, ``could_not_complete``) is
+    returned as it is."""
+    if planned.plan is None or planned.outcome == views.NOTHING_TO_DO:
+        return planned
+    ref = planned.ref
+    # A tag moved unseen since the last check: its record (ok) would call the restore done.
+    judged = digest is None and planned.plan.unseen == ""
+    try:
+        outcome = await acts.restore(
+            ref, digest or planned.plan.digest, actor, still_recorded=judged
+        )
+    except AlreadyDone as exc:
+        return TagResult(ref, views.NOTHING_TO_DO, plan=planned.plan, reason=str(exc))
+    except errors.UsageError as exc:
+        return TagResult(ref, views.REFUSED, plan=planned.plan, reason=str(exc))
+    except (errors.RegistryError, errors.StoreError) as exc:
+        reason = f"could not complete: {exc}; nothing was changed"
+        return TagResult(ref, views.COULD_NOT_COMPLETE, plan=planned.plan, reason=reason)
+    return TagResult(
+        ref,
+        views.RESTORED if outcome.restored else views.FAILED,
+        plan=outcome.plan,
+        event=outcome.event,
+        reason=outcome.reason,
+    )
+
+
+async def restore_all(
+    acts: Actions,
+    refs: list[models.ImageRef],
+    digest: str | None,
+    actor: str,
+    *,
+    dry_run: bool = False,
+    show: Callable[[list[TagResult]], None] | None = None,
+) -> list[TagResult]:
+    """Plan every tag of ``refs`` (``plan_all``: UsageError before anything changes), hand the
+    plans to ``show``, then (unless ``dry_run``) carry each out in turn (``restore_planned``)."""
+    planned = await plan_all(acts, refs, digest, actor)
+    if show is not None:
+        show(planned)
+    if dry_run:
+        return planned
+    return [await restore_planned(acts, p, digest, actor) for p in planned]
+
+
+async def accept_all(
+    acts: Actions, refs: list[models.ImageRef], reason: str | None, actor: str
+) -> list[TagResult]:
+    """Accept the current digest of every tag of ``refs``, each under its repository's hold.
+    Every tag is judged first (``check_acceptable``): UsageError naming each one that cannot be
+    accepted, and nothing accepted. A tag accepted meanwhile by someone else is
+    ``nothing_to_do``; a database that cannot be reached, ``could_not_complete``."""
+    problems: list[str] = []
+    for ref in refs:
+        try:
+            await asyncio.to_thread(check_acceptable, acts.store, ref)
+        except errors.UsageError as exc:
+            problems.append(str(exc))
+    refuse_all(problems, len(refs), "accepted")
+    results: list[TagResult] = []
+    for ref in refs:
+        try:
+            event = await acts.accept(ref, reason, actor)
+        except AlreadyDone as exc:
+            results.append(TagResult(ref, views.NOTHING_TO_DO, reason=str(exc)))
+        except errors.UsageError as exc:
+            results.append(TagResult(ref, views.REFUSED, reason=str(exc)))
+        except errors.StoreError as exc:
+            reason = f"could not complete: {exc}; nothing was changed"
+            results.append(TagResult(ref, views.COULD_NOT_COMPLETE, reason=reason))
+        else:
+            results.append(TagResult(ref, views.ACCEPTED, event=event))
+    return results
+
+
 def check_still_wanted(record: models.TagRecord | None, ref: models.ImageRef, digest: str) -> None:
     """For a restore to ``digest`` asked on the strength of an alert: raise UsageError unless
     ``digest`` is still the tag's record, AlreadyDone when the tag is back at it already. Called
@@ -191,23 +392,8 @@ def accept(
     ``expected``, answers another digest than that one (the person accepting saw ``expected``:
     what moved since was never shown to them).
     """
-    if ref.tag is None:
-        raise errors.UsageError(f"accept needs a tagged reference, got {ref}")
-    record = store.get_tag(ref.name, ref.tag)
-    if record is None:
-        raise errors.UsageError(f"{ref.name}:{ref.tag} was never recorded")
-    if record.state is models.TagState.DELETED or record.current_digest is None:
-        raise errors.UsageError(f"{record.ref} is deleted: there is no current digest to accept")
-    if record.current_digest == record.recorded_digest:
-        # accepted already (when it is the digest asked for), or back at its record meanwhile
-        done = expected is None or expected == record.recorded_digest
-        raise (AlreadyDone if done else errors.UsageError)(
-            f"{record.ref} already answers its recorded digest {record.recorded_digest}"
-        )
-    if expected is not None and record.current_digest != expected:
-        raise errors.UsageError(
-            f"{record.ref} now answers {record.current_digest}, not {expected}: nothing accepted"
-        )
+    record = check_acceptable(store, ref, expected)
+    assert record.current_digest is not None  # check_acceptable refuses a deleted tag
     new_record = dataclasses.replace(
         record,
         recorded_digest=record.current_digest,
@@ -229,3 +415,28 @@ def accept(
         record.repository, now, [models.Change(record.repository, record.tag, new_record, event)]
     )
     return saved
+
+
+def check_acceptable(
+    store: store_repo.Store, ref: models.ImageRef, expected: str | None = None
+) -> models.TagRecord:
+    """The record of ``ref`` when its current digest can be accepted (``accept``'s rules);
+    raises UsageError (AlreadyDone) otherwise. Blocking; changes nothing."""
+    if ref.tag is None:
+        raise errors.UsageError(f"accept needs a tagged reference, got {ref}")
+    record = store.get_tag(ref.name, ref.tag)
+    if record is None:
+        raise errors.UsageError(f"{ref.name}:{ref.tag} was never recorded")
+    if record.state is models.TagState.DELETED or record.current_digest is None:
+        raise errors.UsageError(f"{record.ref} is deleted: there is no current digest to accept")
+    if record.current_digest == record.recorded_digest:
+        # accepted already (when it is the digest asked for), or back at its record meanwhile
+        done = expected is None or expected == record.recorded_digest
+        raise (AlreadyDone if done else errors.UsageError)(
+            f"{record.ref} already answers its recorded digest {record.recorded_digest}"
+        )
+    if expected is not None and record.current_digest != expected:
+        raise errors.UsageError(
+            f"{record.ref} now answers {record.current_digest}, not {expected}: nothing accepted"
+        )
+    return record

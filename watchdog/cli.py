@@ -19,7 +19,6 @@ from watchdog import __version__, errors
 
 if TYPE_CHECKING:
     from watchdog import actions, config
-    from watchdog.registry import client as registry_client
     from watchdog.store import repo as store_repo
 
 EXIT_OK, EXIT_DRIFT, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
@@ -132,18 +131,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_release_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     ref_help = "image reference with a tag, e.g. ghcr.io/deephaven/server:0.15.0"
-    p = sub.add_parser(
-        "restore", parents=[common], help="put the recorded (or a given, recorded) digest back"
+    several = (
+        "Several REFs: all are checked before anything changes (one bad REF: exit 2, nothing "
+        "changed), then each is done in turn; the exit code is the worst outcome."
     )
-    p.add_argument("ref", metavar="REF", help=ref_help)
-    p.add_argument("--digest", help="restore this digest (one the tag once had as its record)")
+    p = sub.add_parser(
+        "restore",
+        parents=[common],
+        help="put the recorded (or a given, recorded) digest back",
+        epilog=f"{several} --drifted: every drifted or deleted tag, all plans shown first.",
+    )
+    p.add_argument("refs", metavar="REF", nargs="*", help=ref_help)
+    p.add_argument("--drifted", action="store_true", help="every drifted or deleted tag")
+    p.add_argument("--repository", help="with --drifted: only this repository's tags")
+    p.add_argument("--digest", help="restore this digest (once the tag's record; one REF)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p = sub.add_parser(
-        "accept", parents=[common], help="make the tag's current digest the record (re-release)"
-    )
-    p.add_argument("ref", metavar="REF", help=ref_help)
+    accept_help = "make the tag's current digest the record (re-release)"
+    p = sub.add_parser("accept", parents=[common], help=accept_help, epilog=several)
+    p.add_argument("refs", metavar="REF", nargs="+", help=ref_help)
     p.add_argument("--reason", help="why (kept in the event log)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser(
         "guard",
         parents=[common],
@@ -410,7 +418,7 @@ def _history(args: argparse.Namespace) -> int:
 
 
 def _actions(
-    store: store_repo.Store, client: registry_client.RegistryClient | None = None
+    store: store_repo.Store, registries: actions.Registries | None = None
 ) -> actions.Actions:
     """Restores and accepts from the command line: each holds its repository's claim, so that no
     daemon's check of it runs meanwhile (PostgreSQL), waiting for one under way a while."""
@@ -418,62 +426,70 @@ def _actions(
     from watchdog.store import claims
 
     hold = actions.claims_hold(claims.Claims(store.engine))
-    return actions.Actions(store, hold, registries=None if client is None else lambda _: client)
+    return actions.Actions(store, hold, registries=registries)
 
 
 def _restore(args: argparse.Namespace) -> int:
+    """One REF, several, or --drifted (``actions.plan_all``: all judged before any change)."""
     import asyncio
 
-    from watchdog import actions, models, restore, views
-    from watchdog.registry import client as registry_client
+    from watchdog import actions, models, service, views
 
-    ref = models.ImageRef.parse(args.ref, require_tag=True)
+    several = args.drifted or len(args.refs) > 1
+    actions.check_restore_request(args.refs, args.drifted, args.repository, args.digest)
     digest = models.check_digest(args.digest) if args.digest else None
+    refs = actions.parse_refs(args.refs)  # a bad REF is refused before the config is read
     settings = _load(args)
     store = _open_store(settings)
+    if args.drifted and not (refs := actions.drifted_refs(store, args.repository)):
+        if not args.json:
+            print(actions.nothing_drifted(store, args.repository))  # said so, exit 0
+        return _show_outcomes(args, [], several=True, dry_run=args.dry_run)
 
-    async def go() -> restore.Plan | restore.Outcome:
-        async with registry_client.RegistryClient(settings.registry(ref.host)) as rc:
-            acts = _actions(store, rc)
-            if args.dry_run:
-                return await acts.plan(ref, digest, actions.cli_actor())
-            return await acts.restore(ref, digest, actions.cli_actor())
+    def show_plans(planned: list[actions.TagResult]) -> None:  # shown first, then carried out
+        if not args.json and (several or args.dry_run):
+            print("\n".join(views.plans_text(planned, several=several)))
 
-    result = asyncio.run(go())
-    if isinstance(result, restore.Plan):
-        code = EXIT_OK if result.ok else EXIT_FAILED
-        if args.json:
-            _print_json({"exit_code": code, "dry_run": True, **views.plan_json(result)})
-        else:
-            print("\n".join(result.describe()))
-        return code
-    code = EXIT_OK if result.restored else EXIT_FAILED
+    async def go() -> list[actions.TagResult]:
+        clients = service.Clients(settings)
+        try:
+            acts = _actions(store, clients.get)
+            return await actions.restore_all(
+                acts, refs, digest, actions.cli_actor(), dry_run=args.dry_run, show=show_plans
+            )
+        finally:
+            await clients.aclose()
+
+    return _show_outcomes(args, asyncio.run(go()), several=several, dry_run=args.dry_run)
+
+
+def _show_outcomes(
+    args: argparse.Namespace, results: list[actions.TagResult], *, several: bool, dry_run: bool
+) -> int:
+    from watchdog import views
+
     if args.json:
-        _print_json({"exit_code": code, "event": views.event_json(result.event)})
-    elif result.restored:
-        print(f"restored {ref.name}:{ref.tag} to {result.event.new_digest}")
+        shown = dry_run if args.command == "restore" else None
+        _print_json(views.outcomes_json(results, several=several, dry_run=shown))
     else:
-        _say(
-            f"tag-watchdog: restore of {ref.name}:{ref.tag} failed: {result.reason}",
-            "restore_failed",
-        )
-    return code
+        out, err = views.outcomes_text(results, several=several, dry_run=dry_run)
+        if out:
+            print("\n".join(out))
+        if err:
+            for line in err:  # one line each: JSON lines with --log-format json
+                _say(f"tag-watchdog: {line}", f"{args.command}_failed")
+    return views.worst_exit_code(results)
 
 
 def _accept(args: argparse.Namespace) -> int:
     import asyncio
 
-    from watchdog import actions, models
+    from watchdog import actions
 
-    ref = models.ImageRef.parse(args.ref, require_tag=True)
-    settings = _load(args)
-    store = _open_store(settings)
-    event = asyncio.run(_actions(store).accept(ref, args.reason, actions.cli_actor()))
-    print(
-        f"accepted {event.repository}:{event.tag}: {event.new_digest} is the recorded digest now "
-        f"(was {event.old_digest})"
-    )
-    return EXIT_OK
+    refs = actions.parse_refs(args.refs)
+    store = _open_store(_load(args))
+    accepting = actions.accept_all(_actions(store), refs, args.reason, actions.cli_actor())
+    return _show_outcomes(args, asyncio.run(accepting), several=len(refs) > 1, dry_run=False)
 
 
 def _guard(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import enum
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +37,14 @@ K = models.EventKind
 _TRUSTED_NEW = (K.FIRST_SEEN, K.ACCEPTED, K.RESTORED, K.REVERTED)
 
 
+class BlobState(enum.Enum):
+    """What a plan found of one config or layer blob. (A vault that can put a lost blob back
+    adds its state here; ``Plan.blob_counts`` and the plan's text count every state.)"""
+
+    PRESENT = "present"
+    MISSING = "missing"  # gone from the registry for good: the restore cannot be done
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """What a restore of one tag would do; computed without changing anything."""
@@ -49,37 +58,81 @@ class Plan:
     current_digest: str | None  # what the tag answered at the last check
     children_present: tuple[str, ...] = ()
     children_to_put: tuple[models.Manifest, ...] = ()
-    blobs_checked: tuple[str, ...] = ()
+    blobs: tuple[tuple[str, BlobState], ...] = ()  # every blob checked, once, in order
     problems: tuple[str, ...] = ()  # things gone for good: the restore cannot be done
+    # The record says the tag answers ``digest``, its recorded digest, and is ok, and the
+    # registry, asked now, agrees: a restore has nothing to do (the CLI does not PUT it again).
+    up_to_date: bool = False
+    # The record says so but the registry, asked now, answers this (None: the tag is gone):
+    # moved since the last check, unseen by any check yet. "" when not asked or agreeing.
+    unseen: str | None = ""
 
     @property
     def ok(self) -> bool:
+        """The restore can be done (it may have nothing to do: ``nothing_to_do``)."""
         return self.manifest is not None and not self.problems
 
+    @property
+    def nothing_to_do(self) -> bool:
+        return self.up_to_date
+
+    @property
+    def blobs_checked(self) -> tuple[str, ...]:
+        return tuple(digest for digest, _ in self.blobs)
+
+    def blob_counts(self) -> dict[str, int]:
+        """How many blobs were found in each state, every state named (0 included)."""
+        counts = {state.value: 0 for state in BlobState}
+        for _, state in self.blobs:
+            counts[state.value] += 1
+        return counts
+
+    @property
+    def reason(self) -> str | None:
+        """Why the restore cannot be done, in one phrase (None when it can)."""
+        if self.ok:
+            return None
+        if len(self.problems) == 1:
+            return self.problems[0]
+        missing = self.blob_counts()[BlobState.MISSING.value]
+        if missing == len(self.problems):
+            return f"{missing} blobs are gone from the registry"
+        return f"{len(self.problems)} problems"
+
+    def verdict(self) -> str:
+        """What the restore does, in one line: nothing to do, cannot restore, or would PUT."""
+        if self.nothing_to_do:
+            return f"nothing to do: the tag already answers the recorded digest {self.digest}"
+        if not self.ok:
+            return f"cannot restore: {self.reason}; nothing was changed"
+        return f"would PUT {self.manifest_size} bytes to {self.repository}:{self.tag}, then HEAD it"
+
     def describe(self) -> list[str]:
-        """The plan as lines for a person (what ``restore --dry-run`` prints)."""
-        ref = f"{self.repository}:{self.tag}"
-        lines = [f"restore {ref} to {self.digest}"]
-        if self.current_digest == self.digest:
-            lines.append(f"  the tag already answers {self.digest} (the PUT changes nothing)")
+        """The plan as lines for a person (what ``restore --dry-run`` prints): the verdict right
+        under the first line, then the problems (when more than the one the verdict names),
+        then what was found."""
+        lines = [f"restore {self.repository}:{self.tag} to {self.digest}", "  " + self.verdict()]
+        if len(self.problems) > 1 or self.nothing_to_do:  # else the verdict names the one
+            lines += [f"  PROBLEM: {problem}" for problem in self.problems]
+        if self.unseen != "":
+            now = self.unseen or "nothing (the tag is gone)"
+            lines.append(f"  the tag answers {now} now: moved since the last check, unseen yet")
         elif self.current_digest:
             lines.append(f"  the tag answered {self.current_digest} at the last check")
+        else:
+            lines.append("  the tag was deleted at the last check")
         if self.manifest is not None:
             lines.append(
                 f"  manifest: {self.manifest.media_type}, {len(self.manifest.body)} bytes, "
                 f"from the {self.source}"
             )
         for child in self.children_to_put:
-            lines.append(f"  re-PUT child {child.digest} ({child.media_type}) from the archive")
+            lines.append(f"  child {child.digest}: missing, re-PUT from the archive")
         for digest in self.children_present:
             lines.append(f"  child {digest}: present")
-        lines.append(f"  blobs checked: {len(self.blobs_checked)} present")
-        for problem in self.problems:
-            lines.append(f"  PROBLEM: {problem}")
-        if self.ok:
-            lines.append(f"  would PUT {self.manifest_size} bytes to {ref}, then HEAD it")
-        else:
-            lines.append("  cannot restore: nothing would be changed")
+        if self.manifest is not None:
+            counts = ", ".join(f"{n} {state}" for state, n in self.blob_counts().items())
+            lines.append(f"  blobs: {len(self.blobs)} checked, {counts}")
         return lines
 
     @property
@@ -92,7 +145,7 @@ class Plan:
             "source": self.source,
             "media_type": self.manifest.media_type if self.manifest is not None else None,
             "children_reput": [c.digest for c in self.children_to_put],
-            "blobs_checked": len(self.blobs_checked),
+            "blobs_checked": len(self.blobs),
         }
 
 
@@ -164,6 +217,13 @@ class Restorer:
             source=source,
             current_digest=record.current_digest,
         )
+        if record.state is models.TagState.OK and record.current_digest == target:
+            # "nothing to do" only when the registry agrees with the last check's word
+            answers = await self._answers(path, ref.tag)
+            if answers == target:
+                base = dataclasses.replace(base, up_to_date=target == record.recorded_digest)
+            else:
+                base = dataclasses.replace(base, unseen=answers)
         if manifest is None:
             return dataclasses.replace(
                 base,
@@ -183,9 +243,16 @@ class Restorer:
             base,
             children_present=tuple(present),
             children_to_put=tuple(to_put),
-            blobs_checked=tuple(blobs),
+            blobs=tuple(blobs),
             problems=tuple(problems),
         )
+
+    async def _answers(self, path: str, tag: str) -> str | None:
+        """The digest the tag answers now; None when it is definitively absent."""
+        try:
+            return (await resolve.resolve_digest(self.registry, path, tag)).digest
+        except errors.NotFound:
+            return None
 
     async def _target(
         self, ref: models.ImageRef, digest: str | None
@@ -241,10 +308,10 @@ class Restorer:
 
     async def _check_blobs(
         self, path: str, images: list[models.Manifest], problems: list[str]
-    ) -> list[str]:
+    ) -> list[tuple[str, BlobState]]:
         """HEAD every config and layer blob of ``images`` once; the lost ones go to
-        ``problems``. Returns the blobs checked, in order."""
-        blobs: list[str] = []
+        ``problems``. Returns each blob checked with what was found, in order."""
+        blobs: dict[str, BlobState] = {}
         for image in images:
             try:
                 digests = media.blobs(image.body)
@@ -254,10 +321,12 @@ class Restorer:
             for blob in digests:
                 if blob in blobs:
                     continue
-                blobs.append(blob)
-                if not await self.registry.head_blob(path, blob):
+                if await self.registry.head_blob(path, blob):
+                    blobs[blob] = BlobState.PRESENT
+                else:
+                    blobs[blob] = BlobState.MISSING
                     problems.append(f"blob {blob} (of {image.digest}) is gone from the registry")
-        return blobs
+        return list(blobs.items())
 
     async def run(self, ref: models.ImageRef, digest: str | None = None) -> Outcome:
         """Restore ``ref`` to its recorded digest (or ``digest``) and record the outcome.

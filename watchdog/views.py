@@ -5,7 +5,8 @@ both), and the lines ``scan`` prints for a person."""
 from __future__ import annotations
 
 import json
-from typing import IO, TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from watchdog import models
 
@@ -47,17 +48,165 @@ def event_json(e: models.Event) -> dict[str, Any]:
 
 
 def plan_json(plan: restore.Plan) -> dict[str, Any]:
+    """A restore plan: what was found (``blobs``: a count per state, every state named) and
+    ``verdict``, the line ``restore --dry-run`` prints under the reference."""
     return {
         "ref": f"{plan.repository}:{plan.tag}",
         "digest": plan.digest,
         "current_digest": plan.current_digest,
+        "ok": plan.ok,
+        "nothing_to_do": plan.nothing_to_do,
+        "verdict": plan.verdict(),
         "source": plan.source,
         "media_type": plan.manifest.media_type if plan.manifest is not None else None,
         "children_present": list(plan.children_present),
         "children_to_put": [c.digest for c in plan.children_to_put],
+        "blobs": {"checked": len(plan.blobs), **plan.blob_counts()},
         "blobs_checked": list(plan.blobs_checked),
+        "blobs_missing": [d for d, state in plan.blobs if state.value == "missing"],
         "problems": list(plan.problems),
     }
+
+
+# What became of one tag of ``restore`` or ``accept`` (the "outcome" of its JSON), and the exit
+# code each stands for: a command naming several tags exits with the worst (0 < 1 < 2 < 3).
+PLANNED = "planned"  # dry run: the restore can be done
+NOTHING_TO_DO = "nothing_to_do"  # the tag already answers its recorded digest (or was accepted)
+CANNOT_RESTORE = "cannot_restore"  # dry run: something is gone for good
+RESTORED = "restored"
+FAILED = "failed"  # restore_failed recorded: gone for good, or the registry failed midway
+COULD_NOT_COMPLETE = "could_not_complete"  # registry or database unreachable: nothing written
+REFUSED = "refused"  # the record changed between the plan and the restore (someone was quicker)
+ACCEPTED = "accepted"
+EXIT_CODES = {  # in the order outcomes_summary counts them
+    PLANNED: 0,
+    RESTORED: 0,
+    ACCEPTED: 0,
+    NOTHING_TO_DO: 0,
+    CANNOT_RESTORE: 3,
+    FAILED: 3,
+    REFUSED: 2,
+    COULD_NOT_COMPLETE: 3,
+}
+
+
+class TagOutcome(Protocol):
+    """What became of one tag (actions.TagResult)."""
+
+    @property
+    def ref(self) -> models.ImageRef: ...
+    @property
+    def outcome(self) -> str: ...
+    @property
+    def plan(self) -> restore.Plan | None: ...
+    @property
+    def event(self) -> models.Event | None: ...
+    @property
+    def reason(self) -> str | None: ...
+
+
+def worst_exit_code(results: Sequence[TagOutcome]) -> int:
+    return max((EXIT_CODES[r.outcome] for r in results), default=0)
+
+
+def tag_outcome_json(r: TagOutcome, *, dry_run: bool | None) -> dict[str, Any]:
+    """One tag's part of ``restore``/``accept --json``; with one REF, the whole document.
+    A dry run: the plan's fields (``plan_json``); else the event written (or null) and, for a
+    restore (``dry_run`` False; None is an accept), the plan (or null)."""
+    head: dict[str, Any] = {"exit_code": EXIT_CODES[r.outcome]}
+    if dry_run:
+        head["dry_run"] = True
+    head["outcome"] = r.outcome
+    if dry_run and r.plan is not None:
+        return {**head, **plan_json(r.plan), "reason": r.reason}
+    out = {**head, "ref": f"{r.ref.name}:{r.ref.tag}", "reason": r.reason}
+    if not dry_run:
+        out["event"] = event_json(r.event) if r.event is not None else None
+    if dry_run is False:
+        out["plan"] = plan_json(r.plan) if r.plan is not None else None
+    return out
+
+
+def tag_outcome_line(r: TagOutcome) -> str:
+    """One tag's result on one line, for a person."""
+    ref = f"{r.ref.name}:{r.ref.tag}"
+    digest = r.event.new_digest if r.event is not None else None
+    if r.outcome == RESTORED:
+        return f"restored {ref} to {digest}"
+    if r.outcome == ACCEPTED:
+        assert r.event is not None
+        return (
+            f"accepted {ref}: {r.event.new_digest} is the recorded digest now "
+            f"(was {r.event.old_digest})"
+        )
+    if r.outcome == NOTHING_TO_DO:
+        why = r.reason or (r.plan.verdict() if r.plan is not None else "")
+        return f"nothing to do for {ref}: {why.removeprefix('nothing to do: ')}"
+    if r.outcome == PLANNED and r.plan is not None:
+        return f"would restore {ref} to {r.plan.digest}"
+    if r.outcome == FAILED:
+        left = "; the tag was left as it was" if r.plan is not None and not r.plan.ok else ""
+        return f"restore of {ref} failed: {r.reason}{left}"
+    if r.outcome == CANNOT_RESTORE:
+        return f"{ref}: cannot restore: {r.reason}; nothing was changed"
+    return f"{ref}: {r.reason}"  # refused, could not complete: the reason says which
+
+
+def outcomes_summary(results: Sequence[TagOutcome], *, dry_run: bool) -> str:
+    """``3 tags: 2 restored, 1 failed`` (counts in a fixed order)."""
+    counts = {o: sum(1 for r in results if r.outcome == o) for o in EXIT_CODES}
+    words = {
+        PLANNED: "would be restored",
+        CANNOT_RESTORE: "cannot be restored",
+        COULD_NOT_COMPLETE: "could not complete",
+        NOTHING_TO_DO: "nothing to do",
+    }
+    parts = [f"{n} {words.get(o, o.replace('_', ' '))}" for o, n in counts.items() if n]
+    text = f"{len(results)} tags: " + ", ".join(parts)
+    return text + ("; nothing was changed (dry run)" if dry_run else "")
+
+
+def plans_text(results: Sequence[TagOutcome], *, several: bool) -> list[str]:
+    """The plan of every tag (``Plan.describe``), a blank line after each when several."""
+    lines: list[str] = []
+    for r in results:
+        lines += r.plan.describe() if r.plan is not None else [tag_outcome_line(r)]
+        lines += [""] if several else []
+    return lines
+
+
+def outcomes_json(
+    results: Sequence[TagOutcome], *, several: bool, dry_run: bool | None
+) -> dict[str, Any]:
+    """``restore``/``accept --json``: with one REF, that tag's document (``tag_outcome_json``),
+    the shape a single restore always had; with several or ``--drifted``, ``{"exit_code": the
+    worst, "dry_run" (restore only: ``dry_run`` not None), "results": [one document each]}``."""
+    docs = [tag_outcome_json(r, dry_run=dry_run) for r in results]
+    if not several and len(docs) == 1:
+        return docs[0]
+    head: dict[str, Any] = {"exit_code": worst_exit_code(results)}
+    if dry_run is not None:
+        head["dry_run"] = dry_run
+    return {**head, "results": docs}
+
+
+def outcomes_text(
+    results: Sequence[TagOutcome], *, several: bool, dry_run: bool
+) -> tuple[list[str], list[str]]:
+    """The lines for stdout and for stderr after the plans (``plans_text``): with one REF, its
+    result (a failure on stderr; a dry run's plan says it all); with several, one line per tag
+    and a count; with none, nothing."""
+    code = worst_exit_code(results)
+    if not results:
+        return [], []
+    if not several:
+        if dry_run:
+            return [], []
+        line = tag_outcome_line(results[0])
+        return ([], [line]) if code else ([line], [])
+    out = [] if dry_run else [tag_outcome_line(r) for r in results]
+    out.append(outcomes_summary(results, dry_run=dry_run))
+    return out, (["not every tag went well (see above)"] if code else [])
 
 
 def check_json(r: service.CheckResult) -> dict[str, Any]:
