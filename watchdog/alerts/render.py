@@ -46,6 +46,7 @@ class Context:
     """What rendering knows beyond the event: the watch's policy and when the tag was recorded."""
 
     on_move: str | None = None  # "alert" | "restore" | None (repository no longer watched)
+    on_delete: str | None = None  # the watch's on_delete; None: as on_move
     first_seen: dt.datetime | None = None
     buttons: bool = False  # Restore/Accept buttons (bot mode with slack.signing_secret)
 
@@ -126,11 +127,22 @@ _MANUAL_RESTORE_KINDS = frozenset(
 
 
 def restore_commands(event: models.Event, recorded: str | None) -> list[str]:
-    """The commands that put the tag back at ``recorded`` by hand (empty when unknown)."""
+    """The commands that put the tag back at ``recorded`` by hand (empty when unknown).
+
+    After a deletion ``crane tag REPO@DIGEST TAG`` works only while the digest is still in the
+    registry (the tag alone was deleted): it is offered only when the check found it there;
+    otherwise only ``tag-watchdog restore``, which takes the bytes from the registry or the
+    archive, whichever has them (``--dry-run`` says which)."""
     if not recorded:
         return []
+    restore = f"tag-watchdog restore {event.repository}:{event.tag}"
+    if (
+        event.kind is models.EventKind.DELETED
+        and event.detail.get("digest_in_registry") is not True
+    ):
+        return [restore]
     return [
-        f"tag-watchdog restore {event.repository}:{event.tag}",
+        restore,
         f"crane tag {event.repository}@{recorded} {event.tag}",
     ]
 
@@ -166,9 +178,18 @@ def _moved(event: models.Event, ref: str, recorded: str | None) -> tuple[str, st
 
 
 def _deleted(event: models.Event, ref: str, recorded: str | None) -> tuple[str, str]:
+    present = event.detail.get("digest_in_registry")
+    where = ""
+    if present is True:
+        where = " Only the tag was deleted: its recorded digest is still in the registry."
+    elif present is False:
+        where = (
+            " Its recorded digest is gone from the registry too (deleted by digest, or "
+            "garbage-collected)."
+        )
     return (
         f"*{_code(ref)}* is gone: absent from the tag list and the registry answers "
-        "`MANIFEST_UNKNOWN`, twice in a row.",
+        f"`MANIFEST_UNKNOWN`, twice in a row.{where}",
         f"tag-watchdog: {ref} was deleted (was {models.short_digest(event.old_digest or '')})",
     )
 
@@ -203,6 +224,12 @@ def _restore_failed(event: models.Event, ref: str, recorded: str | None) -> tupl
 
 
 def _restore_stopped(event: models.Event, ref: str, recorded: str | None) -> tuple[str, str]:
+    if event.detail.get("after") == "deleted":
+        return (
+            f"*Something keeps deleting {_code(ref)}*: automatic restores of this tag are "
+            "stopped (loop protection). Find the job that deletes it (a retention policy?).",
+            f"tag-watchdog: auto-restore of {ref} stopped: something keeps deleting it",
+        )
     return (
         f"*Something keeps pushing {_code(ref)}*: automatic restores of this tag are stopped "
         "(loop protection). Find the pipeline that pushes it.",
@@ -291,7 +318,7 @@ def render_event(event: models.Event, context: Context = Context()) -> Message:
     action = _action(event, context)
     if action:
         blocks.append(_section(f"*What the watchdog did:* {action}"))
-    commands = restore_commands(event, recorded)
+    commands = [] if _auto_restoring(event, context) else restore_commands(event, recorded)
     if commands and kind.value in _MANUAL_RESTORE_KINDS:
         blocks.append(_section("*Put it back by hand:*\n```" + escape("\n".join(commands)) + "```"))
         fallback += f". Put it back: {commands[0]}"
@@ -325,7 +352,8 @@ def button_value(event: models.Event, digest: str) -> str:
 def _buttons(event: models.Event, recorded: str | None, context: Context) -> dict[str, Any] | None:
     kind = event.kind.value
     elements: list[dict[str, Any]] = []
-    auto = context.on_move == "restore" and kind == "moved"  # the watchdog is restoring already
+    # the watchdog is restoring already
+    auto = (context.on_move == "restore" and kind == "moved") or _auto_restoring(event, context)
     if recorded and kind in _MANUAL_RESTORE_KINDS and not auto:
         elements.append(
             {
@@ -399,7 +427,32 @@ def render_outcome(event: models.Event, outcome: str, context: Context = Context
     return _message(original.text, blocks)
 
 
+def delete_policy(event: models.Event, context: Context) -> str:
+    """The policy a deletion met, as the config spells it (``on_delete: restore``): what the
+    event recorded, else the watch's settings now."""
+    recorded = event.detail.get("policy")
+    if isinstance(recorded, str) and recorded:
+        return recorded
+    if context.on_delete:
+        return f"on_delete: {context.on_delete}"
+    return f"on_move: {context.on_move or 'alert'}"
+
+
+def _auto_restoring(event: models.Event, context: Context) -> bool:
+    """A deletion the watchdog is putting back itself (its outcome follows)."""
+    if event.kind is not models.EventKind.DELETED:
+        return False
+    if "restoring" in event.detail or "policy" in event.detail:
+        return event.detail.get("restoring") is True
+    return delete_policy(event, context).endswith(": restore")
+
+
 def _action(event: models.Event, context: Context) -> str:
+    if event.kind is models.EventKind.DELETED:
+        policy = escape(delete_policy(event, context))
+        if _auto_restoring(event, context):
+            return f"restoring the recorded digest (`{policy}`); the outcome follows."
+        return f"alerted only (`{policy}`): the tag stays deleted until someone puts it back."
     if event.kind in (models.EventKind.MOVED, models.EventKind.DELETED):
         if context.on_move == "restore" and event.kind is models.EventKind.MOVED:
             return "restoring the recorded digest (`on_move: restore`); the outcome follows in the thread."
@@ -451,11 +504,14 @@ def render_test() -> Message:
 def render_item(item: models.OutboxItem, settings: config.Settings) -> Message:
     """The message for one outbox item: its event with the watch's context, or its notice."""
     if item.event is not None:
-        on_move = next(
-            (w.on_move for w in settings.watches if w.name == item.event.repository), None
-        )
+        watch = next((w for w in settings.watches if w.name == item.event.repository), None)
         return render_event(
             item.event,
-            Context(on_move=on_move, first_seen=item.first_seen, buttons=settings.slack.buttons),
+            Context(
+                on_move=watch.on_move if watch is not None else None,
+                on_delete=watch.on_delete if watch is not None else None,
+                first_seen=item.first_seen,
+                buttons=settings.slack.buttons,
+            ),
         )
     return render_notice(item.notice or {})
