@@ -37,14 +37,26 @@ K = models.EventKind
 
 
 def wanted(watch: config.WatchSettings) -> frozenset[models.EventKind]:
-    """The events the watch restores on its own: ``moved`` (``on_move: restore``) and
-    ``deleted`` (``on_delete``, by default as ``on_move``)."""
+    """The events the watch restores on its own: ``moved`` (``on_move: restore``), ``deleted``
+    and ``broken`` (``on_delete``, by default as ``on_move``)."""
     kinds = set()
     if watch.on_move == "restore":
         kinds.add(K.MOVED)
     if watch.delete_policy == "restore":
-        kinds.add(K.DELETED)
+        # a release that lost child manifests or blobs (``broken``) is a partial deletion
+        kinds.update((K.DELETED, K.BROKEN))
     return frozenset(kinds)
+
+
+def policy_detail(watch: config.WatchSettings, kind: models.EventKind) -> dict[str, object]:
+    """What a ``deleted`` or ``broken`` event records of the watch's policy: ``policy`` as the
+    config spells it (for the alert) and, when the watch puts it back, ``restoring`` (the
+    promise kept across crashes)."""
+    key = "on_delete" if watch.on_delete else "on_move"
+    detail: dict[str, object] = {"policy": f"{key}: {watch.delete_policy}"}
+    if kind in wanted(watch):
+        detail["restoring"] = True
+    return detail
 
 
 async def annotate_deletions(
@@ -71,14 +83,7 @@ async def annotate_deletions(
             except errors.RegistryError as exc:
                 log.warning("deleted_digest_unknown ref=%s:%s error=%r", event.repository,
                             event.tag, str(exc))  # fmt: skip
-        key = "on_delete" if watch.on_delete else "on_move"
-        detail = {
-            **event.detail,
-            "policy": f"{key}: {watch.delete_policy}",  # as the config spells it, for the alert
-            "digest_in_registry": present,
-        }
-        if K.DELETED in wanted(watch):
-            detail["restoring"] = True
+        detail = {**event.detail, **policy_detail(watch, K.DELETED), "digest_in_registry": present}
         out.append(dataclasses.replace(change, event=dataclasses.replace(event, detail=detail)))
     return out
 
@@ -221,7 +226,7 @@ class AutoRestorer:
         )
         if already and quiet:
             return None
-        reason = REASON_DELETED if cause.kind is K.DELETED else REASON
+        reason = REASON_DELETED if cause.kind in (K.DELETED, K.BROKEN) else REASON
         log.error("restore_stopped ref=%s reason=%r", tag_ref, reason)
         if already:
             return None

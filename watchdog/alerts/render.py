@@ -117,12 +117,13 @@ _TITLES = {
     models.EventKind.RESTORE_FAILED: "Restore FAILED",
     models.EventKind.ACCEPTED: "New digest accepted",
     models.EventKind.FIRST_SEEN: "Release tag recorded",
+    models.EventKind.BROKEN: "Release broken: it cannot be pulled whole",
 }
 
 
 # Events after which a person may want to put the tag back by hand.
 _MANUAL_RESTORE_KINDS = frozenset(
-    {"moved", "deleted", "reappeared", "restore_failed", "restore_stopped"}
+    {"moved", "deleted", "reappeared", "restore_failed", "restore_stopped", "broken"}
 )
 
 
@@ -136,6 +137,9 @@ def restore_commands(event: models.Event, recorded: str | None) -> list[str]:
     if not recorded:
         return []
     restore = f"tag-watchdog restore {event.repository}:{event.tag}"
+    if event.kind is models.EventKind.BROKEN:
+        # the tag answers: only re-PUTs of archived child manifests help, and no blob comes back
+        return [restore] if event.detail.get("repairable") is True else []
     if (
         event.kind is models.EventKind.DELETED
         and event.detail.get("digest_in_registry") is not True
@@ -194,6 +198,30 @@ def _deleted(event: models.Event, ref: str, recorded: str | None) -> tuple[str, 
     )
 
 
+def _broken(event: models.Event, ref: str, recorded: str | None) -> tuple[str, str]:
+    children = list(event.detail.get("missing_children") or [])
+    blobs = list(event.detail.get("missing_blobs") or [])
+    gone = []
+    if children:
+        gone.append(f"{len(children)} child manifest(s)")
+    if blobs:
+        gone.append(f"{len(blobs)} blob(s)")
+    lines = [f"child manifest {_code(d)}" for d in children[:20]]
+    lines += [f"blob {_code(d)}" for d in blobs[:20]]
+    text = (
+        f"*{_code(ref)}* still answers its recorded digest {_code(recorded or '?')} but cannot "
+        f"be pulled whole: {' and '.join(gone) or 'parts'} gone from the registry."
+    )
+    if lines:
+        text += "\n" + "\n".join(lines)
+    if blobs:
+        text += (
+            "\nA missing blob cannot be put back from the manifest archive (it holds no "
+            "layers): only a copy kept elsewhere (the vault) can."
+        )
+    return text, f"tag-watchdog: {ref} is broken: {' and '.join(gone) or 'parts'} gone"
+
+
 def _reappeared(event: models.Event, ref: str, recorded: str | None) -> tuple[str, str]:
     return (
         f"*{_code(ref)}* answers again, after it was deleted.",
@@ -247,6 +275,7 @@ _SUMMARIES: dict[models.EventKind, Summary] = {
     models.EventKind.MOVED: _moved,
     models.EventKind.DELETED: _deleted,
     models.EventKind.REAPPEARED: _reappeared,
+    models.EventKind.BROKEN: _broken,
     models.EventKind.REVERTED: _reverted,
     models.EventKind.RESTORED: _restored,
     models.EventKind.RESTORE_FAILED: _restore_failed,
@@ -439,7 +468,10 @@ def delete_policy(event: models.Event, context: Context) -> str:
 
 
 def _auto_restoring(event: models.Event, context: Context) -> bool:
-    """A deletion the watchdog is putting back itself (its outcome follows)."""
+    """A deletion (or a broken release) the watchdog is putting back itself (its outcome
+    follows)."""
+    if event.kind is models.EventKind.BROKEN:
+        return delete_policy(event, context).endswith(": restore")
     if event.kind is not models.EventKind.DELETED:
         return False
     if "restoring" in event.detail or "policy" in event.detail:
@@ -448,6 +480,11 @@ def _auto_restoring(event: models.Event, context: Context) -> bool:
 
 
 def _action(event: models.Event, context: Context) -> str:
+    if event.kind is models.EventKind.BROKEN:
+        policy = escape(delete_policy(event, context))
+        if _auto_restoring(event, context):
+            return f"repairing it (`{policy}`): archived child manifests are re-PUT; the outcome follows."
+        return f"alerted only (`{policy}`): the release stays broken until someone repairs it."
     if event.kind is models.EventKind.DELETED:
         policy = escape(delete_policy(event, context))
         if _auto_restoring(event, context):
