@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import images
+from tests.support import images, storage
 from tests.support import registry as support_registry
 from tests.test_deletions import make_checker
 from tests.test_restore import delete_blob, fetch
@@ -191,3 +191,36 @@ async def test_the_sweep_checks_each_release_once_per_interval(
         now[0] += dt.timedelta(seconds=1)
         assert await sweeper.tick() == []
     assert sorted(seen) == [f"1.0.{i}" for i in range(6)]
+
+
+async def test_distributions_delete_untagged_gc_breaks_a_tagged_index_and_the_sweep_says_so(
+    store: store_repo.Store, own_registry: support_registry.RegistryServer
+) -> None:
+    """The issue's report, with the real tool: ``garbage-collect --delete-untagged`` (registry
+    stopped) removes the platform manifests of a still-tagged index, and their blobs; the tag
+    answers as before. The sweep finds it ``broken``; the repair fails, naming what only a copy
+    kept elsewhere (the vault) can bring back, and changes nothing."""
+    repo = "t/gc"
+    with images.Pusher(own_registry.url, auth_for=own_registry.push_auth) as pusher:
+        release = pusher.index(repo, "0.15.0", seed="release")
+    checker, watch = make_checker(store, own_registry, repo)  # on_move: restore
+    await checker.check_watch(watch)
+    storage.garbage_collect(own_registry, delete_untagged=True)
+    assert fetch(own_registry, repo, "0.15.0").headers["docker-content-digest"] == release.digest
+    assert all(
+        fetch(own_registry, repo, c.digest).status_code == 404 for c in release.children.values()
+    )
+    assert (await checker.check_watch(watch)).events == []  # the tag's HEAD sees nothing
+
+    broken, failed = await make_sweeper(checker).check_watch(watch)
+    assert broken.kind is K.BROKEN and failed.kind is K.RESTORE_FAILED
+    assert sorted(broken.detail["missing_children"]) == sorted(
+        c.digest for c in release.children.values()
+    )
+    lost = {b for c in release.children.values() for b in media.blobs(c.body)}
+    assert set(broken.detail["missing_blobs"]) == lost and broken.detail["repairable"] is False
+    assert "blob" in failed.detail["reason"] and "gone" in failed.detail["reason"]
+    assert fetch(own_registry, repo, "0.15.0").headers["docker-content-digest"] == release.digest
+    record = store.get_tag(watch.name, "0.15.0")
+    assert record is not None and record.state is S.BROKEN
+    assert "only a copy kept elsewhere (the vault) can" in text_of(broken)
