@@ -10,14 +10,16 @@ import json
 from typing import Any
 
 import pytest
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from tests.support import images, storage
 from tests.support import registry as support_registry
 from tests.test_deletions import make_checker
 from tests.test_restore import delete_blob, fetch
-from watchdog import config, detect, integrity, models, service
+from watchdog import config, daemon, detect, integrity, models, service
 from watchdog.alerts import render
 from watchdog.registry import media
+from watchdog.store import claims
 from watchdog.store import repo as store_repo
 
 K = models.EventKind
@@ -224,3 +226,46 @@ async def test_distributions_delete_untagged_gc_breaks_a_tagged_index_and_the_sw
     record = store.get_tag(watch.name, "0.15.0")
     assert record is not None and record.state is S.BROKEN
     assert "only a copy kept elsewhere (the vault) can" in text_of(broken)
+
+
+async def test_the_daemon_schedules_the_sweep_which_holds_each_watch(
+    store: store_repo.Store,
+    registry: support_registry.RegistryServer,
+    repo: str,
+    pusher: images.Pusher,
+) -> None:
+    release = pusher.index(repo, "0.15.0", seed="release")
+    checker, watch = make_checker(store, registry, repo, on_move="alert")
+    await checker.check_watch(watch)
+    arm = next(c for k, c in release.children.items() if k.startswith("linux/arm64"))
+    pusher.delete_manifest(repo, arm.digest)
+    for enabled in (False, True):
+        settings = checker.settings.model_copy(
+            update={"integrity": config.IntegritySettings(enabled=enabled, interval=96.0)}
+        )
+        d = daemon.Daemon(settings)
+        d.store, d.checker, d.claims = store, checker, claims.Claims(store.engine)
+        d.scheduler = AsyncIOScheduler(timezone=dt.UTC)
+        d.scheduler.start(paused=True)
+        try:
+            d._schedule_integrity()
+            job = d.scheduler.get_job("integrity")
+            if not enabled:
+                assert job is None
+                continue
+            assert job is not None and job.trigger.interval == dt.timedelta(seconds=1)
+            (sweeper,) = job.args
+            sweeper.last = 0.0  # long ago: everything is due
+            held: list[str] = []
+
+            def holding(repository: str, held: list[str] = held, real: Any = d.holding) -> Any:
+                held.append(repository)
+                return real(repository)
+
+            d.holding = holding  # type: ignore[method-assign]
+            await d._integrity(sweeper)
+            assert held == [watch.name]
+        finally:
+            d.scheduler.shutdown(wait=False)
+    record = store.get_tag(watch.name, "0.15.0")
+    assert record is not None and record.state is S.BROKEN
