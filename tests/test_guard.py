@@ -8,6 +8,7 @@ import dataclasses
 import datetime as dt
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,7 @@ from tests.support import registry as support_registry
 from tests.support.cli import run
 from tests.support.ports import free_port
 from tests.test_restore import make_checker
+from watchdog import cli as watchdog_cli
 from watchdog import guard, models
 from watchdog.store import repo as store_repo
 
@@ -151,10 +153,15 @@ async def test_guard_remembers_a_deleted_release(
 
 
 def test_guard_json_in_every_outcome(
-    tmp_path: Path, registry: support_registry.RegistryServer, repo: str
+    tmp_path: Path,
+    registry: support_registry.RegistryServer,
+    repo: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Exit 3 (registry unreachable; a database that cannot say) and exit 2 (usage) are one JSON
     document on stdout too, never a traceback."""
+    monkeypatch.delenv("WATCHDOG_CONFIG", raising=False)
     nobody = f"127.0.0.1:{free_port()}"
     down = run("guard", f"{nobody}/a/b:1.0.0", f"{nobody}/a/b:1.0.1", "--json", cwd=tmp_path)
     assert down.returncode == 3, down.stderr
@@ -167,19 +174,30 @@ def test_guard_json_in_every_outcome(
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"database_url: sqlite:///{tmp_path / 'missing' / 'w.db'}\n")
     absent = f"{registry.host}/{repo}:1.0.0"
-    assert run("guard", absent, cwd=tmp_path).returncode == 0
-    unsure = run("guard", absent, "-c", str(cfg), "--json")
-    assert unsure.returncode == 3, unsure.stderr
-    (verdict,) = json.loads(unsure.stdout)["results"]
+    code, doc = in_process(capsys, "guard", absent, "--json")
+    assert code == 0 and doc["results"][0]["outcome"] == "absent"
+    code, doc = in_process(capsys, "guard", absent, "-c", str(cfg), "--json")
+    assert code == 3 and doc["exit_code"] == 3
+    (verdict,) = doc["results"]
     assert verdict["outcome"] == "unsure" and "no database at" in verdict["reasons"][0]
 
     for argv in (("guard", "not a ref", "--json"), ("guard", "--json"), ("guard", "--json", "-x")):
-        usage = run(*argv, cwd=tmp_path)
-        assert usage.returncode == 2, argv
-        doc = json.loads(usage.stdout)
+        code, doc = in_process(capsys, *argv)
+        assert code == 2, argv
         assert doc["exit_code"] == 2 and doc["error"] and doc["results"] == [], argv
-        assert "Traceback" not in usage.stderr
     bad_config = tmp_path / "bad.yaml"
     bad_config.write_text("interval: soon\n")
-    broken = run("guard", f"{nobody}/a/b:1.0.0", "-c", str(bad_config), "--json")
-    assert broken.returncode == 2 and json.loads(broken.stdout)["exit_code"] == 2
+    code, doc = in_process(capsys, "guard", absent, "-c", str(bad_config), "--json")
+    assert code == 2 and doc["exit_code"] == 2 and "interval" in doc["error"]
+
+
+def in_process(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any]:
+    """``tag-watchdog ARGV`` in this process (the point is the document, not the process):
+    its exit code and the one JSON document on stdout."""
+    try:
+        code = watchdog_cli.main(list(argv))
+    except SystemExit as exc:  # argparse's usage errors
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err
+    return code, json.loads(out.out)
