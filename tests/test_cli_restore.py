@@ -199,7 +199,7 @@ def test_guard_exit_codes(
     assert release.digest in present.stdout and "already released" in present.stdout
     allowed = run("guard", ref, "--allow-digest", release.digest, "--json", cwd=tmp_path)
     assert allowed.returncode == 0
-    assert json.loads(allowed.stdout)["allowed"] is True
+    assert json.loads(allowed.stdout)["results"][0]["allowed"] is True
     other = run("guard", ref, "--allow-digest", "sha256:" + "0" * 64, cwd=tmp_path)
     assert other.returncode == 1
 
@@ -208,7 +208,7 @@ def test_guard_exit_codes(
     assert run("scan", "-c", cfg).returncode == 0
     recorded = run("guard", ref, "-c", cfg, "--json")
     assert recorded.returncode == 1
-    assert json.loads(recorded.stdout)["first_recorded"]
+    assert json.loads(recorded.stdout)["results"][0]["first_recorded"]
 
     # unsure is never 0: refused access, a broken registry, nobody listening
     proxy = make_fault_proxy(registry)

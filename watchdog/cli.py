@@ -27,8 +27,10 @@ SCAN_ALERT_SECONDS = 20.0  # how long `scan` keeps retrying the alerts it queued
 
 class _Parser(argparse.ArgumentParser):
     json_errors = False  # --log-format json on the command line: a usage error is JSON too
+    last_error: str | None = None  # the usage error, for `guard --json`'s document
 
     def error(self, message: str) -> NoReturn:
+        _Parser.last_error = message
         if self.json_errors:
             from watchdog import logs
 
@@ -159,7 +161,7 @@ def _add_release_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         epilog="Exit codes: 0 the tag does not exist (or is the allowed digest), 1 it exists, "
         "2 usage error, 3 the registry could not be asked or refused access.",
     )
-    p.add_argument("ref", metavar="REF", help=ref_help)
+    p.add_argument("ref", metavar="REF", nargs="+", help=ref_help + " (several: the worst answer)")
     p.add_argument(
         "--allow-digest", metavar="D", help="exit 0 when the tag already is this digest (a re-run)"
     )
@@ -170,7 +172,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tag-watchdog`` console script."""
     parser = build_parser()
     _Parser.json_errors = _wants_json_logs(sys.argv[1:] if argv is None else list(argv))
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        _guard_usage_json(sys.argv[1:] if argv is None else argv, exc.code)
+        raise
     _setup_logging(args)
     try:
         code = _dispatch(args)
@@ -198,6 +204,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "internal_error",
         )
         return EXIT_FAILED
+
+
+def _guard_usage_json(argv: Sequence[str], code: object) -> None:
+    """``guard --json`` promises one JSON document in every outcome: a usage error too."""
+    if code == EXIT_USAGE and "guard" in argv and "--json" in argv:
+        _print_json({"exit_code": EXIT_USAGE, "error": _Parser.last_error, "results": []})
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
@@ -493,71 +505,90 @@ def _accept(args: argparse.Namespace) -> int:
 
 
 def _guard(args: argparse.Namespace) -> int:
-    """Fails closed: 0 only on a definitive "no such tag" or the allowed digest."""
+    """Parses, gathers the answers, prints: the decision is ``guard.decide``'s. With ``--json``
+    one document in every outcome (usage and could-not-complete included)."""
+    try:
+        return _guard_all(args)
+    except errors.WatchdogError as exc:
+        if not args.json:
+            raise
+        _print_json({"exit_code": exc.exit_code, "error": str(exc), "results": []})
+        return exc.exit_code
+
+
+def _guard_all(args: argparse.Namespace) -> int:
     import asyncio
 
-    from watchdog import models
-    from watchdog.registry import client as registry_client
-    from watchdog.registry import resolve
+    from watchdog import guard, models
 
-    ref = models.ImageRef.parse(args.ref, require_tag=True)
+    refs = [models.ImageRef.parse(r, require_tag=True) for r in args.ref]
     allowed = models.check_digest(args.allow_digest) if args.allow_digest else None
-    assert ref.tag is not None
     settings = _load(args)
-
-    async def ask() -> str | None:
-        async with registry_client.RegistryClient(settings.registry(ref.host)) as rc:
-            try:
-                resolved = await resolve.resolve_digest(rc, ref.repository, ref.tag or "")
-            except errors.NotFound:
-                return None  # definitive: the HEAD's 404 carried a registry error code
-            return resolved.digest
-
-    digest = asyncio.run(ask())
-    shown = f"{ref.name}:{ref.tag}"
-    first_seen = _first_recorded(args, settings, ref) if digest is not None else None
-    if digest is None:
-        code, text = EXIT_OK, f"{shown} does not exist: go ahead"
-    elif allowed is not None and digest == allowed:
-        code, text = EXIT_OK, f"{shown} already is {digest} (allowed: a re-run)"
-    else:
-        code = EXIT_DRIFT
-        text = f"{shown} is already released: {digest}"
-        if first_seen:
-            text += f" (first recorded {first_seen})"
-        text += "; refusing to overwrite a release"
+    answers = asyncio.run(_guard_ask(args, settings, refs))
+    memories = _guard_memories(args, settings, refs)
+    verdicts = [
+        guard.decide(f"{r.name}:{r.tag}", a, m, allowed)
+        for r, a, m in zip(refs, answers, memories, strict=True)
+    ]
+    code = guard.worst([v.code for v in verdicts])
     if args.json:
-        _print_json(
-            {
-                "exit_code": code,
-                "ref": shown,
-                "exists": digest is not None,
-                "digest": digest,
-                "allowed": code == EXIT_OK and digest is not None,
-                "first_recorded": first_seen,
-            }
-        )
-    else:
-        print(text)
+        _print_json({"exit_code": code, "results": [v.to_json() for v in verdicts]})
+        return code
+    for verdict in verdicts:
+        if verdict.code == guard.UNSURE:
+            print(f"tag-watchdog: {guard.text(verdict)}", file=sys.stderr)
+        else:
+            print(guard.text(verdict))
     return code
 
 
-def _first_recorded(args: argparse.Namespace, settings: config.Settings, ref: Any) -> str | None:
-    """When the tag was first recorded, from the DB of a given config; None without one (or when
-    the DB cannot say: the guard's answer comes from the registry alone)."""
+async def _guard_ask(
+    args: argparse.Namespace, settings: config.Settings, refs: Sequence[Any]
+) -> list[Any]:
+    """The registry's answer about each of ``refs`` (one client per registry, asked at once;
+    the guard's TLS flags are in ``settings`` already: ``_load``)."""
+    import asyncio
+    import contextlib
+
+    from watchdog import guard
+    from watchdog.registry import client as registry_client
+
+    async with contextlib.AsyncExitStack() as stack:
+        clients: dict[str, registry_client.RegistryClient] = {}
+        for host in dict.fromkeys(r.host for r in refs):
+            clients[host] = await stack.enter_async_context(
+                registry_client.RegistryClient(settings.registry(host))
+            )
+        return list(await asyncio.gather(*(guard.ask(clients[r.host], r) for r in refs)))
+
+
+def _guard_memories(
+    args: argparse.Namespace, settings: config.Settings, refs: Sequence[Any]
+) -> list[Any]:
+    """What the record of a given config remembers about each of ``refs``; Nones without a
+    config (the registry alone decides). A database that cannot be read is each one's error:
+    then an absent tag is "cannot tell" (it may have been released and deleted)."""
+    from watchdog import guard
+
     if _config_path(args) is None:
-        return None
+        return [None] * len(refs)
     from watchdog.store import db
     from watchdog.store import repo as store_repo
 
+    engine = db.create_engine(settings.database_url.reveal())
     try:
-        record = store_repo.Store(db.create_engine(settings.database_url.reveal())).get_tag(
-            ref.name, ref.tag
-        )
+        if (missing := db.missing_sqlite_file(engine)) is not None:
+            raise errors.DatabaseUnavailable(f"no database at {missing}")
+        db.ensure_schema(engine, migrate_empty=False)
+        store = store_repo.Store(engine)
+        return [
+            guard.Memory(store.get_tag(r.name, r.tag), tuple(store.history(r.name, r.tag)))
+            for r in refs
+        ]
     except errors.StoreError as exc:
-        _say(f"tag-watchdog: note: the database cannot say: {exc}", "note")
-        return None
-    return _when(record.first_seen) if record is not None else None
+        return [guard.Memory(error=str(exc)) for _ in refs]
+    finally:
+        engine.dispose()
 
 
 # --- db / config ---------------------------------------------------------------------------------

@@ -22,7 +22,16 @@ import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
 
-from watchdog import __version__, actions, config, errors, metrics, notifications, service
+from watchdog import (
+    __version__,
+    actions,
+    config,
+    errors,
+    integrity,
+    metrics,
+    notifications,
+    service,
+)
 from watchdog.alerts import outbox
 from watchdog.store import claims, db, lock
 from watchdog.store import repo as store_repo
@@ -166,6 +175,7 @@ class Daemon:
                 misfire_grace_time=int(interval),
                 next_run_time=now,
             )
+        self._schedule_integrity()
         self.scheduler.start()
         # The outbox worker: alerts queued by checks (or left by an earlier run) go out from here.
         alerts_stop = asyncio.Event()
@@ -308,6 +318,46 @@ class Daemon:
             log.exception("check_crashed repository=%s", watch.name)
         finally:
             self.checking.discard(watch.name)
+            if task is not None:
+                self.running.discard(task)
+
+    def _schedule_integrity(self) -> None:
+        """The integrity sweep (``integrity``): a slice of the releases every tick."""
+        if not self.settings.integrity.enabled or self.checker is None or self.store is None:
+            return
+        assert self.scheduler is not None
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        sweeper = integrity.Sweeper(
+            self.settings,
+            self.store,
+            self.checker.clients.get,
+            self.checker.restorer,
+            clock=self.clock,
+        )
+        tick = integrity.tick_seconds(self.settings.integrity.interval)
+        self.scheduler.add_job(
+            self._integrity,
+            IntervalTrigger(seconds=tick, timezone=dt.UTC),
+            args=[sweeper],
+            id="integrity",
+            name="integrity sweep",
+            max_instances=1,
+            coalesce=True,
+        )
+
+    async def _integrity(self, sweeper: integrity.Sweeper) -> None:
+        if self.stopping.is_set():
+            return
+        task = asyncio.current_task()
+        if task is not None:
+            self.running.add(task)
+        try:
+            if await sweeper.tick(self.holding) and self.alerts is not None:
+                self.alerts.wake()
+        except Exception:
+            log.exception("integrity_crashed")  # a bug: logged, the daemon goes on
+        finally:
             if task is not None:
                 self.running.discard(task)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+from collections.abc import Sequence
 
 from watchdog import models
 
@@ -182,3 +183,48 @@ def _present(
 def changed_platforms(old: dict[str, str], new: dict[str, str]) -> tuple[str, ...]:
     """Platforms ("linux/amd64") whose child digest differs, was added or removed; sorted."""
     return tuple(sorted(p for p in set(old) | set(new) if old.get(p) != new.get(p)))
+
+
+def integrity(
+    previous: models.TagRecord,
+    missing_children: Sequence[str],
+    missing_blobs: Sequence[str],
+    now: dt.datetime,
+) -> models.Change:
+    """What an integrity check of the recorded digest means (docs/DETECTION.md, "Integrity").
+
+    Only a tag that answers its recorded digest (``ok``) can become ``broken``: a ``broken``
+    event names the child manifests and blobs gone. A ``broken`` tag found whole again (someone
+    pushed the missing parts back) is ``ok`` again with a ``reverted`` event; anything else
+    (still broken, or drifted or deleted meanwhile: the check's own rules apply) is no change.
+    """
+    repository, tag = previous.repository, previous.tag
+    lost = bool(missing_children or missing_blobs)
+    if previous.state is State.OK and lost:
+        record = dataclasses.replace(previous, state=State.BROKEN, last_changed=now)
+        event = models.Event(
+            repository,
+            tag,
+            Kind.BROKEN,
+            now,
+            detail={
+                "recorded_digest": previous.recorded_digest,
+                "missing_children": list(missing_children),
+                "missing_blobs": list(missing_blobs),
+                # archived child manifests can be re-PUT; a blob only from a copy elsewhere
+                "repairable": not missing_blobs,
+            },
+        )
+        return models.Change(repository, tag, record, event)
+    if previous.state is State.BROKEN and not lost:
+        record = dataclasses.replace(previous, state=State.OK, last_changed=now)
+        event = models.Event(
+            repository,
+            tag,
+            Kind.REVERTED,
+            now,
+            new_digest=previous.recorded_digest,
+            detail={"recorded_digest": previous.recorded_digest, "after": "broken"},
+        )
+        return models.Change(repository, tag, record, event)
+    return models.Change(repository, tag)

@@ -234,6 +234,8 @@ class TagState(enum.Enum):
     OK = "ok"  # the tag answers the recorded digest
     DRIFTED = "drifted"  # the tag answers another digest; the recorded one is still the trusted one
     DELETED = "deleted"  # confirmed gone (two definitive answers in a row)
+    # answers the recorded digest but cannot be pulled whole: a child manifest or blob is gone
+    BROKEN = "broken"
 
 
 class EventKind(enum.Enum):
@@ -247,6 +249,8 @@ class EventKind(enum.Enum):
     RESTORE_FAILED = "restore_failed"
     # auto-restore gave up on a tag: something keeps pushing it (loop protection; alert loudly)
     RESTORE_STOPPED = "restore_stopped"
+    # the integrity check found child manifests or blobs of the recorded digest gone
+    BROKEN = "broken"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -210,8 +210,11 @@ class Checker:
         registry = self.clients.get(ref.host)
         records = await asyncio.to_thread(self.store.load_tags, ref.name)
         _recorded_drift(result, records)  # what the result says if the registry cannot be asked
-        # on_move: restore: moves whose promised restore has no outcome yet; finished below
-        unfinished = await autorestore.unfinished(self.store, watch, records)
+        # restore policies: moves (deletions) whose promised restore has no outcome yet
+        window = dt.timedelta(seconds=self.settings.restore.window)
+        unfinished = await autorestore.unfinished(
+            self.store, watch, records, since=self.clock() - window
+        )
         todo = await self._todo(registry, watch, records)
         outcomes = await observe.Observer(registry, self.store, ref).tags(
             todo, records, limit=self.settings.registry(ref.host).max_concurrency
@@ -235,6 +238,8 @@ class Checker:
                 changes.append(change)
             archive.extend(outcome.manifests)
         result.tags_checked = len(outcomes)
+        resume.extend(autorestore.unobserved(unfinished, {t for t, _ in todo}))
+        changes = await autorestore.annotate_deletions(registry, watch, changes)
         events = await asyncio.to_thread(
             self.store.apply_check,
             ref.name,
@@ -244,7 +249,7 @@ class Checker:
             manifests=observe.dedupe(archive),
             error=_summary(result.tag_errors),
         )
-        if watch.on_move == "restore":
+        if watch.restores:
             restored = await self.restorer.run(watch, events, resume)
             changes.extend(c for c, _ in restored)
             events = [*events, *(e for _, e in restored)]

@@ -4,6 +4,7 @@ and the translation of Slack's answers into temporary or permanent errors."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import pathlib
@@ -63,9 +64,59 @@ def test_a_move_says_what_happened_and_how_to_put_it_back() -> None:
 
 
 @pytest.mark.parametrize(
+    ("in_registry", "commands", "said"),
+    [
+        (True, [f"tag-watchdog restore {REPO}:0.15.0", f"crane tag {REPO}@{OLD} 0.15.0"],
+         "Only the tag was deleted"),
+        (False, [f"tag-watchdog restore {REPO}:0.15.0"], "gone from the registry too"),
+        (None, [f"tag-watchdog restore {REPO}:0.15.0"], "twice in a row."),
+    ],
+)  # fmt: skip
+def test_a_deletion_tells_the_truth(
+    in_registry: bool | None, commands: list[str], said: str
+) -> None:
+    """No "new digest" (there is none), the watch's real policy, and hand commands that work:
+    ``crane tag`` only while the recorded digest is still in the registry."""
+    detail = {
+        "recorded_digest": OLD,
+        "policy": "on_delete: alert",
+        "digest_in_registry": in_registry,
+    }
+    ev = event(K.DELETED, new_digest=None, detail=detail)
+    msg = render.render_event(ev, render.Context(on_move="restore", first_seen=FIRST))
+    text = everything(msg)
+    assert "new digest" not in text.lower()
+    assert "alerted only (`on_delete: alert`): the tag stays deleted" in text
+    assert said in text
+    manual = next(s for s in sections(msg) if "Put it back by hand" in s)
+    assert manual.split("```")[1].splitlines() == commands
+    assert ("crane tag" in text) is (in_registry is True)
+    # the event's policy wins over the watch's settings now; without one, the watch's settings
+    restoring = dataclasses.replace(
+        ev, detail={**detail, "policy": "on_move: restore", "restoring": True}
+    )
+    auto = everything(render.render_event(restoring, render.Context(on_move="alert", buttons=True)))
+    assert "restoring the recorded digest (`on_move: restore`)" in auto
+    assert "Put it back by hand" not in auto and render.ACTION_RESTORE not in auto
+    bare = dataclasses.replace(ev, detail={"recorded_digest": OLD})
+    assert "(`on_delete: restore`)" in everything(
+        render.render_event(bare, render.Context(on_move="alert", on_delete="restore"))
+    )
+    assert "alerted only (`on_move: alert`)" in everything(
+        render.render_event(bare, render.Context(on_move="alert"))
+    )
+
+
+@pytest.mark.parametrize(
     ("kind", "kw", "expected", "manual"),
     [
-        (K.DELETED, {"new_digest": None}, ["Release tag deleted", "MANIFEST_UNKNOWN"], True),
+        (
+            # on a restore watch a deletion is being put back: no hand commands, no "new digest"
+            K.DELETED,
+            {"new_digest": None},
+            ["Release tag deleted", "MANIFEST_UNKNOWN", "(`on_move: restore`)", "outcome follows"],
+            False,
+        ),
         (K.REAPPEARED, {"detail": {"recorded_digest": OLD}}, ["reappeared", "answers again"], True),
         (
             K.REVERTED,

@@ -50,6 +50,7 @@ class Context:
     the channel delivers follow-ups and which config file the commands it suggests need."""
 
     on_move: str | None = None  # "alert" | "restore" | None (repository no longer watched)
+    on_delete: str | None = None  # the watch's on_delete; None: as on_move
     first_seen: dt.datetime | None = None
     buttons: bool = False  # Restore/Accept buttons (bot mode with slack.signing_secret)
     threads: bool = False  # bot mode: follow-ups go into the alert's thread (a webhook cannot)
@@ -68,9 +69,10 @@ def context_for(
     """The Context of an alert about ``repository`` sent with ``settings``: its watch's policy,
     whether the channel threads (bot mode) and the config file, as an absolute path (a person
     runs the suggested command from another directory)."""
-    on_move = next((w.on_move for w in settings.watches if w.name == repository), None)
+    watch = next((w for w in settings.watches if w.name == repository), None)
     return Context(
-        on_move=on_move,
+        on_move=watch.on_move if watch is not None else None,
+        on_delete=watch.on_delete if watch is not None else None,
         first_seen=first_seen,
         buttons=buttons,
         threads=bool(settings.slack.token and settings.slack.channel),
@@ -154,6 +156,7 @@ _TITLES = {
     models.EventKind.RESTORE_FAILED: "Restore FAILED",
     models.EventKind.ACCEPTED: "New digest accepted",
     models.EventKind.FIRST_SEEN: "Release tag recorded",
+    models.EventKind.BROKEN: "Release broken: it cannot be pulled whole",
 }
 
 
@@ -162,7 +165,7 @@ _NAMES_ITS_ACTOR = frozenset({models.EventKind.RESTORED, models.EventKind.RESTOR
 
 # Events after which a person may want to put the tag back by hand.
 _MANUAL_RESTORE_KINDS = frozenset(
-    {"moved", "deleted", "reappeared", "restore_failed", "restore_stopped"}
+    {"moved", "deleted", "reappeared", "restore_failed", "restore_stopped", "broken"}
 )
 
 
@@ -170,11 +173,25 @@ def restore_commands(
     event: models.Event, recorded: str | None, config_path: str | None = None
 ) -> list[str]:
     """The commands that put the tag back at ``recorded`` by hand (empty when unknown); the
-    watchdog's own with ``-c CONFIG_PATH`` when one is given (it finds the record there)."""
+    watchdog's own with ``-c CONFIG_PATH`` when one is given (it finds the record there).
+
+    After a deletion ``crane tag REPO@DIGEST TAG`` works only while the digest is still in the
+    registry (the tag alone was deleted): it is offered only when the check found it there;
+    otherwise only ``tag-watchdog restore``, which takes the bytes from the registry or the
+    archive, whichever has them (``--dry-run`` says which)."""
     if not recorded:
         return []
+    restore = f"tag-watchdog restore{config_arg(config_path)} {event.repository}:{event.tag}"
+    if event.kind is models.EventKind.BROKEN:
+        # the tag answers: only re-PUTs of archived child manifests help, and no blob comes back
+        return [restore] if event.detail.get("repairable") is True else []
+    if (
+        event.kind is models.EventKind.DELETED
+        and event.detail.get("digest_in_registry") is not True
+    ):
+        return [restore]
     return [
-        f"tag-watchdog restore{config_arg(config_path)} {event.repository}:{event.tag}",
+        restore,
         f"crane tag {event.repository}@{recorded} {event.tag}",
     ]
 
@@ -194,10 +211,11 @@ def _who(event: models.Event) -> str:
 
 
 def _restoring(event: models.Event, context: Context) -> bool:
-    """Whether the watchdog restores the tag on its own after ``event`` (``on_move: restore``):
-    the alert then offers no manual restore, the outcome follows."""
+    """Whether the watchdog restores the tag on its own after ``event`` (a move: ``on_move:
+    restore``; a deletion or a broken release: ``on_delete``): the alert then offers no manual
+    restore, the outcome follows."""
     if event.kind is not models.EventKind.MOVED:
-        return False
+        return _auto_restoring(event, context)  # a deletion or a broken release, by on_delete
     return event.detail.get("restoring") is True or context.on_move == "restore"
 
 
@@ -232,11 +250,44 @@ def _moved(event: models.Event, ref: str, recorded: str | None) -> tuple[str, st
 
 
 def _deleted(event: models.Event, ref: str, recorded: str | None) -> tuple[str, str]:
+    present = event.detail.get("digest_in_registry")
+    where = ""
+    if present is True:
+        where = " Only the tag was deleted: its recorded digest is still in the registry."
+    elif present is False:
+        where = (
+            " Its recorded digest is gone from the registry too (deleted by digest, or "
+            "garbage-collected)."
+        )
     return (
         f"*{_code(ref)}* is gone: absent from the tag list and the registry answers "
-        "`MANIFEST_UNKNOWN`, twice in a row.",
+        f"`MANIFEST_UNKNOWN`, twice in a row.{where}",
         f"tag-watchdog: {ref} was deleted (was {models.short_digest(event.old_digest or '')})",
     )
+
+
+def _broken(event: models.Event, ref: str, recorded: str | None) -> tuple[str, str]:
+    children = list(event.detail.get("missing_children") or [])
+    blobs = list(event.detail.get("missing_blobs") or [])
+    gone = []
+    if children:
+        gone.append(f"{len(children)} child manifest(s)")
+    if blobs:
+        gone.append(f"{len(blobs)} blob(s)")
+    lines = [f"child manifest {_code(d)}" for d in children[:20]]
+    lines += [f"blob {_code(d)}" for d in blobs[:20]]
+    text = (
+        f"*{_code(ref)}* still answers its recorded digest {_code(recorded or '?')} but cannot "
+        f"be pulled whole: {' and '.join(gone) or 'parts'} gone from the registry."
+    )
+    if lines:
+        text += "\n" + "\n".join(lines)
+    if blobs:
+        text += (
+            "\nA missing blob cannot be put back from the manifest archive (it holds no "
+            "layers): only a copy kept elsewhere (the vault) can."
+        )
+    return text, f"tag-watchdog: {ref} is broken: {' and '.join(gone) or 'parts'} gone"
 
 
 def _reappeared(event: models.Event, ref: str, recorded: str | None) -> tuple[str, str]:
@@ -272,6 +323,12 @@ def _restore_failed(event: models.Event, ref: str, recorded: str | None) -> tupl
 
 
 def _restore_stopped(event: models.Event, ref: str, recorded: str | None) -> tuple[str, str]:
+    if event.detail.get("after") == "deleted":
+        return (
+            f"*Something keeps deleting {_code(ref)}*: automatic restores of this tag are "
+            "stopped (loop protection). Find the job that deletes it (a retention policy?).",
+            f"tag-watchdog: auto-restore of {ref} stopped: something keeps deleting it",
+        )
     return (
         f"*Something keeps pushing {_code(ref)}*: automatic restores of this tag are stopped "
         "(loop protection). Find the pipeline that pushes it.",
@@ -289,6 +346,7 @@ _SUMMARIES: dict[models.EventKind, Summary] = {
     models.EventKind.MOVED: _moved,
     models.EventKind.DELETED: _deleted,
     models.EventKind.REAPPEARED: _reappeared,
+    models.EventKind.BROKEN: _broken,
     models.EventKind.REVERTED: _reverted,
     models.EventKind.RESTORED: _restored,
     models.EventKind.RESTORE_FAILED: _restore_failed,
@@ -410,8 +468,10 @@ def render_event(event: models.Event, context: Context = Context()) -> Message:
     action = _action(event, context)
     if action:
         blocks.append(_section(f"*What the watchdog did:* {action}"))
-    commands = restore_commands(event, recorded, context.config_path)
-    if commands and kind.value in _MANUAL_RESTORE_KINDS and not _restoring(event, context):
+    commands = (
+        [] if _restoring(event, context) else restore_commands(event, recorded, context.config_path)
+    )
+    if commands and kind.value in _MANUAL_RESTORE_KINDS:
         blocks.append(_section("*Put it back by hand:*\n```" + escape("\n".join(commands)) + "```"))
         fallback += f". Put it back: {commands[0]}"
     if not _by_watchdog(event) and kind not in _NAMES_ITS_ACTOR:
@@ -518,18 +578,50 @@ def render_outcome(event: models.Event, outcome: str, context: Context = Context
     return _message(original.text, blocks)
 
 
+def delete_policy(event: models.Event, context: Context) -> str:
+    """The policy a deletion met, as the config spells it (``on_delete: restore``): what the
+    event recorded, else the watch's settings now."""
+    recorded = event.detail.get("policy")
+    if isinstance(recorded, str) and recorded:
+        return recorded
+    if context.on_delete:
+        return f"on_delete: {context.on_delete}"
+    return f"on_move: {context.on_move or 'alert'}"
+
+
+def _auto_restoring(event: models.Event, context: Context) -> bool:
+    """A deletion (or a broken release) the watchdog is putting back itself (its outcome
+    follows)."""
+    if event.kind is models.EventKind.BROKEN:
+        return delete_policy(event, context).endswith(": restore")
+    if event.kind is not models.EventKind.DELETED:
+        return False
+    if "restoring" in event.detail or "policy" in event.detail:
+        return event.detail.get("restoring") is True
+    return delete_policy(event, context).endswith(": restore")
+
+
 def _action(event: models.Event, context: Context) -> str:
+    # A webhook cannot thread: an outcome is a message of its own, after this one.
+    where = "in this thread" if context.threads else "in a message of its own"
+    if event.kind is models.EventKind.BROKEN:
+        policy = escape(delete_policy(event, context))
+        if _auto_restoring(event, context):
+            return (
+                f"repairing it (`{policy}`): archived child manifests are re-PUT; the outcome "
+                f"follows {where}."
+            )
+        return f"alerted only (`{policy}`): the release stays broken until someone repairs it."
+    if event.kind is models.EventKind.DELETED:
+        policy = escape(delete_policy(event, context))
+        if _auto_restoring(event, context):
+            return f"restoring the recorded digest (`{policy}`); the outcome follows {where}."
+        return f"alerted only (`{policy}`): the tag stays deleted until someone puts it back."
     if _restoring(event, context):
-        # A webhook cannot thread: the outcome is a message of its own, after this one.
-        where = "in this thread" if context.threads else "in a message of its own"
         return (
             "restoring the recorded digest (`on_move: restore`); the outcome (restored, or how "
             f"to put it back by hand) follows {where}."
         )
-    if event.kind is models.EventKind.DELETED and context.on_move == "restore":
-        return "nothing on its own: `on_move: restore` puts back moved tags, not deleted ones."
-    if event.kind is models.EventKind.DELETED:
-        return "alerted only: the tag stays deleted until someone puts it back."
     if event.kind is models.EventKind.MOVED:
         return "alerted only (`on_move: alert`): the tag still answers the new digest."
     if not _by_watchdog(event):

@@ -205,6 +205,24 @@ class WatchSettings(fields.Section):
         fields.checked(lambda v: v in ON_MOVE, "must be one of alert, restore, got {value!r}"),
     ] = "alert"
     interval: fields.Interval | None = None  # None = the global interval
+    # a confirmed deletion of a release: None = as on_move (docs/CONFIG.md, docs/DETECTION.md)
+    on_delete: Annotated[
+        OptText,
+        fields.checked(
+            lambda v: v is None or v in ON_MOVE, "must be one of alert, restore, got {value!r}"
+        ),
+    ] = None
+
+    @property
+    def delete_policy(self) -> str:
+        """What a confirmed deletion of one of this watch's releases brings: "alert" or
+        "restore" (``on_delete``, else the watch's ``on_move``)."""
+        return self.on_delete or self.on_move
+
+    @property
+    def restores(self) -> bool:
+        """True when the watchdog puts anything back on its own (a move or a deletion)."""
+        return self.on_move == "restore" or self.delete_policy == "restore"
 
     @classmethod
     def prepare(cls, data: Any) -> Any:
@@ -271,6 +289,14 @@ class RestoreSettings(fields.Section):
     window: fields.Duration = 3600.0
 
 
+class IntegritySettings(fields.Section):
+    """Periodic HEADs of every release's child manifests and blobs (docs/DETECTION.md)."""
+
+    enabled: fields.Flag = True
+    # each release is checked once per interval, the releases spread evenly over it
+    interval: fields.Interval = 86400.0
+
+
 class HookSettings(fields.Section):
     # "Authorization: Bearer <token>" on /hooks/registry and /hooks/harbor
     registry_token: OptSecret = None
@@ -295,6 +321,7 @@ class Settings(fields.Section):
     ] = ()
     slack: SlackSettings = SlackSettings()
     restore: RestoreSettings = RestoreSettings()
+    integrity: IntegritySettings = IntegritySettings()
     hooks: HookSettings = HookSettings()
     # docker's layout: <certs_dir>/<host[:port]>/{ca.crt,*.crt,client.cert,client.key}
     certs_dir: fields.Text = tls.DEFAULT_CERTS_DIR

@@ -70,7 +70,7 @@ class UTCDateTime(sa.types.TypeDecorator[dt.datetime]):
 # 64-bit anyway.
 _BIG_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
-TAG_STATES = ("ok", "drifted", "deleted")
+TAG_STATES = ("ok", "drifted", "deleted", "broken")
 
 tags = sa.Table(
     "tags",
@@ -87,7 +87,7 @@ tags = sa.Table(
     sa.Column("last_checked", UTCDateTime(), nullable=False),
     sa.Column("last_changed", UTCDateTime(), nullable=False),
     sa.UniqueConstraint("repository", "tag"),
-    sa.CheckConstraint("state IN ('ok', 'drifted', 'deleted')", name="state"),
+    sa.CheckConstraint("state IN ('ok', 'drifted', 'deleted', 'broken')", name="state"),
 )
 
 # Append-only: rows are inserted, never updated or deleted.
