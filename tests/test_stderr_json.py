@@ -70,12 +70,12 @@ def test_errors_and_usage_errors_are_json_too(tmp_path: Path) -> None:
     assert error["event"] == "error" and error["level"] == "error"
     assert "no configuration" in error["message"]
 
-    usage = run("restore", "--log-format=json", cwd=tmp_path)  # REF missing: argparse's error
+    usage = run("history", "--log-format=json", cwd=tmp_path)  # REF missing: argparse's error
     assert usage.returncode == 2
     [error] = _json_lines(usage.stderr)
     assert error["event"] == "usage_error" and "REF" in error["message"]
 
-    text = run("restore", cwd=tmp_path)  # without the flag: argparse's usual text
+    text = run("history", cwd=tmp_path)  # without the flag: argparse's usual text
     assert text.returncode == 2 and text.stderr.startswith("usage: ")
 
 

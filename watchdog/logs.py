@@ -96,6 +96,9 @@ def setup(level: str = "info", fmt: str = "text") -> None:
     for name in ("httpx", "httpcore", "apscheduler", "uvicorn.access", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # A library's warnings.warn() is a log line too (py.warnings), not free text on stderr.
+    # Off first: captureWarnings(True) does nothing when it was on already, even if something
+    # (a warnings.catch_warnings block ending) put the original warnings.showwarning back since.
+    logging.captureWarnings(False)
     logging.captureWarnings(True)
 
 

@@ -420,10 +420,14 @@ def test_an_automatic_restore_offers_no_manual_restore_and_says_where_the_outcom
     assert not [b for b in bot.blocks if b["type"] == "actions"]  # no Restore/Accept buttons
     # an event that promised a restore says so even when the watch changed since
     assert "restoring the recorded digest" in everything(render.render_event(ev))
-    # a deletion is not restored on its own: the manual commands stay
-    deleted = render.render_event(event(K.DELETED, new_digest=None), render.Context("restore"))
-    assert "tag-watchdog restore" in everything(deleted)
-    assert "puts back moved tags, not deleted ones" in everything(deleted)
+    # a deletion on a restore watch is put back too (on_delete defaults to on_move): no manual
+    # commands; with on_delete: alert the person gets them
+    deleted = event(K.DELETED, new_digest=None)
+    restoring = everything(render.render_event(deleted, render.Context("restore")))
+    assert "tag-watchdog restore" not in restoring
+    assert "restoring the recorded digest (`on_move: restore`)" in restoring
+    left = everything(render.render_event(deleted, render.Context("restore", on_delete="alert")))
+    assert "tag-watchdog restore" in left and "alerted only (`on_delete: alert`)" in left
 
 
 def test_suggested_commands_carry_the_config_file_the_watchdog_runs_with(tmp_path: Any) -> None:
