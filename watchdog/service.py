@@ -33,6 +33,10 @@ Clock = models.Clock
 MAX_CONCURRENT_CHECKS = 8
 # `scan`: watches started but not yet printed, per check slot (see check_all)
 WINDOW_PER_CHECK = 4
+# Tags outside the OCI grammar warned about, per repository, for the life of the process: each
+# such tag is reported once, not every cycle; past this many a repository's further ones are
+# reported only as a count (a hostile tags/list must not grow memory or the log without bound).
+MAX_INVALID_TAGS_REMEMBERED = 100
 
 utcnow = models.utcnow
 
@@ -149,6 +153,8 @@ class Checker:
         self.restorer = autorestore.AutoRestorer(
             settings.restore, store, clients.get, metrics_, clock=clock
         )
+        # repository -> invalid tags already warned about (see MAX_INVALID_TAGS_REMEMBERED)
+        self._invalid_tags: dict[str, set[str]] = {}
         for watch in settings.watches:
             metrics_.watch(watch.name, watch.repository.host)
 
@@ -243,6 +249,7 @@ class Checker:
         except errors.NotFound:
             # NAME_UNKNOWN: the repository is gone; each known tag still needs its own definitive 404
             listed = []
+        listed = self._valid_tags(ref.name, listed)
         listed_set = set(listed)
         wanted = [t for t in listed if watch.tags.matches(t)]
         unlisted = [
@@ -253,6 +260,42 @@ class Checker:
             and watch.tags.matches(t)
         ]
         return [(t, True) for t in wanted] + [(t, False) for t in unlisted]
+
+    def _valid_tags(self, repository: str, listed: Sequence[str]) -> list[str]:
+        """``listed`` without the tags outside the OCI tag grammar (``models.is_tag``), each of
+        which is warned about once per process (``tag_invalid_skipped``), never failing the rest.
+
+        A registry cannot store such a tag, so one in tags/list is a registry's (or a proxy's)
+        mistake or malice: ``1.2.3+build.5``, ``"1.2.3\\n"`` (which would reach a URL), 10 KB of
+        junk. Asking about it could only fail, every cycle, so it is no tag of ours.
+        """
+        valid = [t for t in listed if models.is_tag(t)]
+        if len(valid) == len(listed):
+            return valid
+        warned = self._invalid_tags.setdefault(repository, set())
+        invalid = [t for t in listed if not models.is_tag(t)]
+        new = [t for t in invalid if t not in warned]
+        room = max(0, MAX_INVALID_TAGS_REMEMBERED - len(warned))
+        for tag in new[:room]:
+            warned.add(tag)
+            log.warning(
+                "tag_invalid_skipped repository=%s tag=%s reason=%r",
+                repository,
+                # ascii(): every control or non-ASCII character escaped, so the line says
+                # exactly what was listed ("1.2.3\\n") and stays one line
+                ascii(tag[:140]),
+                "not an OCI tag (letters, digits, '_', '.', '-'; at most 128)",
+            )
+        if len(new) > room and "" not in warned:
+            # once ("" is no tag, so it can mark this): later invalid tags go unnamed
+            warned.add("")
+            log.warning(
+                "tag_invalid_skipped repository=%s count=%d reason=%r",
+                repository,
+                len(invalid),
+                f"more than {MAX_INVALID_TAGS_REMEMBERED} invalid tags; no longer named",
+            )
+        return valid
 
     def _classify(
         self,

@@ -13,8 +13,9 @@ from watchdog import errors, models
 from watchdog.config import fields
 
 DEFAULT_DATABASE_URL = "sqlite:///watchdog.db"
-# release-like: 1.2.3, v1.2.3, 1.2.3-rc.1, 1.2.3+build.5 ; not latest, main, sha-abc, sha256-...
-DEFAULT_INCLUDE = (r"^v?\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?$",)
+# release-like: 1.2.3, v1.2.3, 1.2.3-rc.1, 1.2.3-build.5 ; not latest, main, sha-abc, sha256-...
+# (no "+build" form: "+" is not in the OCI tag grammar, so no registry can hold such a tag)
+DEFAULT_INCLUDE = (r"^v?[0-9]+\.[0-9]+\.[0-9]+(?:-[0-9A-Za-z.-]+)?$",)
 ON_MOVE = ("alert", "restore")
 # Slack user ids: U... (or W... on Enterprise Grid), upper-case letters and digits.
 SLACK_USER_RE = re.compile(r"^[UW][A-Z0-9]{2,30}$")
@@ -52,7 +53,7 @@ def _repository_key(value: Any) -> str:
 
 
 def _listen_ok(listen: str) -> bool:
-    match = _LISTEN_RE.match(listen)
+    match = _LISTEN_RE.fullmatch(listen)
     return match is not None and 0 < int(match.group(2)) < 65536
 
 
@@ -76,7 +77,7 @@ WebhookUrl = Annotated[
 SlackUser = Annotated[
     str,
     fields.checked(
-        lambda user: bool(SLACK_USER_RE.match(user)),
+        lambda user: bool(SLACK_USER_RE.fullmatch(user)),
         "{value!r} is not a Slack user id (like U0123ABCD)",
     ),
 ]
@@ -131,8 +132,13 @@ class TagFilter(fields.Section):
         self._exc = tuple(re.compile(p) for p in self.exclude)
 
     def matches(self, tag: str) -> bool:
-        """True for a tag this watch records. Referrer fallback tags (``sha256-...``) never match."""
-        if tag.startswith("sha256-"):
+        """True for a tag this watch records. Referrer fallback tags (``sha256-...``) and text
+        outside the OCI tag grammar (``models.is_tag``) never match.
+
+        The patterns are searched (``re.search``) in tags that passed the grammar first, so
+        ``$`` in a pattern is as good as ``\\Z`` here: no valid tag holds a newline.
+        """
+        if tag.startswith("sha256-") or not models.is_tag(tag):
             return False
         return any(p.search(tag) for p in self._inc) and not any(p.search(tag) for p in self._exc)
 
