@@ -197,12 +197,14 @@ class Checker:
         # on_move: restore: moves whose promised restore has no outcome yet; finished below
         unfinished = await autorestore.unfinished(self.store, watch, records)
         todo = await self._todo(registry, watch, records)
-        outcomes = await observe.Observer(registry, self.store, ref).tags(
-            todo, records, limit=self.settings.registry(ref.host).max_concurrency
+        limit = self.settings.registry(ref.host).max_concurrency
+        observer = observe.Observer(
+            registry, self.store, ref, clock=self.clock, children_limit=limit
         )
+        # new manifests go to the archive as they are fetched, before the records below
+        outcomes = await observer.tags(todo, records, limit=limit)
         now = self.clock()
         changes: list[models.Change] = []
-        archive: list[models.Manifest] = []
         resume: list[models.Event] = []
         for (tag, _), outcome in zip(todo, outcomes, strict=True):
             obs = outcome.observation
@@ -217,7 +219,6 @@ class Checker:
                 resume.append(resumed)
             if change.record is not None or change.event is not None:
                 changes.append(change)
-            archive.extend(outcome.manifests)
         result.tags_checked = len(outcomes)
         events = await asyncio.to_thread(
             self.store.apply_check,
@@ -225,7 +226,6 @@ class Checker:
             now,
             changes,
             skip_touch=set(result.tag_errors),
-            manifests=observe.dedupe(archive),
             error=_summary(result.tag_errors),
         )
         if watch.on_move == "restore":
