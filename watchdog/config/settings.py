@@ -13,6 +13,7 @@ from watchdog import errors, models
 from watchdog.config import fields
 
 DEFAULT_DATABASE_URL = "sqlite:///watchdog.db"
+DEFAULT_CHECK_TIMEOUT = 300.0
 # release-like: 1.2.3, v1.2.3, 1.2.3-rc.1, 1.2.3-build.5 ; not latest, main, sha-abc, sha256-...
 # (no "+build" form: "+" is not in the OCI tag grammar, so no registry can hold such a tag)
 DEFAULT_INCLUDE = (r"^v?[0-9]+\.[0-9]+\.[0-9]+(?:-[0-9A-Za-z.-]+)?$",)
@@ -151,6 +152,7 @@ class WatchSettings(fields.Section):
         fields.checked(lambda v: v in ON_MOVE, "must be one of alert, restore, got {value!r}"),
     ] = "alert"
     interval: fields.Interval | None = None  # None = the global interval
+    check_timeout: fields.Interval | None = None  # None = the global check_timeout
 
     @classmethod
     def prepare(cls, data: Any) -> Any:
@@ -242,6 +244,10 @@ class Settings(fields.Section):
     slack: SlackSettings = SlackSettings()
     restore: RestoreSettings = RestoreSettings()
     hooks: HookSettings = HookSettings()
+    # the most one check of one watch may spend asking its registry (listing, HEADs, GETs);
+    # writing the outcome is never cut short. A registry that answers too slowly costs its own
+    # watches this long, then the check fails as unreachable and the slot goes to the others.
+    check_timeout: fields.Interval = DEFAULT_CHECK_TIMEOUT
 
     _source: str | None = pydantic.PrivateAttr(default=None)
 
@@ -254,6 +260,10 @@ class Settings(fields.Section):
     def source(self) -> str | None:
         """The file these settings came from (None: defaults and the environment only)."""
         return self._source
+
+    def check_deadline(self, watch: WatchSettings) -> float:
+        """Seconds one check of ``watch`` may spend asking its registry."""
+        return watch.check_timeout if watch.check_timeout is not None else self.check_timeout
 
     def registry(self, host: str) -> RegistrySettings:
         """Settings for ``host``: the configured entry, else defaults (plain HTTP on loopback)."""
