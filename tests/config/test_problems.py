@@ -149,7 +149,9 @@ def test_keys_only_code_sets_are_unknown_in_a_file(tmp_path: Path) -> None:
     found = problems_of(
         tmp_path, "registries: [{host: a.io, use_docker_config: false}]\nsource: x\n"
     )
-    assert found[0].startswith("source (line 2): unknown key (known: check_timeout, database_url, hooks, http,")
+    assert found[0].startswith(
+        "source (line 2): unknown key (known: check_timeout, database_url, hooks, http,"
+    )
     assert found[1].startswith(
         "registries[0].use_docker_config (line 1): unknown key (known: host,"
     )
