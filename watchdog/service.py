@@ -20,7 +20,17 @@ import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from typing import Any
 
-from watchdog import autorestore, config, detect, errors, metrics, models, observe, outages
+from watchdog import (
+    autorestore,
+    config,
+    detect,
+    errors,
+    metrics,
+    models,
+    notifications,
+    observe,
+    outages,
+)
 from watchdog.registry import client as registry_client
 from watchdog.store import repo as store_repo
 
@@ -205,8 +215,10 @@ class Checker:
         *,
         clock: Clock = utcnow,
         policy: detect.Policy = detect.DEFAULT_POLICY,
+        pushers: notifications.PushLedger | None = None,
     ) -> None:
         self.settings = settings
+        self.pushers = pushers  # who pushed, from registry notifications (the daemon's)
         self.store = store
         self.clients = clients
         self.metrics = metrics_
@@ -407,7 +419,26 @@ class Checker:
             change = dataclasses.replace(
                 change, event=dataclasses.replace(change.event, detail=detail)
             )
-        return change, resume
+        return self._attributed(ref, change), resume
+
+    def _attributed(self, ref: models.ImageRef, change: models.Change) -> models.Change:
+        """``change`` with who pushed (``detail["pushed_by"]``) on a move or deletion, when a
+        registry notification said so; without one the event says nothing (pusher unknown)."""
+        event = change.event
+        if self.pushers is None or event is None:
+            return change
+        if event.kind is models.EventKind.MOVED:
+            pusher = self.pushers.who(ref.host, ref.repository, event.tag, event.new_digest)
+        elif event.kind is models.EventKind.DELETED:
+            pusher = self.pushers.who(
+                ref.host, ref.repository, event.tag, event.old_digest, deleted=True
+            )
+        else:
+            return change
+        if pusher is None:
+            return change
+        detail = {**event.detail, "pushed_by": pusher.as_detail()}
+        return dataclasses.replace(change, event=dataclasses.replace(event, detail=detail))
 
     def _account(
         self,

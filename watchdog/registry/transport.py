@@ -19,7 +19,12 @@ from typing import Protocol
 
 import httpx
 
+import watchdog
 from watchdog import config, errors, models, retry
+from watchdog.config import tls
+
+# Every request says who sends it, so that registry operators find the watchdog in their logs.
+USER_AGENT = f"tag-watchdog/{watchdog.__version__}"
 
 # Error bodies are only read for the message (and for the error code of a 404).
 MAX_ERROR_BODY_BYTES = 64 * 1024
@@ -126,17 +131,30 @@ class Transport:
 
     def _make_pools(self) -> list[httpx.AsyncClient]:
         timeout = httpx.Timeout(self.settings.timeout)
+        headers = {"User-Agent": USER_AGENT}
         if self._transport is not None:
             return [
-                httpx.AsyncClient(transport=self._transport, timeout=timeout, follow_redirects=True)
+                httpx.AsyncClient(
+                    transport=self._transport,
+                    timeout=timeout,
+                    headers=headers,
+                    follow_redirects=True,
+                )
             ]
         concurrency = self.settings.max_concurrency
         count = min(MAX_CLIENTS, max(1, math.ceil(concurrency / CONNECTIONS_PER_CLIENT)))
         per_client = max(1, math.ceil(concurrency / count))
+        context = ssl_context(self.settings) if self.settings.scheme == "https" else None
         limits = httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client)
         return [
-            # verify=True always: insecure means plain HTTP, never "HTTPS without checking"
-            httpx.AsyncClient(timeout=timeout, limits=limits, verify=True, follow_redirects=True)
+            # always verified: insecure means plain HTTP, never "HTTPS without checking"
+            httpx.AsyncClient(
+                timeout=timeout,
+                limits=limits,
+                verify=context or True,
+                headers=headers,
+                follow_redirects=True,
+            )
             for _ in range(count)
         ]
 
@@ -176,7 +194,9 @@ class Transport:
                         await response.aclose()
             except errors.RegistryError:
                 raise
-            except (httpx.HTTPError, TimeoutError) as exc:
+            except (httpx.HTTPError, TimeoutError, ssl.SSLError) as exc:
+                # ssl.SSLError: httpcore lets a TLS alert after the handshake (a registry refusing
+                # the client certificate, TLS 1.3) through unwrapped
                 code, error = self._translate(what, exc)
                 raise error from exc
             finally:
@@ -190,9 +210,11 @@ class Transport:
         return Response(response.status_code, response.headers, body, response.url)
 
     def _translate(
-        self, what: str, exc: httpx.HTTPError | TimeoutError
+        self, what: str, exc: httpx.HTTPError | TimeoutError | ssl.SSLError
     ) -> tuple[str, errors.RegistryError]:
         """The metric label and the watchdog error for a failed exchange (the one mapping)."""
+        if isinstance(exc, ssl.SSLError):
+            return "tls_error", self._unavailable(what, "TLS failed" + _tls_hint(exc), exc)
         if isinstance(exc, httpx.TimeoutException):
             return "timeout", self._unavailable(what, "timed out", exc)
         if isinstance(exc, TimeoutError):
@@ -203,7 +225,8 @@ class Transport:
             )
         if isinstance(exc, httpx.ConnectError):
             if _is_tls(exc):
-                return "tls_error", self._unavailable(what, "TLS handshake failed", exc)
+                hint = _tls_hint(exc)
+                return "tls_error", self._unavailable(what, "TLS handshake failed" + hint, exc)
             return "connect_error", self._unavailable(what, "cannot connect", exc)
         if isinstance(exc, httpx.RemoteProtocolError):
             if _HEADERS_TOO_LARGE in str(exc):
@@ -310,6 +333,41 @@ class Transport:
         return errors.RegistryUnavailable(
             self.message(what, f"{detail}: {reason}"), registry=self.name
         )
+
+
+def ssl_context(settings: config.RegistrySettings) -> ssl.SSLContext:
+    """The verifying TLS context for ``settings.host``: the default trust (certifi's bundle, or
+    what SSL_CERT_FILE / SSL_CERT_DIR name, as httpx does) plus the registry's own CA files
+    (``ca_file``, certs.d), and its client certificate (mTLS) when it has one.
+
+    One context per registry, shared by its pools. Raises ConfigError when a file does not load
+    (``config check`` reports the same problems earlier).
+    """
+    material = settings.tls_material()
+    context = httpx.create_ssl_context()
+    try:
+        for ca in material.ca_files:
+            context.load_verify_locations(cafile=ca)
+        if material.client_cert:
+            context.load_cert_chain(
+                material.client_cert, material.client_key, password=tls.no_passphrase
+            )
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+        raise errors.ConfigError(
+            [f"registries: {settings.host}: cannot load its TLS files: {reason}"]
+        ) from None
+    return context
+
+
+def _tls_hint(exc: BaseException) -> str:
+    """What to do about the usual TLS failures: an untrusted CA, a refused client certificate."""
+    text = f"{getattr(exc, 'reason', '') or ''} {exc}".upper()
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return " (a private CA? trust it with ca_file or certs.d; guard: --ca-file)"
+    if "ALERT" in text and "CERTIFICATE" in text:
+        return " (the registry refused the client certificate, or wants one: client_cert)"
+    return ""
 
 
 def _is_tls(exc: BaseException) -> bool:
