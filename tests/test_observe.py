@@ -1,6 +1,6 @@
 """Observation (watchdog.observe): what the registry says about one tag, against the real
 registry (a fault proxy in front for lies), with the archive a real store on SQLite; and table
-tests for the pure parts (config labels, platforms, contradictions, dedupe, the bounded pool).
+tests for the pure parts (config labels, platforms, contradictions, child sizes, the bounded pool).
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import pytest
 
 from tests.support import faultproxy, images
 from tests.support import registry as support_registry
-from watchdog import models, observe
+from watchdog import errors, models, observe
 from watchdog.registry import client as registry_client
 from watchdog.registry import media
 from watchdog.store import db, repo
@@ -96,11 +98,10 @@ async def test_a_new_tag_is_got_and_verified_with_every_child_for_the_archive(
     obs = observer(client, archive, proxy, repo)
     outcome = await obs.tag("1.0.0", None, listed=True)
     assert outcome.observation == models.Observation.present(release.digest, media.OCI_INDEX)
-    assert [m.digest for m in outcome.manifests] == [
-        release.digest,
-        *(c.digest for c in release.children.values()),
-    ]
-    assert outcome.manifests[0].body == release.index.body
+    # the index and every child are archived, byte for byte, before the tag is recorded
+    for m in [release.index, *release.children.values()]:
+        kept = archive.get_manifest(obs.ref.name, m.digest)
+        assert kept is not None and kept.body == m.body
     assert outcome.images == {}  # first sight: nothing to compare with
 
 
@@ -110,7 +111,7 @@ async def test_an_unchanged_tag_costs_one_head_and_no_get(client, archive, proxy
     proxy.reset()
     outcome = await obs.tag("1.0.0", record_of(obs, "1.0.0", release.index), listed=True)
     assert outcome.observation == models.Observation.present(release.digest, media.OCI_INDEX)
-    assert outcome.manifests == []
+    assert archive.archived_digests(obs.ref.name, [release.digest]) == set()
     assert proxy.count("HEAD", "/manifests/") == 1
     assert proxy.count("GET", "/manifests/") == 0
     assert proxy.count("GET", "/blobs/") == 0
@@ -138,11 +139,11 @@ async def test_a_move_says_which_platforms_changed_and_what_both_images_are(
     assert outcome.observation == models.Observation.present(
         moved.digest, media.OCI_INDEX, (AMD64,)
     )
-    assert [m.digest for m in outcome.manifests] == [
-        moved.digest,
-        amd64.digest,
-        release.children[ARM64].digest,
-    ]
+    assert archive.archived_digests(
+        obs.ref.name, [moved.digest, amd64.digest, release.children[ARM64].digest]
+    ) == {moved.digest, amd64.digest, release.children[ARM64].digest}
+    # only what the archive lacked was fetched: the index and the new child, not the arm64 one
+    assert proxy.count("GET", f"/manifests/{release.children[ARM64].digest}") == 0
     # of an index: its linux/amd64 child's config (the old one from the archive)
     assert outcome.images == {
         "old": {"created": "2024-01-01T00:00:00Z", "revision": "1111111", "source": "https://a"},
@@ -185,7 +186,6 @@ async def test_absence_needs_the_tag_unlisted_too(client, archive, proxy, repo, 
     )
     unlisted = await obs.tag("9.9.9", None, listed=False)
     assert unlisted.observation == models.Observation.absent()
-    assert unlisted.manifests == []
 
 
 async def test_registry_failures_are_error_observations_never_raised(
@@ -215,7 +215,7 @@ async def test_a_registry_that_contradicts_itself_is_no_evidence(
     lied = await obs.tag("1.0.0", None, listed=True)
     assert lied.observation.kind is K.ERROR
     assert "the registry contradicts itself: HEAD answered" in (lied.observation.error or "")
-    assert lied.manifests == []
+    assert archive.archived_digests(obs.ref.name, [release.digest]) == set()
     proxy.reset()
     # missing from tags/list yet answering another digest than the record
     other = pusher.image(repo, "1.0.0", seed="other")
@@ -234,7 +234,8 @@ async def test_tags_keeps_the_order_of_todo(client, archive, proxy, repo, pusher
     outcomes = await obs.tags(todo, {"1.0.0": record_of(obs, "1.0.0", a)}, limit=2)
     assert [o.observation.digest for o in outcomes] == [b.digest, a.digest, None]
     assert outcomes[2].observation.kind is K.ABSENT
-    assert [len(o.manifests) for o in outcomes] == [1, 0, 0]  # the recorded one: HEAD only
+    # the new one archived; the recorded one: HEAD only
+    assert archive.archived_digests(obs.ref.name, [a.digest, b.digest]) == {b.digest}
 
 
 def _config(**doc: object) -> bytes:
@@ -349,14 +350,34 @@ def test_contradiction(
         assert found is not None and expected in found
 
 
-def test_dedupe_keeps_the_first_of_each_digest_in_order() -> None:
-    a, b, a2 = (
-        models.Manifest(D1, media.OCI_MANIFEST, b"a"),
-        models.Manifest(D2, media.OCI_MANIFEST, b"b"),
-        models.Manifest(D1, media.OCI_MANIFEST, b"a again"),
+def _index(*entries: dict[str, object]) -> bytes:
+    return json.dumps(
+        {"schemaVersion": 2, "mediaType": media.OCI_INDEX, "manifests": entries}
+    ).encode()
+
+
+def test_child_sizes_each_child_once_with_a_sane_declared_size() -> None:
+    big = media.MAX_MANIFEST_BYTES
+    body = _index(
+        {"digest": D1, "size": 500},
+        {"digest": D2, "size": -3},
+        {"digest": D1, "size": 7},  # listed twice: the first wins
+        {"digest": "sha256:" + "c" * 64, "size": big * 10},
+        {"digest": "sha256:" + "d" * 64, "size": True},
     )
-    assert observe.dedupe([a, b, a2, b]) == [a, b]
-    assert observe.dedupe([]) == []
+    assert observe.child_sizes(body) == {
+        D1: 500,
+        D2: big,
+        "sha256:" + "c" * 64: big,
+        "sha256:" + "d" * 64: big,
+    }
+    assert observe.child_sizes(_index()) == {}
+
+
+@pytest.mark.parametrize("digest", [D1 + "\n", "sha256:../../v2/x", "md5:abc"])
+def test_child_sizes_refuses_a_child_digest_outside_the_grammar(digest: str) -> None:
+    with pytest.raises(errors.ProtocolError, match="not a sha256 digest"):
+        observe.child_sizes(_index({"digest": D1, "size": 1}, {"digest": digest, "size": 1}))
 
 
 @pytest.mark.parametrize(("count", "limit"), [(0, 4), (1, 4), (10, 3), (5, 1), (3, 0)])
@@ -398,3 +419,59 @@ async def test_bounded_stops_every_worker_when_one_raises() -> None:
     for _ in range(3):  # let the cancellations arrive
         await asyncio.sleep(0)
     assert cancelled == 2  # the two others in flight; the rest never started
+
+
+async def test_children_are_fetched_a_few_at_a_time_and_archived_before_the_tag_counts(
+    client, archive, proxy, repo, pusher
+):
+    """An index's children are fetched concurrently, at most ``children_limit`` at once; one
+    that cannot be had makes the tag an error (no record may point at an incomplete archive)
+    while those fetched stay archived, and the next look fetches only what is missing."""
+    children = {
+        f"linux/arch{i}": pusher.image(repo, None, seed=f"child{i}", architecture=f"arch{i}")
+        for i in range(12)
+    }
+    entries = [
+        c.descriptor(platform={"os": "linux", "architecture": key.split("/")[1]})
+        for key, c in children.items()
+    ]
+    body = json.dumps(
+        {"schemaVersion": 2, "mediaType": media.OCI_INDEX, "manifests": entries}
+    ).encode()
+    index = pusher.manifest(repo, "1.0.0", body, media.OCI_INDEX)
+    lock = threading.Lock()
+    flight = {"now": 0, "most": 0}
+
+    def overlapping(answer: faultproxy.Answer, request: faultproxy.Seen) -> faultproxy.Answer:
+        with lock:
+            flight["now"] += 1
+            flight["most"] = max(flight["most"], flight["now"])
+        time.sleep(0.05)  # long enough for the others in flight to arrive meanwhile
+        with lock:
+            flight["now"] -= 1
+        return answer
+
+    lost = list(children.values())[5].digest
+    proxy.fail("GET", f"/manifests/{lost}", 500)  # the first matching rule wins
+    proxy.add("GET", r"/manifests/sha256:", transform=overlapping)
+    obs = dataclasses.replace(observer(client, archive, proxy, repo), children_limit=4)
+    failed = await obs.tag("1.0.0", None, listed=True)
+    assert failed.observation.kind is K.ERROR
+    assert 2 <= flight["most"] <= 4, flight
+    digests = [c.digest for c in children.values()]
+    kept = archive.archived_digests(obs.ref.name, [index.digest, *digests])
+    assert index.digest not in kept and lost not in kept  # the index only after all children
+    assert kept  # those fetched before the failure stay (verified bytes)
+
+    proxy.reset()
+    await asyncio.sleep(0.3)  # the proxy threads of the cancelled fetches log them on the way out
+    before = {d: proxy.count("GET", f"/manifests/{d}") for d in digests}
+    ok = await obs.tag("1.0.0", None, listed=True)
+    assert ok.observation == models.Observation.present(index.digest, media.OCI_INDEX)
+    assert archive.archived_digests(obs.ref.name, [index.digest, *digests]) == {
+        index.digest,
+        *digests,
+    }
+    # only the children still missing were fetched again
+    fetched = {d: proxy.count("GET", f"/manifests/{d}") - before[d] for d in digests}
+    assert fetched == {d: 0 if d in kept else 1 for d in digests}

@@ -293,3 +293,57 @@ async def test_unchanged_check_costs_the_same_sql_for_any_number_of_tags(
     many = await statements_of_unchanged_check()
     assert few == many
     assert len(store.all_tags(watch.name)) == 59
+
+
+async def test_invalid_tags_in_tags_list_are_skipped_with_one_warning_each(
+    store: repo.Store,
+    registry: support_registry.RegistryServer,
+    repo: str,
+    pusher: images.Pusher,
+    make_fault_proxy: Callable[[support_registry.RegistryServer], faultproxy.FaultProxy],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A tags/list naming tags no registry can hold (a '+', a final newline, non-ASCII digits)
+    never blinds the repository: its valid tags are recorded, each invalid one warned about
+    once, whatever the number of checks."""
+    image = pusher.image(repo, "1.0.0", seed="fine")
+    proxy = make_fault_proxy(registry)
+    junk = ["1.2.3+build.5", "1.2.3\n", "\u0663.\u0662.\u0661", "1.2.4\n\n"]
+
+    def add_junk(answer: faultproxy.Answer, request: faultproxy.Seen) -> faultproxy.Answer:
+        doc = json.loads(answer.body)
+        answer.body = json.dumps({"name": doc["name"], "tags": [*doc["tags"], *junk]}).encode()
+        return answer
+
+    proxy.add("GET", r"/tags/list", transform=add_junk)
+    checker, watch = make_checker(store, registry.settings(host=proxy.host), repository=repo)
+    caplog.set_level("WARNING", logger="watchdog.service")
+    for _ in range(3):
+        result = await checker.check_watch(watch)
+        assert result.ok, result
+    assert [t.tag for t in store.all_tags(watch.name)] == ["1.0.0"]
+    assert store.get_tag(watch.name, "1.0.0").recorded_digest == image.digest  # type: ignore[union-attr]
+    skipped = [r.getMessage() for r in caplog.records if "tag_invalid_skipped" in r.getMessage()]
+    assert len(skipped) == len(junk), skipped
+    for tag in junk:
+        assert sum(f"tag={tag!a} " in line for line in skipped) == 1, (tag, skipped)
+    # no request ever named an invalid tag
+    assert proxy.count("HEAD", "/manifests/1.0.0") == 3
+    assert proxy.count(None, r"/manifests/(?!1\.0\.0|sha256:)") == 0
+
+
+def test_invalid_tags_are_named_once_then_only_counted(
+    store: repo.Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """However many invalid tags a registry lists, check after check, a repository's warnings
+    stop at MAX_INVALID_TAGS_REMEMBERED named ones plus one line with the count."""
+    settings = config.Settings(watches=(config.WatchSettings(repository="localhost:1/team/app"),))
+    checker = service.Checker(settings, store, service.Clients(settings), metrics.Metrics())
+    caplog.set_level("WARNING", logger="watchdog.service")
+    limit = service.MAX_INVALID_TAGS_REMEMBERED
+    for cycle in range(3):
+        listed = ["1.0.0", *(f"1.0.{i}+x" for i in range(limit + 50 + cycle))]
+        assert checker._valid_tags("localhost:1/team/app", listed) == ["1.0.0"]
+    lines = [r.getMessage() for r in caplog.records]
+    assert len([x for x in lines if "tag=" in x]) == limit
+    assert len([x for x in lines if "count=" in x]) == 1

@@ -96,7 +96,10 @@ class Daemon:
         self.triggered: set[str] = set()  # watches a notification asked to check now
         self.pushers = notifications.PushLedger()  # who pushed, from those notifications
         self.locks: dict[str, asyncio.Lock] = {}  # per watch: its check, or a hand-started action
-        self.slots = asyncio.Semaphore(MAX_CONCURRENT_CHECKS)
+        # checks at once, shared fairly between registries: a slow one costs its own watches only
+        self.slots = service.FairSlots(
+            MAX_CONCURRENT_CHECKS, {w.repository.host for w in settings.watches}
+        )
         self.claims: claims.Claims | None = None
         self.scheduler: AsyncIOScheduler | None = None
         self.store: store_repo.Store | None = None
@@ -295,7 +298,7 @@ class Daemon:
                 self.triggered.discard(watch.name)
                 now = self.clock()
                 slot = None if urgent else claims.slot_start(watch.name, interval, now)
-                async with self.lock(watch.name), self.slots:
+                async with self.lock(watch.name), self.slots.hold(watch.repository.host):
                     claim = await asyncio.to_thread(self.claims.acquire, watch.name, now, slot=slot)
                     if claim is None:
                         log.debug(

@@ -36,14 +36,19 @@ _DOCKER_HUB_ALIASES = {
 
 # The grammar of github.com/distribution/reference, written out for Python.
 _PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_PATH_RE = re.compile(rf"^{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*$")
+_PATH_RE = re.compile(rf"{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*", re.ASCII)
 _PATH_HINT = "lower-case letters, digits and separators '.', '_', '__', '-', '/'"
 _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _HOST_RE = re.compile(
-    rf"^(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:.]+\])(?::[0-9]{{1,5}})?$"
+    rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[0-9a-fA-F:.]+\])(?::[0-9]{{1,5}})?",
+    re.ASCII,
 )
-TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
-DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
+# The OCI tag grammar (distribution-spec: ``[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}``). Every pattern
+# here that judges untrusted text (a registry's tags/list, a manifest's child digests) is anchored
+# with ``\A``/``\Z``, never ``^``/``$``: ``$`` also matches before a final newline, so
+# ``"1.2.3\n"`` would pass and reach a URL. Prefer ``is_tag``/``is_digest`` (fullmatch) to these.
+TAG_RE = re.compile(r"\A[A-Za-z0-9_][A-Za-z0-9._-]{0,127}\Z")
+DIGEST_RE = re.compile(r"\Asha256:[a-f0-9]{64}\Z")
 MAX_NAME_LENGTH = 255
 
 
@@ -54,7 +59,7 @@ def sha256_digest(body: bytes) -> str:
 
 def check_digest(value: str) -> str:
     """Return ``value`` if it is a well-formed sha256 digest, else raise InvalidReference."""
-    if not DIGEST_RE.match(value):
+    if not is_digest(value):
         raise errors.InvalidReference(
             f"not a sha256 digest: {errors.truncate(value, 80)!r} (expected sha256:<64 hex digits>)"
         )
@@ -66,8 +71,20 @@ def short_digest(digest: str) -> str:
     return digest[:19]
 
 
+def is_tag(value: str) -> bool:
+    """True for a tag of the OCI grammar: ASCII letters, digits, ``_``, ``.``, ``-``; at most 128
+    characters; not starting with ``.`` or ``-``; nothing else (no final newline either)."""
+    return TAG_RE.fullmatch(value) is not None
+
+
+def is_digest(value: str) -> bool:
+    """True for a well-formed ``sha256:<64 lower-case hex>`` digest and nothing else."""
+    return DIGEST_RE.fullmatch(value) is not None
+
+
 def check_tag(value: str) -> str:
-    if not TAG_RE.match(value):
+    """Return ``value`` if :func:`is_tag`, else raise InvalidReference."""
+    if not is_tag(value):
         raise errors.InvalidReference(
             f"not a valid tag: {errors.truncate(value, 80)!r} "
             "(letters, digits, '_', '.', '-'; at most 128; not starting with '.' or '-')"
@@ -78,7 +95,7 @@ def check_tag(value: str) -> str:
 def is_repository_path(path: str) -> bool:
     """True for a repository path inside a registry (``team/app``): the distribution grammar,
     at most MAX_NAME_LENGTH characters, no host, no tag."""
-    return bool(path) and len(path) <= MAX_NAME_LENGTH and bool(_PATH_RE.match(path))
+    return bool(path) and len(path) <= MAX_NAME_LENGTH and _PATH_RE.fullmatch(path) is not None
 
 
 def check_repository(path: str) -> str:
@@ -180,7 +197,7 @@ class ImageRef:
 def _split_host(raw: str) -> tuple[str, str]:
     first, sep, rest = raw.partition("/")
     if sep and ("." in first or ":" in first or first == "localhost" or first.startswith("[")):
-        if not _HOST_RE.match(first):
+        if _HOST_RE.fullmatch(first) is None:
             raise errors.InvalidReference(
                 f"not a valid registry host: {errors.truncate(first, 80)!r}"
             )

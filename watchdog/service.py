@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
+import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from watchdog import (
@@ -36,13 +38,18 @@ log = logging.getLogger("watchdog.service")
 
 Clock = models.Clock
 
-# Watches checked at once (`scan`, and the daemon's slots). Each check holds its repository's
-# records, registry answers and archived manifests until its one transaction commits, and a
-# database connection while it writes: this bounds memory by a few repositories' working sets and
-# SQLite's writers by a few, whatever the number of watches.
+# Watches checked at once (`scan`, and the daemon's slots), shared fairly between registries
+# (FairSlots). Each check holds its repository's records and registry answers until its one
+# transaction commits (new manifests stream to the archive before it), and a database connection
+# while it writes: this bounds memory by a few repositories' working sets and SQLite's writers by
+# a few, whatever the number of watches.
 MAX_CONCURRENT_CHECKS = 8
 # `scan`: watches started but not yet printed, per check slot (see check_all)
 WINDOW_PER_CHECK = 4
+# Tags outside the OCI grammar warned about, per repository, for the life of the process: each
+# such tag is reported once, not every cycle; past this many a repository's further ones are
+# reported only as a count (a hostile tags/list must not grow memory or the log without bound).
+MAX_INVALID_TAGS_REMEMBERED = 100
 
 utcnow = models.utcnow
 
@@ -98,6 +105,68 @@ class CheckResult:
         return self.error is None and not self.tag_errors
 
 
+class FairSlots:
+    """At most ``limit`` checks at once, shared between registries so that a slow one costs its
+    own watches only.
+
+    A registry may always take a free slot while it holds less than its fair share
+    (``ceil(limit / registries holding or waiting for slots)``). Beyond its share it may borrow
+    a free slot only when no other registry is waiting, and, when the watches name more than one
+    registry, never the last free one: a registry whose turn comes while another's checks hang
+    (a registry dripping its answer a byte a second, until its check deadline) finds a slot at
+    once instead of waiting behind them. Nothing is pre-empted: a check holds its slot until it
+    ends, which its deadline (``check_timeout``) bounds.
+    """
+
+    def __init__(self, limit: int, registries: Collection[str] = ()) -> None:
+        """``registries``: the hosts the watches name (more than one keeps a slot in reserve)."""
+        self.limit = max(1, limit)
+        self._reserve = 1 if len(set(registries)) > 1 and self.limit > 1 else 0
+        self.held: collections.Counter[str] = collections.Counter()
+        self._waiting: collections.Counter[str] = collections.Counter()
+        self._cond = asyncio.Condition()
+
+    def share(self, registry: str) -> int:
+        """The slots ``registry`` may hold now: its fair part while other registries hold or wait
+        for slots; alone, all but the reserve."""
+        contenders = {k for k, n in (self.held + self._waiting).items() if n > 0} | {registry}
+        if len(contenders) == 1:
+            return self.limit - self._reserve
+        return max(1, math.ceil(self.limit / len(contenders)))
+
+    def _may_take(self, registry: str) -> bool:
+        total = sum(self.held.values())
+        if total >= self.limit:
+            return False
+        if self.held[registry] < self.share(registry):
+            return True
+        others_wait = any(n > 0 for k, n in self._waiting.items() if k != registry)
+        return not others_wait and total < self.limit - self._reserve
+
+    @contextlib.asynccontextmanager
+    async def hold(self, registry: str) -> AsyncIterator[None]:
+        """One slot for a check of a watch of ``registry``, for the body's duration."""
+        async with self._cond:
+            self._waiting[registry] += 1
+            try:
+                await self._cond.wait_for(lambda: self._may_take(registry))
+            finally:
+                self._waiting[registry] -= 1
+                if self._waiting[registry] <= 0:
+                    del self._waiting[registry]
+                self._cond.notify_all()  # one waiter fewer may let another registry borrow
+            self.held[registry] += 1
+        try:
+            yield
+        finally:
+            # the lock is never held across an await, so this takes it without waiting
+            async with self._cond:
+                self.held[registry] -= 1
+                if self.held[registry] <= 0:
+                    del self.held[registry]
+                self._cond.notify_all()
+
+
 async def check_all(
     checker: Checker,
     watches: Sequence[config.WatchSettings],
@@ -108,7 +177,7 @@ async def check_all(
 ) -> None:
     """``checker.check_watch`` every watch, at most ``limit`` at once, handing each result to
     ``on_result`` in the order of ``watches`` (reproducible output) as soon as it and those
-    before it are done.
+    before it are done; the ``limit`` slots are shared fairly between registries (FairSlots).
 
     At most ``window`` (default ``4 * limit``) watches are started and not yet handed over: a
     watch slower than the next ``window - 1`` together holds the rest back rather than letting
@@ -117,11 +186,11 @@ async def check_all(
     are in the result) cancels the others and the exception propagates.
     """
     window = max(limit, window if window is not None else WINDOW_PER_CHECK * limit)
-    slots = asyncio.Semaphore(limit)
+    slots = FairSlots(limit, {w.repository.host for w in watches})
     pending: collections.deque[asyncio.Task[CheckResult]] = collections.deque()
 
     async def one(watch: config.WatchSettings) -> CheckResult:
-        async with slots:
+        async with slots.hold(watch.repository.host):
             return await checker.check_watch(watch)
 
     try:
@@ -164,6 +233,8 @@ class Checker:
         self.restorer = autorestore.AutoRestorer(
             settings.restore, store, clients.get, metrics_, clock=clock
         )
+        # repository -> invalid tags already warned about (see MAX_INVALID_TAGS_REMEMBERED)
+        self._invalid_tags: dict[str, set[str]] = {}
         for watch in settings.watches:
             metrics_.watch(watch.name, watch.repository.host)
 
@@ -215,13 +286,30 @@ class Checker:
         unfinished = await autorestore.unfinished(
             self.store, watch, records, since=self.clock() - window
         )
-        todo = await self._todo(registry, watch, records)
-        outcomes = await observe.Observer(registry, self.store, ref).tags(
-            todo, records, limit=self.settings.registry(ref.host).max_concurrency
+        limit = self.settings.registry(ref.host).max_concurrency
+        observer = observe.Observer(
+            registry, self.store, ref, clock=self.clock, children_limit=limit
         )
+        # The deadline bounds what the registry can cost (a registry dripping its answers would
+        # otherwise hold this check, and its slot, for every request's timeout and retries);
+        # writing the outcome below is never cut short.
+        deadline = self.settings.check_deadline(watch)
+        timeout = asyncio.timeout(deadline)
+        try:
+            async with timeout:
+                todo = await self._todo(registry, watch, records)
+                # new manifests go to the archive as they are fetched, before the records below
+                outcomes = await observer.tags(todo, records, limit=limit)
+        except TimeoutError:
+            if not timeout.expired():
+                raise
+            raise errors.RegistryUnavailable(
+                f"{ref.host}: the check of {ref.name} timed out: the registry did not answer "
+                f"all its requests within the {deadline:g}s check deadline (check_timeout)",
+                registry=ref.host,
+            ) from None
         now = self.clock()
         changes: list[models.Change] = []
-        archive: list[models.Manifest] = []
         resume: list[models.Event] = []
         for (tag, _), outcome in zip(todo, outcomes, strict=True):
             obs = outcome.observation
@@ -236,7 +324,6 @@ class Checker:
                 resume.append(resumed)
             if change.record is not None or change.event is not None:
                 changes.append(change)
-            archive.extend(outcome.manifests)
         result.tags_checked = len(outcomes)
         resume.extend(autorestore.unobserved(unfinished, {t for t, _ in todo}))
         changes = await autorestore.annotate_deletions(registry, watch, changes)
@@ -246,7 +333,6 @@ class Checker:
             now,
             changes,
             skip_touch=set(result.tag_errors),
-            manifests=observe.dedupe(archive),
             error=_summary(result.tag_errors),
         )
         if watch.restores:
@@ -270,6 +356,7 @@ class Checker:
         except errors.NotFound:
             # NAME_UNKNOWN: the repository is gone; each known tag still needs its own definitive 404
             listed = []
+        listed = self._valid_tags(ref.name, listed)
         listed_set = set(listed)
         wanted = [t for t in listed if watch.tags.matches(t)]
         unlisted = [
@@ -280,6 +367,42 @@ class Checker:
             and watch.tags.matches(t)
         ]
         return [(t, True) for t in wanted] + [(t, False) for t in unlisted]
+
+    def _valid_tags(self, repository: str, listed: Sequence[str]) -> list[str]:
+        """``listed`` without the tags outside the OCI tag grammar (``models.is_tag``), each of
+        which is warned about once per process (``tag_invalid_skipped``), never failing the rest.
+
+        A registry cannot store such a tag, so one in tags/list is a registry's (or a proxy's)
+        mistake or malice: ``1.2.3+build.5``, ``"1.2.3\\n"`` (which would reach a URL), 10 KB of
+        junk. Asking about it could only fail, every cycle, so it is no tag of ours.
+        """
+        valid = [t for t in listed if models.is_tag(t)]
+        if len(valid) == len(listed):
+            return valid
+        warned = self._invalid_tags.setdefault(repository, set())
+        invalid = [t for t in listed if not models.is_tag(t)]
+        new = [t for t in invalid if t not in warned]
+        room = max(0, MAX_INVALID_TAGS_REMEMBERED - len(warned))
+        for tag in new[:room]:
+            warned.add(tag)
+            log.warning(
+                "tag_invalid_skipped repository=%s tag=%s reason=%r",
+                repository,
+                # ascii(): every control or non-ASCII character escaped, so the line says
+                # exactly what was listed ("1.2.3\\n") and stays one line
+                ascii(tag[:140]),
+                "not an OCI tag (letters, digits, '_', '.', '-'; at most 128)",
+            )
+        if len(new) > room and "" not in warned:
+            # once ("" is no tag, so it can mark this): later invalid tags go unnamed
+            warned.add("")
+            log.warning(
+                "tag_invalid_skipped repository=%s count=%d reason=%r",
+                repository,
+                len(invalid),
+                f"more than {MAX_INVALID_TAGS_REMEMBERED} invalid tags; no longer named",
+            )
+        return valid
 
     def _classify(
         self,

@@ -32,7 +32,7 @@ def test_an_invalid_repository_hides_no_other_problem_of_its_watch(tmp_path: Pat
 """,
     )
     assert found == [
-        "watches[0].bogus (line 6): unknown key (known: interval, on_delete, on_move, repository, tags)",
+        "watches[0].bogus (line 6): unknown key (known: check_timeout, interval, on_delete, on_move, repository, tags)",
         "watches[0].repository (line 2): not a valid repository name: 'Not/Valid' (lower-case"
         " letters, digits and separators '.', '_', '__', '-', '/')",
         "watches[0].tags.include[0] (line 5): bad regular expression '(': missing ),"
@@ -150,7 +150,7 @@ def test_keys_only_code_sets_are_unknown_in_a_file(tmp_path: Path) -> None:
         tmp_path, "registries: [{host: a.io, use_docker_config: false}]\nsource: x\n"
     )
     assert found[0].startswith(
-        "source (line 2): unknown key (known: certs_dir, database_url, hooks,"
+        "source (line 2): unknown key (known: certs_dir, check_timeout, database_url, hooks,"
     )
     assert found[1].startswith(
         "registries[0].use_docker_config (line 1): unknown key (known: ca_file, client_cert,"

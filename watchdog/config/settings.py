@@ -13,8 +13,10 @@ from watchdog import errors, models
 from watchdog.config import fields, tls
 
 DEFAULT_DATABASE_URL = "sqlite:///watchdog.db"
-# release-like: 1.2.3, v1.2.3, 1.2.3-rc.1, 1.2.3+build.5 ; not latest, main, sha-abc, sha256-...
-DEFAULT_INCLUDE = (r"^v?\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?$",)
+DEFAULT_CHECK_TIMEOUT = 300.0
+# release-like: 1.2.3, v1.2.3, 1.2.3-rc.1, 1.2.3-build.5 ; not latest, main, sha-abc, sha256-...
+# (no "+build" form: "+" is not in the OCI tag grammar, so no registry can hold such a tag)
+DEFAULT_INCLUDE = (r"^v?[0-9]+\.[0-9]+\.[0-9]+(?:-[0-9A-Za-z.-]+)?$",)
 ON_MOVE = ("alert", "restore")
 # Slack user ids: U... (or W... on Enterprise Grid), upper-case letters and digits.
 SLACK_USER_RE = re.compile(r"^[UW][A-Z0-9]{2,30}$")
@@ -68,7 +70,7 @@ def _readable(path: str) -> str:
 
 
 def _listen_ok(listen: str) -> bool:
-    match = _LISTEN_RE.match(listen)
+    match = _LISTEN_RE.fullmatch(listen)
     return match is not None and 0 < int(match.group(2)) < 65536
 
 
@@ -97,7 +99,7 @@ WebhookUrl = Annotated[
 SlackUser = Annotated[
     str,
     fields.checked(
-        lambda user: bool(SLACK_USER_RE.match(user)),
+        lambda user: bool(SLACK_USER_RE.fullmatch(user)),
         "{value!r} is not a Slack user id (like U0123ABCD)",
     ),
 ]
@@ -191,8 +193,13 @@ class TagFilter(fields.Section):
         self._exc = tuple(re.compile(p) for p in self.exclude)
 
     def matches(self, tag: str) -> bool:
-        """True for a tag this watch records. Referrer fallback tags (``sha256-...``) never match."""
-        if tag.startswith("sha256-"):
+        """True for a tag this watch records. Referrer fallback tags (``sha256-...``) and text
+        outside the OCI tag grammar (``models.is_tag``) never match.
+
+        The patterns are searched (``re.search``) in tags that passed the grammar first, so
+        ``$`` in a pattern is as good as ``\\Z`` here: no valid tag holds a newline.
+        """
+        if tag.startswith("sha256-") or not models.is_tag(tag):
             return False
         return any(p.search(tag) for p in self._inc) and not any(p.search(tag) for p in self._exc)
 
@@ -205,6 +212,7 @@ class WatchSettings(fields.Section):
         fields.checked(lambda v: v in ON_MOVE, "must be one of alert, restore, got {value!r}"),
     ] = "alert"
     interval: fields.Interval | None = None  # None = the global interval
+    check_timeout: fields.Interval | None = None  # None = the global check_timeout
     # a confirmed deletion of a release: None = as on_move (docs/CONFIG.md, docs/DETECTION.md)
     on_delete: Annotated[
         OptText,
@@ -323,6 +331,10 @@ class Settings(fields.Section):
     restore: RestoreSettings = RestoreSettings()
     integrity: IntegritySettings = IntegritySettings()
     hooks: HookSettings = HookSettings()
+    # the most one check of one watch may spend asking its registry (listing, HEADs, GETs);
+    # writing the outcome is never cut short. A registry that answers too slowly costs its own
+    # watches this long, then the check fails as unreachable and the slot goes to the others.
+    check_timeout: fields.Interval = DEFAULT_CHECK_TIMEOUT
     # docker's layout: <certs_dir>/<host[:port]>/{ca.crt,*.crt,client.cert,client.key}
     certs_dir: fields.Text = tls.DEFAULT_CERTS_DIR
 
@@ -339,6 +351,10 @@ class Settings(fields.Section):
     def source(self) -> str | None:
         """The file these settings came from (None: defaults and the environment only)."""
         return self._source
+
+    def check_deadline(self, watch: WatchSettings) -> float:
+        """Seconds one check of ``watch`` may spend asking its registry."""
+        return watch.check_timeout if watch.check_timeout is not None else self.check_timeout
 
     def problems(self) -> Iterator[tuple[str, str]]:
         # the certs.d entries this config will use: those of its registries and watched hosts

@@ -25,6 +25,8 @@ from watchdog.store import db, outbox, rows, tables
 
 # Long enough for a registry's error and our context; the full story is in the logs.
 MAX_WATCH_ERROR = 1000
+# digests per "which are archived?" query: well under both backends' parameter limits
+ARCHIVED_QUERY_BATCH = 500
 
 T = tables.tags
 E = tables.events
@@ -120,6 +122,20 @@ class Store:
             )
         return models.Manifest(digest=digest, media_type=row.media_type, body=body)
 
+    def archived_digests(self, repository: str, digests: Collection[str]) -> set[str]:
+        """Which of ``digests`` the archive of ``repository`` holds (a few queries of at most
+        ARCHIVED_QUERY_BATCH digests each, whatever the number asked about)."""
+        wanted = sorted(set(digests))
+        found: set[str] = set()
+        with db.translating(self.engine), self.engine.connect() as conn:
+            for start in range(0, len(wanted), ARCHIVED_QUERY_BATCH):
+                batch = wanted[start : start + ARCHIVED_QUERY_BATCH]
+                query = sa.select(M.c.digest).where(
+                    M.c.repository == repository, M.c.digest.in_(batch)
+                )
+                found.update(conn.execute(query).scalars())
+        return found
+
     def watch_status(self) -> list[WatchStatus]:
         """The check status of every repository that was ever checked, ordered by repository."""
         query = sa.select(W).order_by(W.c.repository)
@@ -204,6 +220,28 @@ class Store:
                 )
             )
         return saved
+
+    def archive_manifests(
+        self, repository: str, manifests: Sequence[models.Manifest], now: dt.datetime
+    ) -> None:
+        """Archive ``manifests`` of ``repository`` in one small transaction of their own, each
+        verified first (``errors.ProtocolError`` before anything is written if a body does not
+        hash to its digest); a digest already archived keeps its row.
+
+        A check streams an index's children (and the index) here as it fetches them, before the
+        transaction that writes the tag's record: so a record never points to an archive missing
+        a child, and a check holds a few manifests at a time, not the whole index. A crash in
+        between leaves only verified manifests that no record names yet.
+        """
+        rows.require_aware(now)
+        for manifest in manifests:
+            _verify(repository, manifest)
+        if not manifests:
+            return
+        with db.writing(self.engine) as conn:
+            conn.execute(
+                self._archive(), [rows.manifest_row(repository, m, now) for m in manifests]
+            )
 
     def apply_changes(
         self, repository: str, now: dt.datetime, changes: Sequence[models.Change]
