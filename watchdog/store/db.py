@@ -67,6 +67,7 @@ def create_engine(url: str) -> Engine:
                 ]
             )
         engine = sa.create_engine(parsed)
+        event.listen(engine, "do_connect", _sqlite_create_private)
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
@@ -89,6 +90,20 @@ def create_engine(url: str) -> Engine:
     raise errors.ConfigError(
         [f"database_url: unsupported database {backend!r} (use sqlite or postgresql+psycopg)"]
     )
+
+
+def _sqlite_create_private(
+    dialect: Any, conn_rec: Any, cargs: Sequence[Any], cparams: dict[str, Any]
+) -> None:
+    # The database holds every tag's history and the archived manifests: create it 0600 (SQLite
+    # would create it 0644 under the usual umask, and gives its -wal and -shm files the mode of
+    # the database file). A file that exists keeps its mode; a missing directory is SQLite's to
+    # report.
+    database = cparams.get("database", cargs[0] if cargs else None)
+    if not isinstance(database, str) or database == ":memory:" or database.startswith("file:"):
+        return
+    with contextlib.suppress(OSError):
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
