@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from watchdog import __version__, errors
+from watchdog import __version__, errors, terminal
 
 if TYPE_CHECKING:
     from watchdog import actions, config
@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     except errors.WatchdogError as exc:
-        print(f"tag-watchdog: {exc}", file=sys.stderr)
+        print(f"tag-watchdog: {terminal.safe(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("tag-watchdog: interrupted", file=sys.stderr)
@@ -151,7 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         logging.getLogger("watchdog.cli").debug("internal error", exc_info=True)
         print(
-            f"tag-watchdog: internal error: {type(exc).__name__}: {errors.truncate(str(exc))} "
+            f"tag-watchdog: internal error: {type(exc).__name__}: "
+            f"{terminal.safe(errors.truncate(str(exc)))} "
             "(this is a bug; --log-level debug shows the traceback)",
             file=sys.stderr,
         )
@@ -277,7 +278,7 @@ def _scan(args: argparse.Namespace) -> int:
         try:
             undelivered = await worker.drain(SCAN_ALERT_SECONDS)
         except errors.StoreError as exc:
-            print(f"tag-watchdog: alerts not delivered: {exc}", file=sys.stderr)
+            print(f"tag-watchdog: alerts not delivered: {terminal.safe(str(exc))}", file=sys.stderr)
 
     try:
         asyncio.run(scan_all())
@@ -406,7 +407,7 @@ def _restore(args: argparse.Namespace) -> int:
         if args.json:
             _print_json({"exit_code": code, "dry_run": True, **views.plan_json(result)})
         else:
-            print("\n".join(result.describe()))
+            print("\n".join(terminal.safe(line) for line in result.describe()))
         return code
     code = EXIT_OK if result.restored else EXIT_FAILED
     if args.json:
@@ -415,7 +416,8 @@ def _restore(args: argparse.Namespace) -> int:
         print(f"restored {ref.name}:{ref.tag} to {result.event.new_digest}")
     else:
         print(
-            f"tag-watchdog: restore of {ref.name}:{ref.tag} failed: {result.reason}",
+            f"tag-watchdog: restore of {ref.name}:{ref.tag} failed: "
+            f"{terminal.safe(str(result.reason))}",
             file=sys.stderr,
         )
     return code
@@ -483,7 +485,7 @@ def _guard(args: argparse.Namespace) -> int:
             }
         )
     else:
-        print(text)
+        print(terminal.safe(text, multiline=True))
     return code
 
 
@@ -500,7 +502,10 @@ def _first_recorded(args: argparse.Namespace, settings: config.Settings, ref: An
             ref.name, ref.tag
         )
     except errors.StoreError as exc:
-        print(f"tag-watchdog: note: the database cannot say: {exc}", file=sys.stderr)
+        print(
+            f"tag-watchdog: note: the database cannot say: {terminal.safe(str(exc))}",
+            file=sys.stderr,
+        )
         return None
     return _when(record.first_seen) if record is not None else None
 
@@ -560,7 +565,7 @@ def _alerts_test(args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
     for channel, error in sorted(results.items()):
-        print(f"{channel}: {'sent' if error is None else 'FAILED: ' + error}")
+        print(terminal.safe(f"{channel}: {'sent' if error is None else 'FAILED: ' + error}"))
     return EXIT_FAILED if any(e is not None for e in results.values()) else EXIT_OK
 
 
@@ -577,6 +582,7 @@ def _print_json(data: Any) -> None:
 
 
 def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    rows = [[terminal.safe(str(v)) for v in row] for row in rows]  # reasons, actors: from outside
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     for row in (header, *rows):
         print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import IO, TYPE_CHECKING, Any
 
-from watchdog import models
+from watchdog import models, terminal
 
 if TYPE_CHECKING:  # types only: status and history need no registry client (httpx) at all
     from watchdog import restore, service
@@ -76,9 +76,10 @@ def check_json(r: service.CheckResult) -> dict[str, Any]:
 
 def check_lines(r: service.CheckResult) -> list[str]:
     """What ``scan`` prints for one watch: a summary line, then one line per event (first
-    sightings aside), per tag that could not be checked and per drifted tag."""
+    sightings aside), per tag that could not be checked and per drifted tag; what a registry
+    said is shown escaped (terminal.safe), each line one line."""
     if r.error:
-        return [f"{r.repository}: could not check: {r.error}"]
+        return [terminal.safe(f"{r.repository}: could not check: {r.error}")]
     counts: dict[str, int] = {}
     for e in r.events:
         counts[e.kind.value] = counts.get(e.kind.value, 0) + 1
@@ -93,7 +94,7 @@ def check_lines(r: service.CheckResult) -> list[str]:
     lines += [
         f"  DRIFT     {t.ref} is {t.state.value} (recorded {t.recorded_digest})" for t in r.drifted
     ]
-    return lines
+    return [terminal.safe(line) for line in lines]
 
 
 def event_line(e: models.Event) -> str:
