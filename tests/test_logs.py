@@ -133,16 +133,11 @@ def test_json_fields_are_keys_of_their_own(stream: Stderr) -> None:
     assert first["error"] == "HTTP 503: 'down'\nretry"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gap: TextFormatter writes the message as it is, so a value logged with %s that holds "
-    "a newline splits one event over two lines (the call sites use %r for free text today; JSON "
-    "escapes it)",
-)
 def test_text_keeps_an_event_on_one_line_whatever_its_values(stream: Stderr) -> None:
     logs.setup("info", "text")
     logging.getLogger("watchdog.api").warning("api_refused path=%s", "/api/v1/x\nlevel=error")
     assert len(stream.getvalue().splitlines()) == 1
+    assert "path=/api/v1/x\\x0alevel=error" in stream.getvalue()  # shown, escaped
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from watchdog import __version__, errors
+from watchdog import __version__, errors, terminal
 
 if TYPE_CHECKING:
     from watchdog import actions, config
@@ -188,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     except errors.WatchdogError as exc:
-        _say(f"tag-watchdog: {exc}", "error")
+        _say(f"tag-watchdog: {terminal.safe(str(exc))}", "error")
         return exc.exit_code
     except KeyboardInterrupt:
         _say("tag-watchdog: interrupted", "interrupted")
@@ -199,7 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         logging.getLogger("watchdog.cli").debug("internal error", exc_info=True)
         _say(
-            f"tag-watchdog: internal error: {type(exc).__name__}: {errors.truncate(str(exc))} "
+            f"tag-watchdog: internal error: {type(exc).__name__}: "
+            f"{terminal.safe(errors.truncate(str(exc)))} "
             "(this is a bug; --log-level debug shows the traceback)",
             "internal_error",
         )
@@ -336,7 +337,10 @@ def _scan(args: argparse.Namespace) -> int:
         try:
             undelivered = await worker.drain(SCAN_ALERT_SECONDS)
         except errors.StoreError as exc:
-            _say(f"tag-watchdog: alerts not delivered: {exc}", "alerts_not_delivered")
+            _say(
+                f"tag-watchdog: alerts not delivered: {terminal.safe(str(exc))}",
+                "alerts_not_delivered",
+            )
 
     try:
         asyncio.run(scan_all())
@@ -460,7 +464,7 @@ def _restore(args: argparse.Namespace) -> int:
 
     def show_plans(planned: list[actions.TagResult]) -> None:  # shown first, then carried out
         if not args.json and (several or args.dry_run):
-            print("\n".join(views.plans_text(planned, several=several)))
+            print("\n".join(terminal.safe(s) for s in views.plans_text(planned, several=several)))
 
     async def go() -> list[actions.TagResult]:
         clients = service.Clients(settings)
@@ -486,10 +490,10 @@ def _show_outcomes(
     else:
         out, err = views.outcomes_text(results, several=several, dry_run=dry_run)
         if out:
-            print("\n".join(out))
+            print("\n".join(terminal.safe(line) for line in out))
         if err:
             for line in err:  # one line each: JSON lines with --log-format json
-                _say(f"tag-watchdog: {line}", f"{args.command}_failed")
+                _say(f"tag-watchdog: {terminal.safe(line)}", f"{args.command}_failed")
     return views.worst_exit_code(results)
 
 
@@ -536,9 +540,9 @@ def _guard_all(args: argparse.Namespace) -> int:
         return code
     for verdict in verdicts:
         if verdict.code == guard.UNSURE:
-            print(f"tag-watchdog: {guard.text(verdict)}", file=sys.stderr)
+            _say(f"tag-watchdog: {terminal.safe(guard.text(verdict))}", "guard_unsure")
         else:
-            print(guard.text(verdict))
+            print(terminal.safe(guard.text(verdict), multiline=True))
     return code
 
 
@@ -646,7 +650,7 @@ def _alerts_test(args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
     for channel, error in sorted(results.items()):
-        print(f"{channel}: {'sent' if error is None else 'FAILED: ' + error}")
+        print(terminal.safe(f"{channel}: {'sent' if error is None else 'FAILED: ' + error}"))
     return EXIT_FAILED if any(e is not None for e in results.values()) else EXIT_OK
 
 
@@ -663,6 +667,7 @@ def _print_json(data: Any) -> None:
 
 
 def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    rows = [[terminal.safe(str(v)) for v in row] for row in rows]  # reasons, actors: from outside
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     for row in (header, *rows):
         print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())

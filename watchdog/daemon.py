@@ -36,6 +36,7 @@ from watchdog.alerts import outbox
 from watchdog.store import claims, db, lock
 from watchdog.store import repo as store_repo
 from watchdog.web import app as web_app
+from watchdog.web import server as web_server
 
 log = logging.getLogger("watchdog.daemon")
 
@@ -161,7 +162,7 @@ class Daemon:
             on_registry_events=self.on_registry_events,
             spawn=self._spawn,
         )
-        server = _Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
+        server = _Server(web_server.uvicorn_config(app, self.settings.http))
         server_task = asyncio.create_task(server.serve(sockets=[sock]))
         self.scheduler = AsyncIOScheduler(event_loop=loop, timezone=dt.UTC)
         now = dt.datetime.now(dt.UTC)

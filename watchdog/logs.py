@@ -13,14 +13,20 @@ import logging
 import re
 import sys
 
+from watchdog import terminal
+
 
 class TextFormatter(logging.Formatter):
+    """One line per event; what it quotes from outside (a registry's error body, a client's
+    address) cannot start a line of its own or send the terminal escape sequences."""
+
     def format(self, record: logging.LogRecord) -> str:
         ts = dt.datetime.fromtimestamp(record.created, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        line = f"ts={ts[:-4]}Z level={record.levelname.lower()} logger={record.name} {record.getMessage()}"
+        message = terminal.safe(record.getMessage())
+        line = f"ts={ts[:-4]}Z level={record.levelname.lower()} logger={record.name} {message}"
         if record.exc_info:
             # Unexpected failures only: expected ones are logged without a traceback.
-            line += "\n" + self.formatException(record.exc_info)
+            line += "\n" + terminal.safe(self.formatException(record.exc_info), multiline=True)
         return line
 
 

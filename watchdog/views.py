@@ -8,7 +8,7 @@ import json
 from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
-from watchdog import models
+from watchdog import models, terminal
 
 if TYPE_CHECKING:  # types only: status and history need no registry client (httpx) at all
     from watchdog import restore, service
@@ -234,9 +234,10 @@ def confirmed_drift(r: service.CheckResult) -> bool:
 
 def check_lines(r: service.CheckResult) -> list[str]:
     """What ``scan`` prints for one watch: a summary line, then one line per event (first
-    sightings aside), per tag that could not be checked and per drifted tag."""
+    sightings aside), per tag that could not be checked and per drifted tag; what a registry
+    said is shown escaped (terminal.safe), each line one line."""
     if r.error:
-        return [f"{r.repository}: could not check: {r.error}", *_drift_lines(r)]
+        return [terminal.safe(f"{r.repository}: could not check: {r.error}"), *_drift_lines(r)]
     counts: dict[str, int] = {}
     for e in r.events:
         counts[e.kind.value] = counts.get(e.kind.value, 0) + 1
@@ -248,13 +249,15 @@ def check_lines(r: service.CheckResult) -> list[str]:
     lines += [
         f"  ERROR     {r.repository}:{tag}: {err}" for tag, err in sorted(r.tag_errors.items())
     ]
-    return lines + _drift_lines(r)
+    return [terminal.safe(line) for line in lines] + _drift_lines(r)
 
 
 def _drift_lines(r: service.CheckResult) -> list[str]:
     return [
-        f"  DRIFT     {t.ref} is {t.state.value} (recorded {t.recorded_digest})"
-        + (" [from the record, not re-checked]" if t.tag in r.not_rechecked else "")
+        terminal.safe(
+            f"  DRIFT     {t.ref} is {t.state.value} (recorded {t.recorded_digest})"
+            + (" [from the record, not re-checked]" if t.tag in r.not_rechecked else "")
+        )
         for t in r.drifted
     ]
 

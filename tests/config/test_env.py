@@ -21,6 +21,7 @@ OVERRIDES: list[tuple[str, str, tuple[str, ...], Any]] = [
     ("WATCHDOG_JITTER", "2s", ("jitter",), 2.0),
     ("WATCHDOG_HTTP_LISTEN", "127.0.0.1:1234", ("http", "listen"), "127.0.0.1:1234"),
     ("WATCHDOG_API_TOKEN", "api-t", ("http", "api_token"), config.Secret("api-t")),
+    ("WATCHDOG_READ_TOKEN", "read-t", ("http", "read_token"), config.Secret("read-t")),
     (
         "WATCHDOG_SLACK_WEBHOOK_URL",
         "https://hooks.example/x",

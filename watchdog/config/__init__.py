@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from watchdog.config.fields import Secret, format_duration, parse_duration
 from watchdog.config.loading import ENV_OVERRIDES, ENV_PREFIX, expand_env, from_mapping, load
-from watchdog.config.output import mask_url, masked, to_yaml
+from watchdog.config.output import SECRET_QUERY_KEYS, mask_url, masked, to_yaml
 from watchdog.config.settings import (
     DEFAULT_DATABASE_URL,
     DEFAULT_INCLUDE,
@@ -33,6 +33,7 @@ __all__ = [
     "ENV_OVERRIDES",
     "ENV_PREFIX",
     "ON_MOVE",
+    "SECRET_QUERY_KEYS",
     "SLACK_USER_RE",
     "HookSettings",
     "HttpSettings",

@@ -24,6 +24,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "JITTER": ("jitter",),
     "HTTP_LISTEN": ("http", "listen"),
     "API_TOKEN": ("http", "api_token"),
+    "READ_TOKEN": ("http", "read_token"),
     "SLACK_WEBHOOK_URL": ("slack", "webhook_url"),
     "SLACK_TOKEN": ("slack", "token"),
     "SLACK_CHANNEL": ("slack", "channel"),

@@ -3,6 +3,7 @@ reference for users; a test checks that every key here is in it."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterator
 from typing import Annotated, Any, ClassVar
@@ -241,11 +242,40 @@ class WatchSettings(fields.Section):
         return self.repository.name
 
 
+def _network(value: Any) -> str:
+    """An address (``10.0.0.7``) or a network (``10.0.0.0/8``), written the one way uvicorn's
+    proxy-header check compares (host bits of a network cleared)."""
+    text = fields.as_text(value).strip()
+    try:
+        if "/" in text:
+            return str(ipaddress.ip_network(text, strict=False))
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise fields.problem(
+            f"expected an IP address or network (10.0.0.0/8), got {fields.shown(value)}"
+        ) from None
+
+
+Network = Annotated[str, pydantic.BeforeValidator(_network)]
+
+
 class HttpSettings(fields.Section):
     listen: Annotated[
         fields.Text, fields.checked(_listen_ok, "expected host:port, got {value!r}")
     ] = "127.0.0.1:9797"
     api_token: OptSecret = None
+    # Wanted (Authorization: Bearer) for /metrics, the API's reads and its openapi.json from
+    # every client, loopback too. None: /metrics is open, API reads are open on loopback.
+    read_token: OptSecret = None
+    # reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed; none: the peer is
+    # the client (docs/SECURITY.md)
+    trusted_proxies: Annotated[tuple[Network, ...], fields.StrList] = ()
+    # HTTP connections held at once; past it the oldest one still sending its request is closed
+    # (kept well below the file-descriptor limit the checks need: see web.server)
+    max_connections: Annotated[int, fields.integer(4, 65536)] = 256
+    header_timeout: fields.Interval = 10.0  # a request's headers must arrive within this
+    body_timeout: fields.Interval = 10.0  # ... and its body within this after them: else 408
+    keep_alive: fields.Interval = 5.0  # an idle connection is closed after this
 
     @property
     def host(self) -> str:

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy import event, exc
 from sqlalchemy.engine import Engine, make_url
 
-from watchdog import errors
+from watchdog import config, errors
 from watchdog.store import tables
 
 _VERSION_TABLE = "alembic_version"  # Alembic's default, which migrations/env.py keeps
@@ -61,9 +61,13 @@ def create_engine(url: str) -> Engine:
     if backend == "sqlite":
         if not parsed.database or parsed.database == ":memory:" or "mode=memory" in url:
             raise errors.ConfigError(
-                [f"database_url: SQLite needs a file (sqlite:///path/to/watchdog.db), got {url}"]
+                [
+                    "database_url: SQLite needs a file (sqlite:///path/to/watchdog.db), "
+                    f"got {mask_url(url)}"
+                ]
             )
         engine = sa.create_engine(parsed)
+        event.listen(engine, "do_connect", _sqlite_create_private)
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
@@ -86,6 +90,20 @@ def create_engine(url: str) -> Engine:
     raise errors.ConfigError(
         [f"database_url: unsupported database {backend!r} (use sqlite or postgresql+psycopg)"]
     )
+
+
+def _sqlite_create_private(
+    dialect: Any, conn_rec: Any, cargs: Sequence[Any], cparams: dict[str, Any]
+) -> None:
+    # The database holds every tag's history and the archived manifests: create it 0600 (SQLite
+    # would create it 0644 under the usual umask, and gives its -wal and -shm files the mode of
+    # the database file). A file that exists keeps its mode; a missing directory is SQLite's to
+    # report.
+    database = cparams.get("database", cargs[0] if cargs else None)
+    if not isinstance(database, str) or database == ":memory:" or database.startswith("file:"):
+        return
+    with contextlib.suppress(OSError):
+        os.close(os.open(database, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _sqlite_on_connect(dbapi_connection: Any, connection_record: Any) -> None:
@@ -123,13 +141,20 @@ def missing_sqlite_file(engine: Engine) -> str | None:
 
 
 def mask_url(url: str | sa.URL) -> str:
-    """``url`` with the password replaced by ``***`` (for messages and logs)."""
+    """``url`` with every password (userinfo or query string) replaced by ``***``, for messages
+    and logs: ``config.mask_url``, the one masking of a database URL, also for an engine's URL."""
     if isinstance(url, sa.URL):
-        return url.render_as_string(hide_password=True)
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except exc.ArgumentError:
-        return re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", url)
+        url = url.render_as_string(hide_password=False)
+    return config.mask_url(url)
+
+
+def _passwords(url: sa.URL) -> list[str]:
+    """Every password ``url`` holds: its userinfo's and its query string's (``?password=``)."""
+    found = [str(url.password)] if url.password else []
+    for key, value in url.query.items():
+        if key.strip().lower() in config.SECRET_QUERY_KEYS:
+            found += [value] if isinstance(value, str) else list(value)
+    return [p for p in found if p]
 
 
 @contextlib.contextmanager
@@ -237,8 +262,8 @@ def _reason(error: exc.SQLAlchemyError, url: sa.URL) -> str:
         if needle in lowered:
             reason = short or first
             break
-    if url.password:
-        reason = reason.replace(str(url.password), "***")
+    for password in _passwords(url):
+        reason = reason.replace(password, "***")
     return errors.truncate(reason)
 
 

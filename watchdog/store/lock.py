@@ -40,7 +40,8 @@ class DaemonLock:
         if self.path is None:
             return
         try:
-            handle = self.path.open("a+b")
+            # 0600: the lock file sits beside the database and says who holds it
+            handle = os.fdopen(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600), "r+b")
         except OSError as exc:
             raise errors.DatabaseUnavailable(
                 f"database {self._shown} unreachable: unable to open the database file "

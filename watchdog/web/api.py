@@ -10,7 +10,6 @@ it against the routes.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 from typing import Any
 
@@ -28,19 +27,16 @@ MAX_BODY_BYTES = 64 * 1024
 STATES = tuple(s.value for s in models.TagState)
 
 
-def _loopback(request: Request) -> bool:
-    host = request.client.host if request.client else ""
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _guarded(
-    handler: common.Handler, token: config.Secret | None, *, write: bool
+    handler: common.Handler,
+    token: config.Secret | None,
+    *,
+    write: bool,
+    read_token: config.Secret | None = None,
 ) -> common.Handler:
     """``handler`` behind the API's rules: writes need the bearer token (refused without one
-    configured), reads need it from outside loopback."""
+    configured), reads need it from outside loopback, or ``read_token`` (or the write token)
+    from everyone when it is set (common.reader_ok)."""
     answering = common.answering(handler)
 
     async def run(request: Request) -> Response:
@@ -50,7 +46,9 @@ def _guarded(
             if not common.bearer_ok(request, token):
                 log.warning("api_refused reason=bad_token path=%s", request.url.path)
                 return common.error(401, "missing or wrong bearer token")
-        elif not _loopback(request) and not common.bearer_ok(request, token):
+        elif not common.reader_ok(request, token, read_token):
+            if read_token is not None:
+                return common.error(401, "reads need the bearer token (http.read_token)")
             return common.error(401, "reads from outside loopback need the bearer token")
         return await answering(request)
 
@@ -58,9 +56,13 @@ def _guarded(
 
 
 def routes(
-    store: store_repo.Store, token: config.Secret | None, actions_: actions.Actions
+    store: store_repo.Store,
+    token: config.Secret | None,
+    actions_: actions.Actions,
+    read_token: config.Secret | None = None,
 ) -> list[Route]:
-    """The /api/v1 routes over ``store`` and ``actions_``."""
+    """The /api/v1 routes over ``store`` and ``actions_``; with a ``read_token``, the reads and
+    the OpenAPI document want it (or ``token``) from every client."""
 
     async def tags(request: Request) -> Response:
         repository = request.query_params.get("repository")
@@ -112,11 +114,23 @@ def routes(
         return JSONResponse(OPENAPI)
 
     return [
-        Route("/api/v1/tags", _guarded(tags, token, write=False), methods=["GET"]),
-        Route("/api/v1/history", _guarded(history, token, write=False), methods=["GET"]),
+        Route(
+            "/api/v1/tags",
+            _guarded(tags, token, write=False, read_token=read_token),
+            methods=["GET"],
+        ),
+        Route(
+            "/api/v1/history",
+            _guarded(history, token, write=False, read_token=read_token),
+            methods=["GET"],
+        ),
         Route("/api/v1/restore", _guarded(do_restore, token, write=True), methods=["POST"]),
         Route("/api/v1/accept", _guarded(do_accept, token, write=True), methods=["POST"]),
-        Route("/api/v1/openapi.json", openapi, methods=["GET"]),
+        Route(
+            "/api/v1/openapi.json",
+            _guarded(openapi, token, write=False, read_token=read_token) if read_token else openapi,
+            methods=["GET"],
+        ),
     ]
 
 

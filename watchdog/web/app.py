@@ -3,7 +3,9 @@ beside them the registry hooks (web.hooks), the HTTP API v1 (web.api) and the Sl
 (web.slack).
 
 ``/healthz`` answers while the process can serve at all; ``/readyz`` only when the database
-answers, the scheduler runs and every watch completed a cycle recently.
+answers, the scheduler runs and every watch completed a cycle recently. With ``http.read_token``
+set, ``/metrics`` wants it (or ``http.api_token``) as bearer token and ``/readyz`` tells its
+reasons only to who gives it (the status code is for every probe); ``/healthz`` stays open.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from starlette.routing import Route
 
 from watchdog import actions, config, metrics
 from watchdog.store import repo as store_repo
-from watchdog.web import api, hooks, slack
+from watchdog.web import api, common, hooks, slack
 
 ReadinessProbe = Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]
 
@@ -38,7 +40,12 @@ def build_app(
     ``on_registry_events`` is given); with a ``store``, ``actions_`` and ``spawn`` (which runs a
     Slack tap's action in the background) also the API and ``/slack/actions``."""
 
+    api_token = settings.http.api_token if settings is not None else None
+    read_token = settings.http.read_token if settings is not None else None
+
     async def metrics_endpoint(request: Request) -> Response:
+        if read_token is not None and not common.reader_ok(request, api_token, read_token):
+            return common.error(401, "/metrics needs the bearer token (http.read_token)")
         return Response(
             metrics_.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8"
         )
@@ -48,6 +55,8 @@ def build_app(
 
     async def readyz(request: Request) -> Response:
         ready, detail = await readiness()
+        if read_token is not None and not common.reader_ok(request, api_token, read_token):
+            detail = {}  # the reasons name hosts and repositories: for token holders only
         return JSONResponse(
             {"status": "ready" if ready else "not ready", **detail},
             status_code=200 if ready else 503,
@@ -65,7 +74,7 @@ def build_app(
     ]
     if settings is not None and store is not None and actions_ is not None and spawn is not None:
         routes += [
-            *api.routes(store, settings.http.api_token, actions_),
+            *api.routes(store, api_token, actions_, read_token),
             *slack.routes(settings, store, actions_, spawn=spawn, observer=metrics_),
         ]
     return Starlette(routes=routes)

@@ -6,6 +6,7 @@ half-way), token comparison in constant time, JSON bodies, and the one mapping o
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -115,6 +116,28 @@ def query_token_ok(request: Request, secret: config.Secret | None) -> bool:
     return len(given) == 1 and hmac.compare_digest(
         given[0].encode("utf-8", "surrogateescape"), secret.reveal().encode()
     )
+
+
+def from_loopback(request: Request) -> bool:
+    """The peer (or, behind an ``http.trusted_proxies`` proxy, the client it names) is on
+    loopback."""
+    host = request.client.host if request.client else ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def reader_ok(
+    request: Request, api_token: config.Secret | None, read_token: config.Secret | None
+) -> bool:
+    """May ``request`` read (the API's reads and its OpenAPI document; ``/metrics`` and
+    ``/readyz``'s reasons when ``read_token`` is set)? With ``http.read_token`` set: only with it
+    or the ``http.api_token`` as bearer token, whoever asks, loopback too. Without: from
+    loopback, or with the ``api_token``."""
+    if read_token is not None:
+        return bearer_ok(request, read_token) or bearer_ok(request, api_token)
+    return from_loopback(request) or bearer_ok(request, api_token)
 
 
 def client_host(request: Request) -> str:
