@@ -23,6 +23,7 @@ from watchdog.config.settings import (
     Settings,
     SlackSettings,
     TagFilter,
+    VaultSettings,
     WatchSettings,
 )
 
@@ -41,6 +42,7 @@ __all__ = [
     "Settings",
     "SlackSettings",
     "TagFilter",
+    "VaultSettings",
     "WatchSettings",
     "expand_env",
     "format_duration",

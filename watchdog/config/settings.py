@@ -145,6 +145,7 @@ class WatchSettings(fields.Section):
         fields.checked(lambda v: v in ON_MOVE, "must be one of alert, restore, got {value!r}"),
     ] = "alert"
     interval: fields.Interval | None = None  # None = the global interval
+    vault: fields.Flag = True  # False: this watch's releases are not copied to the vault
 
     @classmethod
     def prepare(cls, data: Any) -> Any:
@@ -218,6 +219,49 @@ class HookSettings(fields.Section):
     dockerhub_token: OptSecret = None
 
 
+def _vault_repository(value: Any) -> models.ImageRef:
+    ref = _repository(value)
+    if len(ref.repository) > models.MAX_NAME_LENGTH - 64:
+        raise fields.problem("leave room for the source repositories: at most 191 characters")
+    return ref
+
+
+class VaultSettings(fields.Section):
+    """``vault:``: where complete copies of every release are kept (docs/CONFIG.md, "The vault").
+
+    The naming scheme lives here, beside the prefix it derives from, so that the copier, restore
+    and the docs agree on one rule.
+    """
+
+    # HOST[:PORT]/PREFIX: the vault repository of source HOST/a/b is PREFIX/<host>/a/b
+    repository: Annotated[models.ImageRef, pydantic.PlainValidator(_vault_repository)]
+    max_concurrency: Annotated[int, fields.integer(1, 64)] = 4  # copies at once per registry
+    scan_timeout: fields.Interval = 600.0  # how long `scan` waits for its copies at the end
+    retry_for: fields.Interval = 86400.0  # a copy that keeps failing temporarily: then `failed`
+
+    @property
+    def host(self) -> str:
+        return self.repository.host
+
+    def repository_for(self, source: models.ImageRef) -> str:
+        """The vault repository (a path on the vault's registry) of source ``HOST/a/b``:
+        ``PREFIX/<host>/a/b``, the host lower-cased with every character the repository grammar
+        refuses (``:`` of a port, IPv6 brackets) turned into ``-``. Raises InvalidReference when
+        the result is over 255 characters."""
+        host = re.sub(r"-+", "-", re.sub(r"[^a-z0-9.]", "-", source.host.lower())).strip("-.")
+        return models.check_repository(f"{self.repository.repository}/{host}/{source.repository}")
+
+    @staticmethod
+    def tag_for(tag: str, digest: str) -> str:
+        """The vault tag holding release ``tag`` at ``digest``: ``<tag>--<64 hex>``, the tag cut to
+        62 characters so the whole stays within the 128 of the tag grammar. A person browsing the
+        vault sees the version; the full hex finds the copy of any digest. Never ``sha256-...``
+        (the referrers fallback tags)."""
+        models.check_digest(digest)
+        models.check_tag(tag)
+        return f"{tag[:62]}--{digest.removeprefix('sha256:')}"
+
+
 class Settings(fields.Section):
     database_url: DatabaseUrl = fields.Secret(DEFAULT_DATABASE_URL)
     interval: fields.Interval = 60.0
@@ -236,6 +280,7 @@ class Settings(fields.Section):
     slack: SlackSettings = SlackSettings()
     restore: RestoreSettings = RestoreSettings()
     hooks: HookSettings = HookSettings()
+    vault: VaultSettings | None = None
 
     _source: str | None = pydantic.PrivateAttr(default=None)
 
@@ -248,6 +293,22 @@ class Settings(fields.Section):
     def source(self) -> str | None:
         """The file these settings came from (None: defaults and the environment only)."""
         return self._source
+
+    def problems(self) -> Iterator[tuple[str, str]]:
+        if isinstance(self.vault, VaultSettings) and isinstance(self.watches, tuple):
+            for watch in self.watches:
+                if not isinstance(watch, WatchSettings) or not watch.vault:
+                    continue
+                try:
+                    self.vault.repository_for(watch.repository)
+                except errors.InvalidReference:
+                    yield "vault.repository", f"too long a vault repository for {watch.name}"
+
+    def vaulted(self) -> frozenset[str]:
+        """The watched repositories (``ImageRef.name``) whose releases go to the vault."""
+        if self.vault is None:
+            return frozenset()
+        return frozenset(w.name for w in self.watches if w.vault)
 
     def registry(self, host: str) -> RegistrySettings:
         """Settings for ``host``: the configured entry, else defaults (plain HTTP on loopback)."""
