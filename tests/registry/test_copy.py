@@ -1,0 +1,148 @@
+"""Copying a release between repositories (the vault's copy, restore's way back), against the
+real docker-registry: a mount on one registry (one request per blob), streaming across two."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import httpx
+import pytest
+
+from tests.support import images
+from watchdog import config, errors
+from watchdog.registry import client, copy, media
+
+FAST = dataclasses.replace(client.DEFAULT_RETRY, attempts=2, base=0.0)
+
+
+async def _no_sleep(seconds: float) -> None:
+    return None
+
+
+class Recorder:
+    """A RequestObserver that keeps (method, code) of every exchange."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str]] = []
+
+    def on_request(self, registry: str, method: str, code: str, seconds: float) -> None:
+        self.requests.append((method, code))
+
+    def on_ratelimit(self, registry: str, remaining: float) -> None:
+        return None
+
+
+def make_client(
+    settings: config.RegistrySettings, observer: Recorder | None = None
+) -> client.RegistryClient:
+    return client.RegistryClient(settings, sleep=_no_sleep, retry=FAST, observer=observer)
+
+
+def blobs_of(pushed: images.PushedIndex) -> list[str]:
+    return list(dict.fromkeys(b for c in pushed.children.values() for b in media.blobs(c.body)))
+
+
+async def assert_pullable(
+    rc: client.RegistryClient, repository: str, tag: str, pushed: images.PushedIndex
+) -> None:
+    """Every manifest and blob of ``pushed`` is in ``repository``, byte for byte."""
+    top = await rc.get_manifest(repository, tag)
+    assert top.body == pushed.index.body
+    for child in pushed.children.values():
+        got = await rc.get_manifest(repository, child.digest)
+        assert got.body == child.body
+        for blob in media.blobs(child.body):
+            await rc.get_blob(repository, blob)  # verified against its digest
+
+
+async def test_same_registry_mounts_each_blob_with_one_request(registry, repo, pusher):
+    pushed = pusher.index(repo, "0.15.0", seed="mount")
+    vault = f"vault/{repo}"
+    recorder = Recorder()
+    async with make_client(registry.settings(), recorder) as rc:
+        report = await copy.copy_release(rc, repo, rc, vault, pushed.digest, "0.15.0--x")
+        posts = [r for r in recorder.requests if r[0] == "POST"]
+        assert posts == [("POST", "201")] * len(blobs_of(pushed))
+        assert not [r for r in recorder.requests if r[0] == "PATCH"]
+        assert (report.mounted, report.streamed, report.manifests) == (
+            len(blobs_of(pushed)),
+            0,
+            len(pushed.children) + 1,
+        )
+        await assert_pullable(rc, vault, "0.15.0--x", pushed)
+
+
+async def test_across_registries_the_blobs_are_streamed_in_chunks_and_verified(
+    registry, repo, pusher, server
+):
+    pushed = pusher.index(repo, "1.0.0", seed="stream")
+    async with (
+        make_client(registry.settings()) as src,
+        make_client(server.settings()) as dst,
+    ):
+        # 100-byte chunks: every layer (256 bytes) takes several PATCHes and a short last one
+        report = await copy.copy_release(
+            src, repo, dst, "vault/x", pushed.digest, "1.0.0--x", chunk=100
+        )
+        assert report.streamed == len(blobs_of(pushed)) and report.mounted == 0
+        await assert_pullable(dst, "vault/x", "1.0.0--x", pushed)
+        # a second copy moves nothing: every blob is already there
+        again = await copy.copy_release(src, repo, dst, "vault/x", pushed.digest, "1.0.0--x")
+        assert again.present == len(blobs_of(pushed)) and again.bytes_streamed == 0
+
+
+async def test_a_blob_of_an_exact_multiple_of_the_chunk_size_ends_at_416(
+    registry, repo, pusher, server
+):
+    data = images.layer_bytes("exact", 256)
+    blob = pusher.blob(repo, data)
+    async with make_client(registry.settings()) as src, make_client(server.settings()) as dst:
+        how = await copy.copy_blob(src, repo, dst, "vault/y", blob.digest, chunk=len(data) // 2)
+        assert how == copy.STREAMED
+        assert await dst.get_blob("vault/y", blob.digest) == data
+
+
+async def test_a_blob_gone_from_the_source_is_not_found_and_nothing_is_committed(
+    registry, repo, server
+):
+    missing = "sha256:" + "0" * 64
+    async with make_client(registry.settings()) as src, make_client(server.settings()) as dst:
+        with pytest.raises(errors.NotFound):
+            await copy.copy_blob(src, repo, dst, "vault/z", missing)
+        assert not await dst.head_blob("vault/z", missing)
+
+
+async def test_a_mount_over_token_auth_asks_push_on_the_vault_and_pull_on_the_source(
+    token_registry, token_issuer, repo, make_pusher
+):
+    pushed = make_pusher(token_registry).index(repo, "2.0.0", seed="token")
+    vault = f"vault/{repo}"
+    async with make_client(token_registry.settings()) as rc:
+        report = await copy.copy_release(rc, repo, rc, vault, pushed.digest, "2.0.0--x")
+        assert report.mounted == len(blobs_of(pushed))
+    scopes = {s for r in token_issuer.requests for s in r.scopes}
+    assert f"repository:{vault}:pull,push" in scopes
+    assert f"repository:{repo}:pull" in scopes
+
+
+async def test_no_push_rights_on_the_vault_is_an_auth_error(
+    token_registry, token_issuer, repo, make_pusher
+):
+    pushed = make_pusher(token_registry).image(repo, "3.0.0", seed="denied")
+    token_issuer.grant = lambda user, type_, name, actions: ["pull"]
+    async with make_client(token_registry.settings()) as rc:
+        with pytest.raises(errors.AuthError):
+            await copy.copy_release(rc, repo, rc, f"vault/{repo}", pushed.digest, "3.0.0--x")
+
+
+def test_upload_locations_off_the_registry_are_refused() -> None:
+    settings = config.RegistrySettings(host="127.0.0.1:1", insecure=True)
+    rc = client.RegistryClient(settings)
+    wire_resp = client.wire.Response(
+        202,
+        httpx.Headers({"location": "http://elsewhere.example/v2/x/blobs/uploads/1"}),
+        b"",
+        httpx.URL("http://127.0.0.1:1/v2/x/blobs/uploads/"),
+    )
+    with pytest.raises(errors.ProtocolError, match="off this registry"):
+        rc._upload_location("start upload", wire_resp)
