@@ -22,7 +22,7 @@ import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
 
-from watchdog import __version__, actions, config, errors, metrics, notifications, service
+from watchdog import __version__, actions, config, errors, metrics, notifications, service, vaulting
 from watchdog.alerts import outbox
 from watchdog.store import claims, db, lock
 from watchdog.store import repo as store_repo
@@ -92,6 +92,7 @@ class Daemon:
         self.store: store_repo.Store | None = None
         self.checker: service.Checker | None = None
         self.alerts: outbox.Worker | None = None
+        self.vault: vaulting.Copier | None = None
 
     async def run(self) -> int:
         """Run until a stop signal. Raises WatchdogError for start-up failures (bad DB, port in use)."""
@@ -105,7 +106,11 @@ class Daemon:
         try:
             daemon_lock.acquire()
             await asyncio.to_thread(db.ensure_schema, engine, migrate_empty=True)
-            self.store = store_repo.Store(engine, channels=outbox.channel_names(self.settings))
+            self.store = store_repo.Store(
+                engine,
+                channels=outbox.channel_names(self.settings),
+                vaulted=self.settings.vaulted(),
+            )
             self.alerts = outbox.Worker(
                 self.store.outbox,
                 outbox.senders(self.settings),
@@ -118,6 +123,15 @@ class Daemon:
                 self.metrics.alert_channel(channel)
             sock = _bind(self.settings.http)
             clients = service.Clients(self.settings, observer=self.metrics)
+            if self.settings.vault is not None:
+                self.vault = vaulting.Copier(
+                    self.settings,
+                    self.store.vault,
+                    clients.get,
+                    observer=self.metrics,
+                    notices=self.store.outbox,
+                    clock=self.clock,
+                )
             self.checker = service.Checker(
                 self.settings, self.store, clients, self.metrics, clock=self.clock
             )
@@ -164,6 +178,10 @@ class Daemon:
         # The outbox worker: alerts queued by checks (or left by an earlier run) go out from here.
         alerts_stop = asyncio.Event()
         alerts_task = asyncio.create_task(self.alerts.run(alerts_stop)) if self.alerts else None
+        # The vault copier: copies queued by checks (or left by an earlier run, even one killed
+        # mid-copy) are made from here, in the background, never in a check's way.
+        vault_stop = asyncio.Event()
+        vault_task = asyncio.create_task(self.vault.run(vault_stop)) if self.vault else None
         host, port = sock.getsockname()[:2]
         log.info(
             "started version=%s watches=%d interval=%ss http=%s:%s database=%s",
@@ -192,6 +210,11 @@ class Daemon:
                 )
                 task.cancel()
             self.scheduler.shutdown(wait=False)
+            if vault_task is not None:
+                # A copy under way is cut short: it stays pending and is made on the next start.
+                vault_stop.set()
+                vault_task.cancel()
+                await asyncio.gather(vault_task, return_exceptions=True)
             if alerts_task is not None:
                 # After the checks: what they queued is tried once more; a send under way is
                 # recorded before the worker returns.
