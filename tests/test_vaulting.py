@@ -15,7 +15,8 @@ from tests.support import registry as support_registry
 from watchdog import config, metrics, models, service, vaulting
 from watchdog.registry import client as registry_client
 from watchdog.registry import media
-from watchdog.store import db, repo
+from watchdog.store import db
+from watchdog.store import repo as store_repo
 
 T0 = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 
@@ -36,7 +37,7 @@ async def _no_sleep(seconds: float) -> None:
 @dataclasses.dataclass
 class Rig:
     settings: config.Settings
-    store: repo.Store
+    store: store_repo.Store
     clients: service.Clients
     checker: service.Checker
     copier: vaulting.Copier
@@ -72,7 +73,7 @@ async def make_rig(tmp_path: Path):
         )
         engine = db.create_engine(f"sqlite:///{tmp_path / f'rig{len(made)}.db'}")
         db.upgrade(engine)
-        store = repo.Store(engine, channels=("slack",), vaulted=settings.vaulted())
+        store = store_repo.Store(engine, channels=("slack",), vaulted=settings.vaulted())
         retry = dataclasses.replace(registry_client.DEFAULT_RETRY, attempts=1, base=0.0)
         clients = service.Clients(settings, sleep=_no_sleep, retry=retry)
         clock = Clock()
@@ -109,7 +110,11 @@ async def test_first_sight_queues_a_copy_and_the_copier_keeps_it_by_mount(
     (kept,) = rig.copies()
     vault_repo = f"vault/{registry.host.replace(':', '-')}/{repo}"
     vault_tag = "0.15.0--" + pushed.digest.removeprefix("sha256:")
-    assert (kept.state, kept.vault_repository, kept.vault_tag) == ("kept", vault_repo, vault_tag)
+    assert (kept.state, kept.vault_repository, kept.vault_tag) == (
+        "kept",
+        f"{registry.host}/{vault_repo}",
+        vault_tag,
+    )
     rc = rig.clients.get(registry.host)
     assert (await rc.head_manifest(vault_repo, vault_tag)).digest == pushed.digest
     for child in pushed.children.values():
@@ -133,11 +138,12 @@ async def test_a_vault_on_another_registry_gets_the_bytes_streamed(
     assert kept.state == "kept"
     vault_rc = rig.clients.get(server.host)
     assert kept.vault_repository is not None and kept.vault_tag is not None
-    got = await vault_rc.get_manifest(kept.vault_repository, kept.vault_tag)
+    path = kept.vault_repository.removeprefix(f"{server.host}/")
+    got = await vault_rc.get_manifest(path, kept.vault_tag)
     assert got.body == pushed.index.body
     for child in pushed.children.values():
         for blob in media.blobs(child.body):
-            await vault_rc.get_blob(kept.vault_repository, blob)  # verified
+            await vault_rc.get_blob(path, blob)  # verified
 
 
 async def test_no_push_rights_on_the_vault_is_failed_with_the_reason_and_alerted(
@@ -178,7 +184,8 @@ async def test_a_vault_that_is_down_is_tried_again_later_then_kept(
     assert kept.state == "kept"
     assert kept.vault_tag is not None and kept.vault_repository is not None
     rc = rig.clients.get(own_registry.host)
-    assert (await rc.head_manifest(kept.vault_repository, kept.vault_tag)).digest == pushed.digest
+    path = kept.vault_repository.removeprefix(f"{own_registry.host}/")
+    assert (await rc.head_manifest(path, kept.vault_tag)).digest == pushed.digest
 
 
 async def test_a_watch_with_vault_false_is_not_copied(registry, repo, pusher, tmp_path):
@@ -192,7 +199,7 @@ async def test_a_watch_with_vault_false_is_not_copied(registry, repo, pusher, tm
     assert settings.vaulted() == frozenset()
     engine = db.create_engine(f"sqlite:///{tmp_path / 'off.db'}")
     db.upgrade(engine)
-    store = repo.Store(engine, vaulted=settings.vaulted())
+    store = store_repo.Store(engine, vaulted=settings.vaulted())
     clients = service.Clients(settings)
     try:
         checker = service.Checker(settings, store, clients, metrics.Metrics())

@@ -92,7 +92,9 @@ class AutoRestorer:
         ref = watch.repository
         out: list[tuple[models.Change, models.Event]] = []
         limits = self.limits
-        restorer = restore.Restorer(self.store, self.registry_for(ref.host), clock=self.clock)
+        restorer = restore.Restorer(
+            self.store, self.registry_for(ref.host), clock=self.clock, registries=self.registry_for
+        )
         todo = [(e, False) for e in events if e.kind is models.EventKind.MOVED]
         for moved, resumed in [*todo, *((e, True) for e in resume)]:
             tag_ref = ref.with_tag(moved.tag)

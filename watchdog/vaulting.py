@@ -135,12 +135,19 @@ class Copier:
         try:
             async with self._slot(source.host), self._slot(self.vault.host, other=source.host):
                 report = await registry_copy.copy_release(
-                    src, source.repository, dst, vault_repo, item.digest, vault_tag
+                    src,
+                    source.repository,
+                    dst,
+                    vault_repo,
+                    item.digest,
+                    vault_tag,
+                    child_tag=self.vault.child_tag_for,
                 )
         except errors.RegistryError as exc:
             return await self._unsuccessful(item, exc, vault_repo, vault_tag)
         now = self.clock()
-        await asyncio.to_thread(self.queue.mark_kept, item.id, now, vault_repo, vault_tag)
+        kept_at = f"{self.vault.host}/{vault_repo}"  # where: the vault's registry too
+        await asyncio.to_thread(self.queue.mark_kept, item.id, now, kept_at, vault_tag)
         log.info(
             "vault_copy_kept ref=%s:%s digest=%s vault=%s/%s:%s mounted=%d streamed=%d "
             "present=%d bytes=%d",
@@ -178,7 +185,7 @@ class Copier:
             self._count("retry")
             return "retry"
         reason = _reason(exc)
-        return await self._failed(item, reason, vault_repo, vault_tag)
+        return await self._failed(item, reason, f"{self.vault.host}/{vault_repo}", vault_tag)
 
     async def _failed(
         self,

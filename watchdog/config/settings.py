@@ -261,6 +261,14 @@ class VaultSettings(fields.Section):
         models.check_tag(tag)
         return f"{tag[:62]}--{digest.removeprefix('sha256:')}"
 
+    @staticmethod
+    def child_tag_for(digest: str) -> str:
+        """The vault tag holding the platform (child) manifest ``digest`` of a multi-platform
+        release: ``p--<64 hex>``. Children are tagged because distribution's
+        ``garbage-collect --delete-untagged`` deletes untagged children of a tagged index."""
+        models.check_digest(digest)
+        return f"p--{digest.removeprefix('sha256:')}"
+
 
 class Settings(fields.Section):
     database_url: DatabaseUrl = fields.Secret(DEFAULT_DATABASE_URL)

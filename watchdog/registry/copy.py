@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+from collections.abc import Callable
 
 from watchdog import errors, models
 from watchdog.registry import client as registry_client
@@ -122,10 +123,16 @@ async def copy_release(
     tag: str,
     *,
     chunk: int = CHUNK,
+    child_tag: Callable[[str], str] | None = None,
 ) -> Report:
     """Copy release ``digest`` of ``src``/``src_repo`` to ``dst``/``dst_repo`` as ``tag``: every
-    blob, every child manifest (PUT by digest), then the manifest itself as ``tag``; return what
-    was done once ``dst``'s tag answers ``digest`` (else ProtocolError).
+    blob, every child manifest (PUT by digest, or as ``child_tag(digest)``), then the manifest
+    itself as ``tag``; return what was done once ``dst``'s tag answers ``digest`` (else
+    ProtocolError).
+
+    ``child_tag``: tag the children too. Distribution's ``garbage-collect --delete-untagged``
+    deletes untagged manifests even when a tagged index lists them (2.8 behaviour), and then
+    their blobs: a vault must hold every child by a tag of its own.
 
     Only verified bytes travel: each manifest's sha256 is its digest, each blob's too.
     """
@@ -139,7 +146,8 @@ async def copy_release(
                     f"index {digest} nests index {child_digest}: not supported by the vault"
                 )
             await copy_image_blobs(src, src_repo, dst, dst_repo, child, report, chunk=chunk)
-            await dst.put_manifest(dst_repo, child.digest, child.body, child.media_type)
+            reference = child_tag(child.digest) if child_tag is not None else child.digest
+            await dst.put_manifest(dst_repo, reference, child.body, child.media_type)
             report.manifests += 1
     else:
         await copy_image_blobs(src, src_repo, dst, dst_repo, top, report, chunk=chunk)

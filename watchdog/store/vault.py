@@ -36,7 +36,8 @@ MAX_REASON = 1000
 @dataclasses.dataclass(frozen=True)
 class Copy:
     """One release copy: ``repository`` (``ImageRef.name``), ``tag``, ``digest``, its ``state``
-    (pending, kept, failed), when it last changed, and where it is (or was to be) kept."""
+    (pending, kept, failed), when it last changed, and where it is (or was to be) kept:
+    ``vault_repository`` is the vault repository's full name (``HOST[:PORT]/PATH``)."""
 
     id: int
     repository: str
