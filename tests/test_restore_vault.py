@@ -4,15 +4,18 @@ storage wiped) is put back from the vault, every platform pullable, bit for bit.
 
 from __future__ import annotations
 
-import pytest
+import sqlalchemy as sa
 
+from tests import test_vaulting
 from tests.support import images
-from tests.test_vaulting import Rig, make_rig  # noqa: F401 (the fixture)
 from watchdog import models, restore
 from watchdog.registry import client as registry_client
 from watchdog.registry import media
+from watchdog.store import tables
 
 K = models.EventKind
+Rig = test_vaulting.Rig
+make_rig = test_vaulting.make_rig  # the fixture: a store, clients, a checker and a copier
 
 
 async def assert_pullable(
@@ -53,9 +56,7 @@ async def test_overwrite_gc_delete_untagged_then_restore_every_platform_pullable
     rc = rig.clients.get(own_registry.host)
     # the GC took the original release from the source: untagged, its manifests are gone
     assert not await rc.manifest_exists(repo, original.digest)
-    assert not any(
-        [await rc.manifest_exists(repo, c.digest) for c in original.children.values()]
-    )
+    assert not any([await rc.manifest_exists(repo, c.digest) for c in original.children.values()])
     ref = rig.source.with_tag("0.15.0")
     outcome = await restorer(rig).run(ref)
     assert outcome.restored, outcome.reason
@@ -98,9 +99,8 @@ async def test_without_a_kept_copy_the_lost_blobs_are_problems_and_nothing_chang
     assert not outcome.restored
 
 
-@pytest.mark.parametrize("what", ["child"])
 async def test_a_child_manifest_not_archived_comes_back_from_the_vault(
-    own_registry, repo, make_pusher, make_rig, what
+    own_registry, repo, make_pusher, make_rig
 ):
     pusher = make_pusher(own_registry)
     original = pusher.index(repo, "3.0.0", seed="child")
@@ -110,10 +110,6 @@ async def test_a_child_manifest_not_archived_comes_back_from_the_vault(
     child = original.children["linux/arm64/v8"]
     pusher.delete_manifest(repo, child.digest)
     # the archive lost it too (a database restored from an older backup, say)
-    import sqlalchemy as sa
-
-    from watchdog.store import tables
-
     with rig.store.engine.begin() as conn:
         conn.execute(sa.delete(tables.manifests).where(tables.manifests.c.digest == child.digest))
     plan = await restorer(rig).plan(rig.source.with_tag("3.0.0"))

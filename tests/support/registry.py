@@ -447,7 +447,9 @@ class RegistryServer:
         )
         self.start()
         if done.returncode != 0:
-            raise RuntimeError(f"garbage-collect failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
+            raise RuntimeError(
+                f"garbage-collect failed: {done.stdout[-2000:]}{done.stderr[-2000:]}"
+            )
         return done.stdout + done.stderr
 
     def wipe_storage(self) -> None:
