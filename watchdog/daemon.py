@@ -312,6 +312,8 @@ class Daemon:
                             result = await self.checker.check_watch(watch)
                             if result.events and self.alerts is not None:
                                 self.alerts.wake()  # deliver now, not at the worker's next round
+                            if result.events and self.vault is not None:
+                                self.vault.wake()  # copy a new release now
                         finally:
                             await asyncio.to_thread(claim.release)
                 self.last_cycle[watch.name] = time.monotonic()

@@ -135,14 +135,25 @@ async def test_no_push_rights_on_the_vault_is_an_auth_error(
             await copy.copy_release(rc, repo, rc, f"vault/{repo}", pushed.digest, "3.0.0--x")
 
 
-def test_upload_locations_off_the_registry_are_refused() -> None:
+def _location(location: str) -> httpx.URL:
     settings = config.RegistrySettings(host="127.0.0.1:1", insecure=True)
     rc = client.RegistryClient(settings)
     wire_resp = client.wire.Response(
         202,
-        httpx.Headers({"location": "http://elsewhere.example/v2/x/blobs/uploads/1"}),
+        httpx.Headers({"location": location}),
         b"",
         httpx.URL("http://127.0.0.1:1/v2/x/blobs/uploads/"),
     )
+    return rc._upload_location("start upload", wire_resp)
+
+
+def test_an_upload_location_naming_another_address_is_reached_through_the_registry() -> None:
+    # a registry behind a proxy that names its inner address: the token stays on our host
+    got = _location("http://10.0.0.7:5000/v2/x/blobs/uploads/abc?_state=s")
+    assert str(got) == "http://127.0.0.1:1/v2/x/blobs/uploads/abc?_state=s"
+    assert str(_location("/v2/x/blobs/uploads/abc")) == "http://127.0.0.1:1/v2/x/blobs/uploads/abc"
+
+
+def test_an_upload_location_off_the_registry_api_is_refused() -> None:
     with pytest.raises(errors.ProtocolError, match="off this registry"):
-        rc._upload_location("start upload", wire_resp)
+        _location("http://elsewhere.example/upload/1")

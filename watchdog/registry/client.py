@@ -535,7 +535,17 @@ class RegistryClient:
         location = resp.headers.get("location")
         if not location:
             raise self._wire.protocol(what, f"HTTP {resp.status} without a Location")
-        return self._follow(what, resp.url, location)
+        try:
+            target = resp.url.join(location)
+        except httpx.InvalidURL:
+            raise self._wire.protocol(what, f"unusable Location {location[:80]!r}") from None
+        if (target.host, target.port) != (resp.url.host, resp.url.port) and target.path.startswith(
+            "/v2/"
+        ):
+            # A registry behind a proxy or ingress that names its own inner address: the
+            # session is the registry's, reached through the address we trust.
+            target = resp.url.copy_with(path=target.path, query=target.query or None)
+        return self._follow(what, resp.url, str(target))
 
     def _refusal(self, what: str, resp: wire.Response) -> errors.RegistryError:
         """A non-2xx answer to a push: its registry codes named (DENIED, DIGEST_INVALID...)."""
