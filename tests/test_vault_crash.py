@@ -64,3 +64,8 @@ vault: {{repository: "{proxy.host}/vault"}}
     )
     assert head.status_code == 200
     assert head.headers["docker-content-digest"] == pushed.digest
+    # and `status` says so, in its VAULT column
+    status = run("status", "-c", str(cfg), cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    header, row = status.stdout.splitlines()
+    assert header.split()[-1] == "VAULT" and row.split()[-1] == "kept"

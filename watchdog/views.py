@@ -57,6 +57,10 @@ def plan_json(plan: restore.Plan) -> dict[str, Any]:
         "children_to_put": [c.digest for c in plan.children_to_put],
         "blobs_checked": list(plan.blobs_checked),
         "problems": list(plan.problems),
+        # recoverable from the vault: where, and what it brings back
+        "vault": plan.vault or None,
+        "blobs_from_vault": list(plan.blobs_from_vault),
+        "children_from_vault": list(plan.children_from_vault),
     }
 
 
