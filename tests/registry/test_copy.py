@@ -91,14 +91,22 @@ async def test_across_registries_the_blobs_are_streamed_in_chunks_and_verified(
         assert again.present == len(blobs_of(pushed)) and again.bytes_streamed == 0
 
 
-async def test_a_blob_of_an_exact_multiple_of_the_chunk_size_ends_at_416(
+async def test_a_blob_of_an_exact_multiple_of_the_chunk_size_is_not_read_past_its_end(
     registry, repo, pusher, server
 ):
-    data = images.layer_bytes("exact", 256)
+    # distribution 2.8 answers a range starting at a blob's end with the whole blob's
+    # Content-Length and a 33-byte body (no 416): seen in bench/vault_bench.py with 200 MiB = 25
+    # chunks. The length from Content-Range ends the copy before that.
+    data = bytes(range(256))
     blob = pusher.blob(repo, data)
-    async with make_client(registry.settings()) as src, make_client(server.settings()) as dst:
+    recorder = Recorder()
+    async with (
+        make_client(registry.settings(), recorder) as src,
+        make_client(server.settings()) as dst,
+    ):
         how = await copy.copy_blob(src, repo, dst, "vault/y", blob.digest, chunk=len(data) // 2)
         assert how == copy.STREAMED
+        assert recorder.requests == [("GET", "206"), ("GET", "206")]
         assert await dst.get_blob("vault/y", blob.digest) == data
 
 
@@ -157,3 +165,21 @@ def test_an_upload_location_naming_another_address_is_reached_through_the_regist
 def test_an_upload_location_off_the_registry_api_is_refused() -> None:
     with pytest.raises(errors.ProtocolError, match="off this registry"):
         _location("http://elsewhere.example/upload/1")
+
+
+async def test_bytes_that_do_not_hash_to_the_digest_are_never_committed(
+    registry, repo, pusher, server, make_fault_proxy
+):
+    blob = pusher.blob(repo, images.layer_bytes("lied", 256))
+    proxy = make_fault_proxy(registry)
+
+    def flip(answer, request):
+        answer.body = bytes([answer.body[0] ^ 0xFF]) + answer.body[1:]
+        return answer
+
+    proxy.add("GET", r"/blobs/sha256:", transform=flip)
+    lying = config.RegistrySettings(host=proxy.host, insecure=True, timeout=5.0)
+    async with make_client(lying) as src, make_client(server.settings()) as dst:
+        with pytest.raises(errors.ProtocolError, match="not committed"):
+            await copy.copy_blob(src, repo, dst, "vault/lied", blob.digest)
+        assert not await dst.head_blob("vault/lied", blob.digest)

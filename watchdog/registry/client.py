@@ -505,11 +505,15 @@ class RegistryClient:
         if resp.status not in (201, 204):
             raise self._refusal(what, resp)
 
-    async def get_blob_range(self, repository: str, digest: str, start: int, size: int) -> bytes:
-        """Up to ``size`` bytes of blob ``digest`` from ``start`` (a ranged GET); b"" past its
-        end (416). A registry that ignores Range may answer the whole blob from ``start == 0``
-        when it fits ``size``; a larger one raises ProtocolError. A definitive 404 raises
-        NotFound. The caller verifies the digest over the whole."""
+    async def get_blob_range(
+        self, repository: str, digest: str, start: int, size: int
+    ) -> tuple[bytes, int | None]:
+        """Up to ``size`` bytes of blob ``digest`` from ``start`` (a ranged GET), and the blob's
+        whole length when the registry said (``Content-Range``); b"" past its end (416). A
+        registry that ignores Range may answer the whole blob from ``start == 0`` when it fits
+        ``size``; a larger one raises ProtocolError. A definitive 404 raises NotFound. The
+        caller verifies the digest over the whole, and should not ask past the length: some
+        registries answer that with a broken body instead of a 416."""
         models.check_repository(repository)
         models.check_digest(digest)
         what = f"GET blob {repository}@{digest} bytes {start}+{size}"
@@ -521,10 +525,12 @@ class RegistryClient:
             headers={"Range": f"bytes={start}-{start + size - 1}", "Accept-Encoding": "identity"},
             max_body=size,
         )
-        if resp.status == 206 or (resp.status == 200 and start == 0):
-            return resp.body
+        if resp.status == 206:
+            return resp.body, _range_total(resp.headers.get("content-range"))
+        if resp.status == 200 and start == 0:
+            return resp.body, len(resp.body)
         if resp.status == 416 and start > 0:
-            return b""
+            return b"", None
         if resp.status == 404:
             raise self._not_found(what, resp, allowed=BLOB_NOT_FOUND_CODES)
         raise self._wire.unexpected(what, resp)
@@ -719,6 +725,14 @@ def _error_codes(body: bytes) -> list[str]:
     return [
         e["code"] for e in doc["errors"] if isinstance(e, dict) and isinstance(e.get("code"), str)
     ]
+
+
+def _range_total(value: str | None) -> int | None:
+    """The complete length of ``Content-Range: bytes a-b/TOTAL`` (None when unknown: ``*``)."""
+    if not value or "/" not in value:
+        return None
+    total = value.rsplit("/", 1)[1].strip()
+    return int(total) if total.isdigit() else None
 
 
 def _check_reference(reference: str) -> None:

@@ -78,14 +78,16 @@ async def copy_blob(
         location = await dst.start_upload(dst_repo)
     hasher = hashlib.sha256()
     offset = 0
-    while True:
-        data = await src.get_blob_range(src_repo, digest, offset, chunk)
+    total: int | None = None
+    while total is None or offset < total:
+        data, length = await src.get_blob_range(src_repo, digest, offset, chunk)
+        total = length if length is not None else total
         if data:
             hasher.update(data)
             location = await dst.upload_chunk(dst_repo, location, data, offset)
             offset += len(data)
         if len(data) < chunk:
-            break
+            break  # the end, when the registry did not say the length
     actual = "sha256:" + hasher.hexdigest()
     if actual != digest:
         raise errors.ProtocolError(
