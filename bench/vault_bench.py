@@ -53,12 +53,14 @@ def scan_into_vault(
 ) -> dict[str, float]:
     db = workdir / f"vault-{vault.port}.db"
     cfg = workdir / f"vault-{vault.port}.yaml"
+    registries = "".join(
+        f'  - {{host: "{host}", insecure: true, timeout: 60s}}\n'
+        for host in dict.fromkeys([src.host, vault.host])
+    )
     cfg.write_text(
         f"""database_url: sqlite:///{db}
 registries:
-  - {{host: "{src.host}", insecure: true, timeout: 60s}}
-  - {{host: "{vault.host}", insecure: true, timeout: 60s}}
-watches: ["{src.host}/bench/big"]
+{registries}watches: ["{src.host}/bench/big"]
 vault: {{repository: "{vault.host}/vault"}}
 """
     )

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,18 @@ async def _no_sleep(seconds: float) -> None:
 
 
 @dataclasses.dataclass
+class Endpoint:
+    """A registry address that is not a RegistryServer of ours (a fault proxy in front of one)."""
+
+    host: str
+
+    def settings(self) -> config.RegistrySettings:
+        return config.RegistrySettings(
+            host=self.host, insecure=True, timeout=5.0, use_docker_config=False
+        )
+
+
+@dataclasses.dataclass
 class Rig:
     settings: config.Settings
     store: store_repo.Store
@@ -57,8 +71,8 @@ async def make_rig(tmp_path: Path):
     made: list[Rig] = []
 
     def make(
-        src: support_registry.RegistryServer,
-        vault: support_registry.RegistryServer,
+        src: support_registry.RegistryServer | Endpoint,
+        vault: support_registry.RegistryServer | Endpoint,
         repository: str,
         **vault_settings: Any,
     ) -> Rig:
@@ -208,3 +222,56 @@ async def test_a_watch_with_vault_false_is_not_copied(registry, repo, pusher, tm
     finally:
         await clients.aclose()
         engine.dispose()
+
+
+async def test_copies_run_at_most_max_concurrency_at_once_per_registry(
+    registry, repo, pusher, server, make_fault_proxy, make_rig, monkeypatch
+):
+    for i in range(3):
+        pusher.image(repo, f"5.0.{i}", seed=f"vault-bound-{i}")
+    proxy = make_fault_proxy(server)
+    proxy.add(None, r"/v2/vault/", delay=0.05)  # copies take long enough to overlap
+    # a spy around the real copy: how many run at once (the proxy's own in-flight count races
+    # with keep-alive connections handing over between requests)
+    active = peak = 0
+    real = vaulting.registry_copy.copy_release
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        try:
+            return await real(*args, **kwargs)
+        finally:
+            active -= 1
+
+    monkeypatch.setattr(vaulting.registry_copy, "copy_release", counted)
+    one = make_rig(registry, Endpoint(proxy.host), repo, max_concurrency=1)
+    await one.check()
+    assert await one.copier.drain(60) == 0
+    assert peak == 1
+    peak = 0
+    many = make_rig(registry, Endpoint(proxy.host), repo, max_concurrency=3)
+    await many.check()
+    assert await many.copier.drain(60) == 0
+    assert peak == 3  # the bound above is the setting, not an accident
+
+
+async def test_scan_waits_for_its_copies_a_bounded_time_and_leaves_the_rest_pending(
+    registry, repo, pusher, server, make_fault_proxy, make_rig
+):
+    pusher.image(repo, "6.0.0", seed="vault-slow")
+    proxy = make_fault_proxy(server)
+    stuck = threading.Event()
+    proxy.add("POST", r"/blobs/uploads/", action=lambda handler: stuck.wait(30))
+    vault = Endpoint(proxy.host)
+    rig = make_rig(registry, vault, repo)
+    await rig.check()
+    try:
+        started = time.monotonic()
+        assert await rig.copier.drain(0.5) == 1
+        assert time.monotonic() - started < 5
+    finally:
+        stuck.set()
+    (left,) = rig.copies()
+    assert (left.state, left.attempts, left.vault_tag) == ("pending", 0, None)
