@@ -11,6 +11,7 @@ tag last), so a registry never holds an index whose children it lacks.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import hashlib
 import logging
 from collections.abc import Callable
@@ -82,11 +83,19 @@ async def copy_blob(
     while total is None or offset < total:
         data, length = await src.get_blob_range(src_repo, digest, offset, chunk)
         total = length if length is not None else total
+        short = len(data) < chunk
         if data:
             hasher.update(data)
             location = await dst.upload_chunk(dst_repo, location, data, offset)
             offset += len(data)
-        if len(data) < chunk:
+        del data
+        # httpx's request and response of each exchange refer to each other, so the chunk a PATCH
+        # sent lives until the cyclic GC runs, and that counts objects, not bytes: measured, a
+        # 64 MB copy peaked at 49 MB of Python memory (growing with the blob) without this, and
+        # at 25 MB (three chunks, whatever the blob) with it. A young-generation pass costs
+        # microseconds beside moving 8 MiB.
+        gc.collect(0)
+        if short:
             break  # the end, when the registry did not say the length
     actual = "sha256:" + hasher.hexdigest()
     if actual != digest:
