@@ -17,6 +17,8 @@ help:
 venv:
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q -e '.[test]'
+	test -x .venv-lint/bin/python || python3 -m venv .venv-lint
+	.venv-lint/bin/python -m pip install -q -r scripts/lint-requirements.txt
 
 test:
 	./scripts/test
@@ -32,7 +34,7 @@ lint: venv
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
-	.venv/bin/lint-imports
+	PYTHONPATH="$(CURDIR)" .venv-lint/bin/lint-imports
 
 fmt: venv
 	.venv/bin/ruff format .

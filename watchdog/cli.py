@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     _add_release_commands(sub, common)
+    _add_tls_flags(sub.choices["guard"])
 
     db = sub.add_parser("db", parents=[common], help="database schema (Alembic)")
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", parser_class=_Parser)
@@ -179,7 +180,7 @@ def _load(args: argparse.Namespace, *, need_watches: bool = False) -> config.Set
         raise errors.UsageError(
             "no configuration: pass -c CONFIG or set WATCHDOG_CONFIG (see config.example.yaml)"
         )
-    return config.load(path, require_watches=need_watches)
+    return _with_tls_flags(args, config.load(path, require_watches=need_watches))
 
 
 def _open_store(settings: config.Settings, *, reading: bool = False) -> store_repo.Store:
@@ -382,7 +383,7 @@ def _history(args: argparse.Namespace) -> int:
                 e.old_digest or "-",
                 e.new_digest or "-",
                 ", ".join(platforms) if platforms else "",
-                e.actor,
+                views.event_by(e),
             )
         )
     _print_table(("WHEN", "EVENT", "OLD DIGEST", "NEW DIGEST", "PLATFORMS", "BY"), rows)
@@ -602,6 +603,36 @@ def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     for row in (header, *rows):
         print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+# --- guard's TLS flags (named as oras, helm and crane users know them) ----------------------------
+
+# flag -> the registries: key it sets, for every registry the command asks (over its entry)
+_TLS_FLAGS = {"ca_file": "--ca-file", "client_cert": "--client-cert", "client_key": "--client-key"}
+
+
+def _add_tls_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "TLS",
+        "Like the config's ca_file, client_cert, client_key and insecure. Docker's "
+        "certs.d/<host[:port]>/ (ca.crt, client.cert, client.key) is read too: from "
+        "/etc/docker/certs.d, or $WATCHDOG_CERTS_DIR.",
+    )
+    g.add_argument("--ca-file", metavar="PEM", help="trust these CAs too (added to the default)")
+    g.add_argument("--client-cert", metavar="PEM", help="client certificate (mTLS)")
+    g.add_argument("--client-key", metavar="PEM", help="the client certificate's private key")
+    mode = g.add_mutually_exclusive_group()
+    on_loopback = "HTTPS even on loopback (plain HTTP by default; --ca-file implies it)"
+    mode.add_argument(
+        "--tls", dest="plain_http", action="store_false", default=None, help=on_loopback
+    )
+    mode.add_argument("--plain-http", action="store_true", default=None, help="plain HTTP")
+
+
+def _with_tls_flags(args: argparse.Namespace, settings: config.Settings) -> config.Settings:
+    flags = {key: getattr(args, key, None) for key in _TLS_FLAGS}
+    flags["insecure"] = getattr(args, "plain_http", None)
+    return settings.with_registry_flags(flags, {**_TLS_FLAGS, "insecure": "--tls/--plain-http"})
 
 
 if __name__ == "__main__":

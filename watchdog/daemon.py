@@ -85,6 +85,7 @@ class Daemon:
         self.checking: set[str] = set()  # watches being checked now
         self.recheck: set[str] = set()  # watches to check again when their check ends
         self.triggered: set[str] = set()  # watches a notification asked to check now
+        self.pushers = notifications.PushLedger()  # who pushed, from those notifications
         self.locks: dict[str, asyncio.Lock] = {}  # per watch: its check, or a hand-started action
         self.slots = asyncio.Semaphore(MAX_CONCURRENT_CHECKS)
         self.claims: claims.Claims | None = None
@@ -133,7 +134,12 @@ class Daemon:
                     clock=self.clock,
                 )
             self.checker = service.Checker(
-                self.settings, self.store, clients, self.metrics, clock=self.clock
+                self.settings,
+                self.store,
+                clients,
+                self.metrics,
+                clock=self.clock,
+                pushers=self.pushers,
             )
             try:
                 await self._serve(sock)
@@ -229,6 +235,7 @@ class Daemon:
     async def on_registry_events(self, events: Sequence[notifications.RegistryEvent]) -> list[str]:
         """Bring the check of every watch an event concerns forward to now, and once more a moment
         later; a watch being checked right now is checked once more when that check ends."""
+        self.pushers.note(events)  # before the check it triggers: that check says who pushed
         due = notifications.watches_to_check(events, self.settings.watches)
         if self.scheduler is None or self.stopping.is_set():
             return []

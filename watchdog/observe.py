@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Protocol, TypeVar
 
-from watchdog import detect, errors, models
+from watchdog import detect, errors, models, safejson
 from watchdog.registry import media, resolve
 
 # the check's logger: these lines are part of the check's log, and pipelines filter on it
@@ -198,7 +197,7 @@ def image_info(config_blob: bytes) -> dict[str, str]:
 
     Raises ValueError when the blob is not JSON; values of the wrong type are left out, labels
     cut to 500 characters."""
-    doc = json.loads(config_blob)
+    doc = safejson.loads(config_blob)
     if not isinstance(doc, dict):
         return {}
     out: dict[str, str] = {}

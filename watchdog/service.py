@@ -18,7 +18,17 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from watchdog import autorestore, config, detect, errors, metrics, models, observe, outages
+from watchdog import (
+    autorestore,
+    config,
+    detect,
+    errors,
+    metrics,
+    models,
+    notifications,
+    observe,
+    outages,
+)
 from watchdog.registry import client as registry_client
 from watchdog.store import repo as store_repo
 
@@ -136,8 +146,10 @@ class Checker:
         *,
         clock: Clock = utcnow,
         policy: detect.Policy = detect.DEFAULT_POLICY,
+        pushers: notifications.PushLedger | None = None,
     ) -> None:
         self.settings = settings
+        self.pushers = pushers  # who pushed, from registry notifications (the daemon's)
         self.store = store
         self.clients = clients
         self.metrics = metrics_
@@ -164,14 +176,20 @@ class Checker:
         unreachable: str | None = None
         try:
             await self._check(watch, result)
-        except errors.WatchdogError as exc:
-            result.error = str(exc)
+        except Exception as exc:
+            # Anything but a WatchdogError is a bug: a failed check all the same (logged with its
+            # traceback, counted, recorded), so that one odd answer never silences the cycle.
+            message = str(exc)
+            if not isinstance(exc, errors.WatchdogError):
+                log.error("check_crashed repository=%s", ref.name, exc_info=exc)
+                message = f"internal error: {type(exc).__name__}"
+            result.error = message
             if isinstance(exc, errors.RegistryError) and exc.temporary:
-                unreachable = str(exc)
-            log.warning("check_failed repository=%s error=%r", ref.name, str(exc))
+                unreachable = message
+            log.warning("check_failed repository=%s error=%r", ref.name, message)
             try:
                 await asyncio.to_thread(
-                    self.store.record_watch_error, ref.name, self.clock(), str(exc)
+                    self.store.record_watch_error, ref.name, self.clock(), message
                 )
             except errors.StoreError as store_exc:
                 log.warning("record_error_failed repository=%s error=%r", ref.name, str(store_exc))
@@ -284,7 +302,26 @@ class Checker:
             change = dataclasses.replace(
                 change, event=dataclasses.replace(change.event, detail=detail)
             )
-        return change, resume
+        return self._attributed(ref, change), resume
+
+    def _attributed(self, ref: models.ImageRef, change: models.Change) -> models.Change:
+        """``change`` with who pushed (``detail["pushed_by"]``) on a move or deletion, when a
+        registry notification said so; without one the event says nothing (pusher unknown)."""
+        event = change.event
+        if self.pushers is None or event is None:
+            return change
+        if event.kind is models.EventKind.MOVED:
+            pusher = self.pushers.who(ref.host, ref.repository, event.tag, event.new_digest)
+        elif event.kind is models.EventKind.DELETED:
+            pusher = self.pushers.who(
+                ref.host, ref.repository, event.tag, event.old_digest, deleted=True
+            )
+        else:
+            return change
+        if pusher is None:
+            return change
+        detail = {**event.detail, "pushed_by": pusher.as_detail()}
+        return dataclasses.replace(change, event=dataclasses.replace(event, detail=detail))
 
     def _account(
         self,

@@ -116,6 +116,15 @@ def event_line(e: models.Event) -> str:
     return text
 
 
+def event_by(e: models.Event) -> str:
+    """Who did what ``e`` records, for a table: the account a registry notification named as
+    the pusher of a move or deletion (``pushed:ci-bot``), else the event's actor."""
+    pushed = e.detail.get("pushed_by")
+    if isinstance(pushed, dict) and (pushed.get("actor") or pushed.get("address")):
+        return f"pushed:{pushed.get('actor') or pushed.get('address')}"
+    return e.actor
+
+
 def write_scan_json(
     out: IO[str], code: int, *, drift: bool, complete: bool, watches: IO[str]
 ) -> None:

@@ -334,6 +334,77 @@ def test_restore_messages_name_the_digest_put_back() -> None:
     assert restored.text.endswith(models.short_digest(OLD))
 
 
+# --- who pushed, and the commit ---------------------------------------------------------------
+
+
+def test_a_move_names_who_pushed_when_a_notification_said() -> None:
+    pushed_by = {
+        "source": "registry",
+        "actor": "ci-bot",
+        "address": "10.0.0.5:4242",
+        "user_agent": "docker/27.1 <script>",
+    }
+    text = "\n".join(sections(render.render_event(event(K.MOVED, detail={"pushed_by": pushed_by}))))
+    assert "*Pushed by:* `ci-bot` from `10.0.0.5:4242` with `docker/27.1 &lt;script&gt;`" in text
+    deleted = render.render_event(
+        event(
+            K.DELETED, new_digest=None, detail={"pushed_by": {"source": "harbor", "actor": "bob"}}
+        )
+    )
+    assert "*Deleted by:* `bob`" in "\n".join(sections(deleted))
+
+
+def test_a_move_found_by_polling_says_the_pusher_is_unknown() -> None:
+    text = "\n".join(sections(render.render_event(event(K.MOVED))))
+    assert "*Pushed by:* unknown (found by polling" in text
+    # other events do not talk about pushers
+    restored = render.render_event(event(K.RESTORED))
+    assert "Pushed by" not in everything(restored) and "Deleted by" not in everything(restored)
+
+
+@pytest.mark.parametrize(
+    ("source", "revision", "expected"),
+    [
+        (
+            "https://github.com/deephaven/deephaven-core",
+            "ABCDEF1234567",
+            "https://github.com/deephaven/deephaven-core/commit/abcdef1234567",
+        ),
+        (
+            "https://github.com/deephaven/deephaven-core.git",
+            "a" * 40,
+            "https://github.com/deephaven/deephaven-core/commit/" + "a" * 40,
+        ),
+        (
+            "https://gitlab.com/group/sub/project/",
+            "0123abc",
+            "https://gitlab.com/group/sub/project/-/commit/0123abc",
+        ),
+        (
+            "https://gitlab.example.org/team/app",
+            "0123abcd",
+            "https://gitlab.example.org/team/app/-/commit/0123abcd",
+        ),
+        ("https://github.com/deephaven", "0123abcd", None),  # an owner, not a repository
+        ("http://github.com/a/b", "0123abcd", None),  # not https
+        ("https://evil.example/github.com/a/b", "0123abcd", None),
+        ("https://github.com/a/b|x", "0123abcd", None),  # would break the link markup
+        ("https://github.com/a/b", "v1.2.3", None),  # a tag name, not a commit
+        ("https://github.com/a/b", None, None),
+    ],
+)
+def test_commit_links_only_for_known_forges(
+    source: str, revision: str | None, expected: str | None
+) -> None:
+    assert render.commit_url(source, revision) == expected
+
+
+def test_the_new_image_links_to_its_commit() -> None:
+    images = {"new": {"revision": "def4567", "source": "https://github.com/acme/app"}}
+    text = "\n".join(sections(render.render_event(event(K.MOVED, detail={"images": images}))))
+    assert "<https://github.com/acme/app/commit/def4567|commit>" in text
+
+
 # --- golden messages -----------------------------------------------------------------------------
 
 GOLDEN = pathlib.Path(__file__).parents[1] / "data" / "slack_messages.json"
@@ -350,6 +421,7 @@ def golden_messages() -> dict[str, dict[str, Any]]:
         },
         "recorded_digest": OLD,
         "reason": "layer blob sha256:abc is gone",
+        "pushed_by": {"source": "registry", "actor": "ci-bot", "address": "10.0.0.5"},
     }
     alert = render.Context(on_move="alert", first_seen=FIRST, buttons=True)
     restore = render.Context(on_move="restore")

@@ -42,6 +42,7 @@ OVERRIDES: list[tuple[str, str, tuple[str, ...], Any]] = [
         ("hooks", "dockerhub_token"),
         config.Secret("hub-t"),
     ),
+    ("WATCHDOG_CERTS_DIR", "/nonexistent/certs.d", ("certs_dir",), "/nonexistent/certs.d"),
 ]
 # what the rules want next to the variable under test (a token needs a channel, ...)
 COMPANIONS: dict[str, tuple[dict[str, str], dict[str, Any]]] = {

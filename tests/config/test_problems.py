@@ -149,11 +149,14 @@ def test_keys_only_code_sets_are_unknown_in_a_file(tmp_path: Path) -> None:
     found = problems_of(
         tmp_path, "registries: [{host: a.io, use_docker_config: false}]\nsource: x\n"
     )
-    assert found[0].startswith("source (line 2): unknown key (known: database_url, hooks, http,")
+    assert found[0].startswith(
+        "source (line 2): unknown key (known: certs_dir, database_url, hooks,"
+    )
     assert found[1].startswith(
-        "registries[0].use_docker_config (line 1): unknown key (known: host,"
+        "registries[0].use_docker_config (line 1): unknown key (known: ca_file, client_cert,"
     )
     assert "use_docker_config" not in found[1].split("known:")[1]
+    assert "certs_dir" not in found[1].split("known:")[1]  # set from the top-level key
 
 
 def test_no_watches_is_reported_with_the_other_problems_when_watches_are_required(

@@ -19,7 +19,7 @@ import pytest
 from tests.support import faultproxy, images
 from tests.support import registry as support_registry
 from watchdog import config, errors, models
-from watchdog.registry import auth, client, credentials, media, transport
+from watchdog.registry import auth, challenges, client, credentials, media, transport
 
 pytestmark = pytest.mark.registry
 
@@ -860,7 +860,7 @@ REALM = "https://auth.example.com/token"
     ],
 )
 def test_parse_challenges(header, expected):
-    got = [(c.scheme, dict(c.params)) for c in auth.parse_challenges(header)]
+    got = [(c.scheme, dict(c.params)) for c in challenges.parse(header)]
     assert got == expected
 
 
@@ -874,7 +874,7 @@ def test_parse_challenges(header, expected):
     ],
 )
 def test_pick_challenge_prefers_bearer_with_a_realm(headers, scheme):
-    picked = auth.pick_challenge(auth.parse_challenges(headers))
+    picked = challenges.pick(challenges.parse(headers))
     assert (picked.scheme if picked else None) == scheme
 
 

@@ -89,11 +89,13 @@ class Pusher:
         *,
         headers: dict[str, str] | None = None,
         auth_for: Any = None,
+        verify: Any = True,
     ) -> None:
+        """``verify``: httpx's, e.g. ``RegistryServer.ssl_context()`` for a TLS registry."""
         self.base_url = base_url.rstrip("/")
         self._headers = dict(headers or {})
         self._auth_for = auth_for
-        self._http = httpx.Client(timeout=10.0)
+        self._http = httpx.Client(timeout=10.0, verify=verify)
 
     def close(self) -> None:
         self._http.close()

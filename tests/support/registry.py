@@ -1,4 +1,6 @@
-"""A real ``docker-registry`` (CNCF distribution) for tests, open, htpasswd or token-authenticated.
+"""A real ``docker-registry`` (CNCF distribution) for tests, open, htpasswd or token-authenticated,
+over plain HTTP or TLS (a certificate from a private CA made in the test, optionally requiring a
+client certificate from it).
 
 Each server gets its own config, storage directory and free 127.0.0.1 port. The token variant
 trusts a tiny in-test JWT issuer (ES256, key in ``x5c``) that grants per scope and can be told
@@ -14,6 +16,7 @@ import http.server
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import threading
 import time
@@ -32,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.support import ports
+from tests.support import tls as support_tls
 from watchdog import config
 
 BINARY_NAMES = ("docker-registry", "registry")
@@ -85,6 +89,7 @@ class TokenRequest:
     user: str | None  # the basic-auth user, None when anonymous
     scopes: list[str]
     service: str | None
+    user_agent: str | None = None
 
 
 GrantPolicy = Callable[[str | None, str, str, list[str]], list[str]]
@@ -175,7 +180,9 @@ class TokenIssuer:
             [{"type": "repository", "name": repository, "actions": ["pull", "push", "delete"]}]
         )
 
-    def _answer(self, method: str, query: str, authorization: str | None) -> tuple[int, bytes]:
+    def _answer(
+        self, method: str, query: str, authorization: str | None, user_agent: str | None = None
+    ) -> tuple[int, bytes]:
         params = urllib.parse.parse_qs(query)
         scopes = [s for value in params.get("scope", []) for s in value.split()]
         user: str | None = None
@@ -185,7 +192,7 @@ class TokenIssuer:
             if (params.get("grant_type") or [""])[0] != "refresh_token":
                 return 400, b'{"details":"unsupported grant_type"}'
             if refresh not in self.refresh_tokens:
-                self._record(method, None, scopes, params)
+                self._record(method, None, scopes, params, user_agent)
                 return 401, b'{"details":"invalid refresh token"}'
             user = self.refresh_tokens[refresh]
         elif authorization and authorization.lower().startswith("basic "):
@@ -195,10 +202,10 @@ class TokenIssuer:
                 return 400, b'{"details":"bad basic header"}'
             name, _, password = raw.partition(":")
             if self.users.get(name) != password:
-                self._record(method, name, scopes, params)
+                self._record(method, name, scopes, params, user_agent)
                 return 401, b'{"details":"wrong username or password"}'
             user = name
-        self._record(method, user, scopes, params)
+        self._record(method, user, scopes, params, user_agent)
         if self.deny or (self.require_auth and user is None):
             return 401, b'{"details":"access denied"}'
         access = []
@@ -216,12 +223,16 @@ class TokenIssuer:
         return 200, json.dumps(body).encode()
 
     def _record(
-        self, method: str, user: str | None, scopes: list[str], params: dict[str, list[str]]
+        self,
+        method: str,
+        user: str | None,
+        scopes: list[str],
+        params: dict[str, list[str]],
+        user_agent: str | None = None,
     ) -> None:
         with self._lock:
-            self.requests.append(
-                TokenRequest(method, user, scopes, (params.get("service") or [None])[0])
-            )
+            service = (params.get("service") or [None])[0]
+            self.requests.append(TokenRequest(method, user, scopes, service, user_agent))
 
     def _handler_class(self) -> type[http.server.BaseHTTPRequestHandler]:
         issuer = self
@@ -234,7 +245,12 @@ class TokenIssuer:
                 if url.path != "/token":
                     self._send(404, b"not here")
                     return
-                status, body = issuer._answer("GET", url.query, self.headers.get("Authorization"))
+                status, body = issuer._answer(
+                    "GET",
+                    url.query,
+                    self.headers.get("Authorization"),
+                    self.headers.get("User-Agent"),
+                )
                 self._send(status, body)
 
             def do_POST(self) -> None:
@@ -244,7 +260,7 @@ class TokenIssuer:
                 if url.path != "/token":
                     self._send(404, b"not here")
                     return
-                status, body = issuer._answer("POST", form, None)
+                status, body = issuer._answer("POST", form, None, self.headers.get("User-Agent"))
                 self._send(status, body)
 
             def _send(self, status: int, body: bytes) -> None:
@@ -279,8 +295,12 @@ class RegistryServer:
         password: str | None = None,
         binary: str | None = None,
         extra_config: str = "",
+        tls: support_tls.PrivateCA | None = None,
+        require_client_cert: bool = False,
     ) -> None:
-        """``extra_config``: YAML appended to the generated config (e.g. ``notifications:``)."""
+        """``extra_config``: YAML appended to the generated config (e.g. ``notifications:``).
+        ``tls``: serve HTTPS with a server certificate from that CA; ``require_client_cert``:
+        refuse clients without a certificate from it (distribution's ``http.tls.clientcas``)."""
         if mode not in ("open", "basic", "token"):
             raise ValueError(f"unknown registry mode {mode!r}")
         self.mode = mode
@@ -294,6 +314,13 @@ class RegistryServer:
         self._proc: subprocess.Popen[bytes] | None = None
         self._log = workdir / "registry.log"
         self.extra_config = extra_config
+        if require_client_cert and tls is None:
+            raise ValueError("require_client_cert needs tls")
+        self.ca = tls
+        self.require_client_cert = require_client_cert
+        self.server_pair = tls.server(f"server-{uuid.uuid4().hex[:8]}") if tls else None
+        # the certificate the tests' own clients (pushers, the start probe) present
+        self.client_pair = tls.client(f"client-{uuid.uuid4().hex[:8]}") if tls else None
 
     @property
     def host(self) -> str:
@@ -301,7 +328,17 @@ class RegistryServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{'https' if self.ca else 'http'}://{self.host}"
+
+    def ssl_context(self, *, client_cert: bool = True) -> ssl.SSLContext | bool:
+        """For plain httpx: trusts this server's CA (and presents a client certificate, when it
+        requires one and ``client_cert``); True (the default trust) without TLS."""
+        if self.ca is None:
+            return True
+        context = ssl.create_default_context(cafile=str(self.ca.ca_file))
+        if client_cert and self.require_client_cert and self.client_pair is not None:
+            context.load_cert_chain(str(self.client_pair.cert), str(self.client_pair.key))
+        return context
 
     def settings(self, **overrides: Any) -> config.RegistrySettings:
         """RegistrySettings for this server: plain HTTP, its credentials, no docker config."""
@@ -309,7 +346,7 @@ class RegistryServer:
             "host": self.host,
             "username": self.username,
             "password": config.Secret(self.password) if self.password else None,
-            "insecure": True,
+            "insecure": self.ca is None,
             "timeout": 5.0,
             "use_docker_config": False,
         }
@@ -347,6 +384,14 @@ class RegistryServer:
             f"  addr: 127.0.0.1:{self.port}",
             "  secret: tag-watchdog-tests",
         ]
+        if self.server_pair is not None and self.ca is not None:
+            lines += [
+                "  tls:",
+                f"    certificate: {self.server_pair.cert}",
+                f"    key: {self.server_pair.key}",
+            ]
+            if self.require_client_cert:
+                lines += ["    clientcas:", f"      - {self.ca.ca_file}"]
         if self.mode == "basic":
             assert self.username and self.password
             htpasswd = self.workdir / "htpasswd"
@@ -409,7 +454,7 @@ class RegistryServer:
                         time.sleep(0.2)  # the old process's socket may still be closing
                     break
                 try:
-                    httpx.get(self.url + "/v2/", timeout=1.0)
+                    httpx.get(self.url + "/v2/", timeout=1.0, verify=self.ssl_context())
                     return self
                 except httpx.TransportError:
                     time.sleep(0.01)

@@ -13,6 +13,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -269,10 +270,60 @@ def _details(event: models.Event) -> list[dict[str, Any]]:
             for name in ("created", "revision", "source")
             if info.get(name)
         ]
+        link = commit_url(info.get("source"), info.get("revision"))
+        if link is not None:
+            parts.append(f"<{link}|commit>")
         image_lines.append(f"*{side.capitalize()} image:* " + ", ".join(parts))
     if image_lines:
         blocks.append(_section("\n".join(image_lines)))
+    pushed = pushed_by_mrkdwn(event)
+    if pushed is not None:
+        blocks.append(_section(pushed))
     return blocks
+
+
+# the hosts whose commit pages are known: GitHub's ``/commit/<sha>``, GitLab's ``/-/commit/<sha>``
+_FORGE_RE = re.compile(
+    r"(?P<base>https://(?P<host>github\.com|gitlab\.com|gitlab\.[A-Za-z0-9.-]+)"
+    r"/[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)+)/?"
+)
+_REVISION_RE = re.compile(r"[0-9a-fA-F]{7,64}")
+
+
+def commit_url(source: object, revision: object) -> str | None:
+    """The commit page of an image's ``org.opencontainers.image.source`` and ``.revision``
+    labels when the source is a GitHub or GitLab repository URL and the revision a commit hash;
+    None otherwise (labels are the pusher's text: nothing else becomes a link)."""
+    if not isinstance(source, str) or not isinstance(revision, str):
+        return None
+    forge = _FORGE_RE.fullmatch(source.strip())
+    if forge is None or not _REVISION_RE.fullmatch(revision.strip()):
+        return None
+    sep = "/commit/" if forge["host"] == "github.com" else "/-/commit/"
+    return forge["base"].removesuffix(".git") + sep + revision.strip().lower()
+
+
+def pushed_by_mrkdwn(event: models.Event) -> str | None:
+    """Who pushed (a move) or deleted (a deletion), as registry notifications told the daemon;
+    "unknown" when the change was found without one. None for other kinds of event."""
+    if event.kind is models.EventKind.MOVED:
+        label = "Pushed by"
+    elif event.kind is models.EventKind.DELETED:
+        label = "Deleted by"
+    else:
+        return None
+    who = event.detail.get("pushed_by")
+    if not isinstance(who, dict) or not who:
+        return (
+            f"*{label}:* unknown (found by polling; registry notifications to "
+            "`/hooks/registry` name the pusher)"
+        )
+    parts = [_code(who["actor"]) if who.get("actor") else "an unnamed client"]
+    if who.get("address"):
+        parts.append(f"from {_code(who['address'])}")
+    if who.get("user_agent"):
+        parts.append(f"with {_code(who['user_agent'])}")
+    return f"*{label}:* " + " ".join(parts)
 
 
 def render_event(event: models.Event, context: Context = Context()) -> Message:

@@ -19,8 +19,12 @@ from typing import Any, Protocol
 from slack_sdk import errors as slack_errors
 from slack_sdk import web, webhook
 
+import watchdog
 from watchdog import config, errors, retry
 from watchdog.alerts import render
+
+# slack-sdk appends its own "Python/x slackclient/y OS/z": the product named first is ours
+USER_AGENT_PREFIX = f"tag-watchdog/{watchdog.__version__}"
 
 CHANNEL = "slack"
 DEFAULT_BASE_URL = "https://slack.com/api/"
@@ -77,6 +81,7 @@ class WebhookSender:
             timeout=max(1, int(self._timeout)),
             logger=_sdk_log,
             retry_handlers=[],
+            user_agent_prefix=USER_AGENT_PREFIX,
         )
         try:
             resp = client.send(text=message.text, blocks=message.blocks, unfurl_links=False)
@@ -231,6 +236,7 @@ class BotSender:
             timeout=max(1, int(self._timeout)),
             logger=_sdk_log,
             retry_handlers=[],
+            user_agent_prefix=USER_AGENT_PREFIX,
         )
         secret = self._token.reveal()
         given = {k: v for k, v in params.items() if v is not None}

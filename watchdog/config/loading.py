@@ -30,6 +30,7 @@ ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "SLACK_SIGNING_SECRET": ("slack", "signing_secret"),
     "HOOK_TOKEN": ("hooks", "registry_token"),
     "DOCKERHUB_HOOK_TOKEN": ("hooks", "dockerhub_token"),
+    "CERTS_DIR": ("certs_dir",),
 }
 ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NO_WATCHES = "nothing to watch (add at least one repository)"

@@ -10,7 +10,7 @@ from typing import Annotated, Any, ClassVar
 import pydantic
 
 from watchdog import errors, models
-from watchdog.config import fields
+from watchdog.config import fields, tls
 
 DEFAULT_DATABASE_URL = "sqlite:///watchdog.db"
 # release-like: 1.2.3, v1.2.3, 1.2.3-rc.1, 1.2.3+build.5 ; not latest, main, sha-abc, sha256-...
@@ -51,12 +51,33 @@ def _repository_key(value: Any) -> str:
     return _repository(value).name
 
 
+def _ca_file(path: str) -> str:
+    problem = tls.ca_problem(path)
+    if problem:
+        raise fields.problem(problem)
+    return path
+
+
+def _readable(path: str) -> str:
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise fields.problem(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    return path
+
+
 def _listen_ok(listen: str) -> bool:
     match = _LISTEN_RE.match(listen)
     return match is not None and 0 < int(match.group(2)) < 65536
 
 
 OptText = fields.Text | None
+CaFile = Annotated[str, pydantic.BeforeValidator(fields.as_text), pydantic.AfterValidator(_ca_file)]
+# the pair is checked together (problems()): a key is only wrong for its certificate
+PemFile = Annotated[
+    str, pydantic.BeforeValidator(fields.as_text), pydantic.AfterValidator(_readable)
+]
 OptSecret = fields.Secret | None
 Host = Annotated[str, pydantic.BeforeValidator(fields.as_text), pydantic.AfterValidator(_host)]
 Repository = Annotated[models.ImageRef, pydantic.PlainValidator(_repository)]
@@ -86,7 +107,11 @@ class RegistrySettings(fields.Section):
     host: Host  # normalised (docker.io for Docker Hub), may include :port
     username: OptText = None
     password: OptSecret = None
-    # plain HTTP; loopback hosts default to True, as Docker does
+    # PEM CAs trusted for this registry on top of the default ones; a client certificate (mTLS)
+    ca_file: CaFile | None = None
+    client_cert: PemFile | None = None
+    client_key: PemFile | None = None
+    # plain HTTP; loopback hosts default to True, as Docker does, unless TLS files are given
     insecure: fields.Flag = pydantic.Field(default=fields.DERIVED, validate_default=True)
     max_concurrency: Annotated[int, fields.integer(1, 256)] = 8
     timeout: fields.Duration = 10.0
@@ -95,13 +120,20 @@ class RegistrySettings(fields.Section):
     push_password: OptSecret = None
     # True when the config says nothing about credentials: docker config.json / helpers are tried
     use_docker_config: fields.Flag = pydantic.Field(default=fields.DERIVED, validate_default=True)
+    # docker's certs.d directory (its <host[:port]>/ entry adds CAs and a client pair); set by
+    # Settings.registry() from the top-level certs_dir, None: not looked at
+    certs_dir: OptText = None
 
-    internal: ClassVar[frozenset[str]] = frozenset({"use_docker_config"})
+    internal: ClassVar[frozenset[str]] = frozenset({"use_docker_config", "certs_dir"})
 
     @pydantic.field_validator("insecure", mode="before")
     @classmethod
     def _plain_http_on_loopback(cls, value: Any, info: pydantic.ValidationInfo) -> Any:
-        return models.is_loopback_host(info.data.get("host", "")) if value is None else value
+        if value is not None:
+            return value
+        # a CA or a client certificate for a loopback registry says it speaks HTTPS
+        tls_given = any(info.data.get(k) for k in ("ca_file", "client_cert", "client_key"))
+        return models.is_loopback_host(info.data.get("host", "")) and not tls_given
 
     @pydantic.field_validator("use_docker_config", mode="before")
     @classmethod
@@ -113,6 +145,34 @@ class RegistrySettings(fields.Section):
             yield "username", "is required when a password is given"
         if self.push_password and not self.push_username:
             yield "push_username", "is required when a push_password is given"
+        if self.client_cert and not self.client_key:
+            yield "client_key", "is required with client_cert (the certificate's private key)"
+        if self.client_key and not self.client_cert:
+            yield "client_cert", "is required with client_key"
+        cert, key = self.client_cert, self.client_key
+        # an unreadable one is that field's own problem, already reported
+        if (
+            isinstance(cert, str)
+            and isinstance(key, str)
+            and tls.readable(cert)
+            and tls.readable(key)
+        ):
+            problem = tls.pair_problem(cert, key)
+            if problem:
+                yield "client_cert", problem
+        if self.insecure is True and (self.ca_file or self.client_cert):
+            yield "insecure", "is true (plain HTTP), but ca_file/client_cert are for HTTPS"
+
+    def tls_material(self) -> tls.Material:
+        """The CA files and client pair of this registry: the config's, then its certs.d entry
+        (the config's client pair wins). Raises ConfigError for a broken certs.d entry."""
+        found, problems = tls.certs_d(self.certs_dir, self.host)
+        if problems:
+            raise errors.ConfigError([f"certs_dir: {p}" for p in problems])
+        cas = ((self.ca_file,) if self.ca_file else ()) + found.ca_files
+        if self.client_cert:
+            return tls.Material(cas, self.client_cert, self.client_key)
+        return tls.Material(cas, found.client_cert, found.client_key)
 
     @property
     def scheme(self) -> str:
@@ -288,9 +348,13 @@ class Settings(fields.Section):
     slack: SlackSettings = SlackSettings()
     restore: RestoreSettings = RestoreSettings()
     hooks: HookSettings = HookSettings()
+    # docker's layout: <certs_dir>/<host[:port]>/{ca.crt,*.crt,client.cert,client.key}
+    certs_dir: fields.Text = tls.DEFAULT_CERTS_DIR
     vault: VaultSettings | None = None
 
     _source: str | None = pydantic.PrivateAttr(default=None)
+    # RegistrySettings values every registry takes over its own (with_registry_flags)
+    _flags: dict[str, Any] = pydantic.PrivateAttr(default_factory=dict)
 
     @pydantic.field_validator("jitter", mode="before")
     @classmethod
@@ -303,6 +367,16 @@ class Settings(fields.Section):
         return self._source
 
     def problems(self) -> Iterator[tuple[str, str]]:
+        # the certs.d entries this config will use: those of its registries and watched hosts
+        # (an invalid list is held as given: only the valid entries count)
+        registries = self.registries if isinstance(self.registries, tuple | list) else ()
+        watches = self.watches if isinstance(self.watches, tuple | list) else ()
+        hosts = {r.host for r in registries if isinstance(r, RegistrySettings)}
+        hosts |= {w.repository.host for w in watches if isinstance(w, WatchSettings)}
+        certs_dir = self.certs_dir if isinstance(self.certs_dir, str) else None
+        for host in sorted(hosts):
+            for problem in tls.certs_d(certs_dir, host)[1]:
+                yield "certs_dir", problem
         if isinstance(self.vault, VaultSettings) and isinstance(self.watches, tuple):
             for watch in self.watches:
                 if not isinstance(watch, WatchSettings) or not watch.vault:
@@ -319,9 +393,55 @@ class Settings(fields.Section):
         return frozenset(w.name for w in self.watches if w.vault)
 
     def registry(self, host: str) -> RegistrySettings:
-        """Settings for ``host``: the configured entry, else defaults (plain HTTP on loopback)."""
+        """Settings for ``host``: the configured entry, else defaults (plain HTTP on loopback,
+        unless certs.d holds TLS files for it), with the certs.d directory to look in."""
         wanted = models.normalize_host(host)
-        for reg in self.registries:
-            if reg.host == wanted:
-                return reg
-        return RegistrySettings(host=wanted)
+        reg = next((r for r in self.registries if r.host == wanted), None)
+        if reg is None:
+            reg = RegistrySettings(host=wanted)
+        if self._flags:
+            reg = _validated(
+                RegistrySettings, {**reg.model_dump(exclude_unset=True), **self._flags}
+            )
+        update: dict[str, Any] = {"certs_dir": self.certs_dir}
+        derived = "insecure" not in reg.model_fields_set
+        if derived and reg.insecure and tls.host_dir(self.certs_dir, reg.host) is not None:
+            update["insecure"] = False  # docker's certs.d entry: this one speaks HTTPS
+        return reg.model_copy(update=update)
+
+    def with_registry_flags(
+        self, flags: dict[str, Any], names: dict[str, str] | None = None
+    ) -> Settings:
+        """A copy in which every registry takes ``flags`` (RegistrySettings fields, None meaning
+        "not given") over its own values: the command line's ``--ca-file``, ``--tls``... Raises
+        ConfigError for a bad one, named as ``names`` (field -> flag) says."""
+        given = {k: v for k, v in flags.items() if v is not None}
+        if not given:
+            return self
+        names = names or {}
+        try:
+            RegistrySettings.model_validate({"host": "flags.invalid", **given})
+        except pydantic.ValidationError as exc:
+            problems = []
+            for e in exc.errors():
+                key = str(e["loc"][0]) if e["loc"] else ""
+                message = (e.get("ctx") or {}).get("msg", e["msg"])
+                problems.append(f"{names.get(key, key)}: {message}")
+            raise errors.ConfigError(problems, source="command line") from None
+        copy = self.model_copy()
+        copy._flags = given
+        return copy
+
+
+def _validated(model: type[RegistrySettings], data: dict[str, Any]) -> RegistrySettings:
+    """``model`` from ``data``, a ValidationError worded as a ConfigError (the config's entry and
+    the command line's flags disagree, e.g. ``insecure: true`` with ``--ca-file``)."""
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        problems = [
+            f"registries: {data.get('host')}: {'.'.join(map(str, e['loc']))}: "
+            f"{(e.get('ctx') or {}).get('msg', e['msg'])}"
+            for e in exc.errors()
+        ]
+        raise errors.ConfigError(problems) from None

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from watchdog import config, errors, models, retry
+from watchdog import config, errors, models, retry, safejson
 from watchdog.registry import auth, media
 from watchdog.registry import transport as wire
 
@@ -598,7 +598,9 @@ class RegistryClient:
 
     def _page_tags(self, what: str, body: bytes) -> list[str]:
         try:
-            doc = json.loads(body)
+            doc = safejson.loads(body)
+        except safejson.TooDeep as exc:
+            raise self._wire.protocol(what, f"the tag list is refused: {exc}") from None
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise self._wire.protocol(what, "the tag list is not valid JSON") from None
         if not isinstance(doc, dict):
@@ -717,7 +719,7 @@ class RegistryClient:
 def _error_codes(body: bytes) -> list[str]:
     """``errors[].code`` of a registry error body; [] when it is not one."""
     try:
-        doc: Any = json.loads(body)
+        doc: Any = safejson.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError):
         return []
     if not isinstance(doc, dict) or not isinstance(doc.get("errors"), list):

@@ -8,10 +8,12 @@ once per registry identity, and only when the registry asks for credentials.
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -143,6 +145,43 @@ def _from_auths(cfg: Mapping[str, Any], host: str) -> Credentials | None:
     return None
 
 
+def _run_helper(
+    argv: list[str], stdin: bytes, env: Mapping[str, str], timeout: float
+) -> tuple[int, bytes, bytes]:
+    """Run ``argv`` in a session of its own; its exit code, stdout and stderr.
+
+    On timeout the whole process group is killed, not only the helper: a helper waiting on a
+    child of its own (a keyring prompt, ``sleep``) would otherwise leave that child behind,
+    and that child holding our pipes open would keep ``communicate`` waiting as well.
+    Raises TimeoutExpired then.
+    """
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(env),
+        start_new_session=True,  # its own process group, led by the helper
+    )
+    try:
+        stdout, stderr = proc.communicate(stdin, timeout=timeout)
+    except BaseException:  # the timeout, or an interrupt while waiting
+        _kill_group(proc)
+        raise
+    return proc.returncode, stdout, stderr
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL every process of ``proc``'s group (the helper's session) and reap the helper."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.communicate(timeout=5)  # the pipes close with the group's last process
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
 def run_credential_helper(
     name: str, host: str, env: Mapping[str, str], timeout: float = HELPER_TIMEOUT
 ) -> Credentials | None:
@@ -159,13 +198,8 @@ def run_credential_helper(
     if path is None:
         raise errors.AuthError(f"credential helper {program} is not on PATH")
     try:
-        proc = subprocess.run(
-            [path, "get"],
-            input=_helper_server_url(host).encode(),
-            capture_output=True,
-            timeout=timeout,
-            env=dict(env),
-            check=False,
+        returncode, stdout, stderr = _run_helper(
+            [path, "get"], _helper_server_url(host).encode(), env, timeout
         )
     except subprocess.TimeoutExpired:
         raise errors.AuthError(
@@ -173,6 +207,7 @@ def run_credential_helper(
         ) from None
     except OSError as exc:
         raise errors.AuthError(f"cannot run credential helper {program}: {exc.strerror}") from None
+    proc = subprocess.CompletedProcess([path, "get"], returncode, stdout, stderr)
     out = proc.stdout.decode("utf-8", "replace")
     if proc.returncode != 0:
         if _HELPER_NOT_FOUND in out.lower():

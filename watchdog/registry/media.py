@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from watchdog import errors
+from watchdog import errors, safejson
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -51,7 +51,7 @@ def is_schema1(media_type: str | None) -> bool:
 def parse_manifest(body: bytes) -> dict[str, Any]:
     """The manifest as a JSON object; raises ProtocolError when it is not one."""
     try:
-        value = json.loads(body)
+        value = safejson.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise errors.ProtocolError(f"manifest is not valid JSON: {exc}") from exc
     if not isinstance(value, dict):

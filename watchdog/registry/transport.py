@@ -8,18 +8,24 @@ challenges over this wire and :mod:`watchdog.registry.client` makes the API call
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import itertools
 import math
 import re
 import ssl
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol
 
 import httpx
 
+import watchdog
 from watchdog import config, errors, models, retry
+from watchdog.config import tls
+
+# Every request says who sends it, so that registry operators find the watchdog in their logs.
+USER_AGENT = f"tag-watchdog/{watchdog.__version__}"
 
 # Error bodies are only read for the message (and for the error code of a 404).
 MAX_ERROR_BODY_BYTES = 64 * 1024
@@ -40,6 +46,13 @@ DEADLINE_FACTOR = 3.0
 _SECRET_SHAPES = re.compile(
     r"(eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*)|((?:Bearer|Basic)\s+)[A-Za-z0-9+/=._~-]{16,}"
 )
+# Bearer tokens are found by their last _KEY characters: runs of token characters are cut out
+# of a message (in C) and looked up window by window, so the cost of redacting a message does
+# not grow with the number of live tokens. Shorter tokens, or ones with other characters, are
+# replaced one by one like passwords.
+_KEY = 16
+_SHAPE_REACH = 4096
+_TOKEN_RUN = re.compile(rf"[A-Za-z0-9._~+/=-]{{{_KEY},}}")
 
 
 class RequestObserver(Protocol):
@@ -102,10 +115,10 @@ class Transport:
         self.pools: list[httpx.AsyncClient] = []
         self._next_pool: Iterator[httpx.AsyncClient] = iter(())
         self._closed = False
-        self.secrets: set[str] = set()
+        self._redactor = Redactor()
         for secret in (settings.password, settings.push_password):
             if secret:
-                self.secrets.add(secret.reveal())
+                self._redactor.add(secret.reveal())
 
     async def aclose(self) -> None:
         """Close every connection pool. Idempotent; no exchange can be sent afterwards."""
@@ -126,17 +139,30 @@ class Transport:
 
     def _make_pools(self) -> list[httpx.AsyncClient]:
         timeout = httpx.Timeout(self.settings.timeout)
+        headers = {"User-Agent": USER_AGENT}
         if self._transport is not None:
             return [
-                httpx.AsyncClient(transport=self._transport, timeout=timeout, follow_redirects=True)
+                httpx.AsyncClient(
+                    transport=self._transport,
+                    timeout=timeout,
+                    headers=headers,
+                    follow_redirects=True,
+                )
             ]
         concurrency = self.settings.max_concurrency
         count = min(MAX_CLIENTS, max(1, math.ceil(concurrency / CONNECTIONS_PER_CLIENT)))
         per_client = max(1, math.ceil(concurrency / count))
+        context = ssl_context(self.settings) if self.settings.scheme == "https" else None
         limits = httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client)
         return [
-            # verify=True always: insecure means plain HTTP, never "HTTPS without checking"
-            httpx.AsyncClient(timeout=timeout, limits=limits, verify=True, follow_redirects=True)
+            # always verified: insecure means plain HTTP, never "HTTPS without checking"
+            httpx.AsyncClient(
+                timeout=timeout,
+                limits=limits,
+                verify=context or True,
+                headers=headers,
+                follow_redirects=True,
+            )
             for _ in range(count)
         ]
 
@@ -176,7 +202,9 @@ class Transport:
                         await response.aclose()
             except errors.RegistryError:
                 raise
-            except (httpx.HTTPError, TimeoutError) as exc:
+            except (httpx.HTTPError, TimeoutError, ssl.SSLError) as exc:
+                # ssl.SSLError: httpcore lets a TLS alert after the handshake (a registry refusing
+                # the client certificate, TLS 1.3) through unwrapped
                 code, error = self._translate(what, exc)
                 raise error from exc
             finally:
@@ -190,9 +218,11 @@ class Transport:
         return Response(response.status_code, response.headers, body, response.url)
 
     def _translate(
-        self, what: str, exc: httpx.HTTPError | TimeoutError
+        self, what: str, exc: httpx.HTTPError | TimeoutError | ssl.SSLError
     ) -> tuple[str, errors.RegistryError]:
         """The metric label and the watchdog error for a failed exchange (the one mapping)."""
+        if isinstance(exc, ssl.SSLError):
+            return "tls_error", self._unavailable(what, "TLS failed" + _tls_hint(exc), exc)
         if isinstance(exc, httpx.TimeoutException):
             return "timeout", self._unavailable(what, "timed out", exc)
         if isinstance(exc, TimeoutError):
@@ -203,7 +233,8 @@ class Transport:
             )
         if isinstance(exc, httpx.ConnectError):
             if _is_tls(exc):
-                return "tls_error", self._unavailable(what, "TLS handshake failed", exc)
+                hint = _tls_hint(exc)
+                return "tls_error", self._unavailable(what, "TLS handshake failed" + hint, exc)
             return "connect_error", self._unavailable(what, "cannot connect", exc)
         if isinstance(exc, httpx.RemoteProtocolError):
             if _HEADERS_TOO_LARGE in str(exc):
@@ -252,26 +283,38 @@ class Transport:
 
     # --- words -------------------------------------------------------------------------------
 
+    @property
+    def secrets(self) -> frozenset[str]:
+        """Every string blanked in messages now: the permanent secrets and the live tokens."""
+        return self._redactor.secrets
+
     def add_secret(self, *secrets: str) -> None:
-        """Blank these strings (a token, a password) in every message from now on."""
-        self.secrets.update(s for s in secrets if s)
+        """Blank these strings (a password, an identity token) in every message from now on."""
+        for secret in secrets:
+            self._redactor.add(secret)
+
+    def hold_secret(self, secret: str) -> None:
+        """Blank ``secret`` (a bearer token) until as many :meth:`release_secret` calls."""
+        self._redactor.hold(secret)
+
+    def release_secret(self, secret: str) -> None:
+        """One holder of ``secret`` let it go (the token expired or left the cache)."""
+        self._redactor.release(secret)
 
     def message(self, what: str, detail: str) -> str:
         """``registry <host>: <what>: <detail>`` on one line, secrets blanked."""
-        return self.redact(errors.truncate(f"registry {self.name}: {what}: {detail}", 400))
+        # Blanked before it is cut: a secret cut in two at the limit would no longer match.
+        return errors.truncate(self.redact(f"registry {self.name}: {what}: {detail}"), 400)
 
     def body_text(self, resp: Response) -> str:
         """The start of an answer's body for a message, secrets blanked."""
         if not resp.body:
             return "(no body)"
-        return errors.truncate(self.redact(resp.body.decode("utf-8", "replace")))
+        return self._redactor.shown(resp.body.decode("utf-8", "replace"), self.redact)
 
     def redact(self, text: str) -> str:
         """``text`` with every known secret and anything shaped like a credential blanked."""
-        for secret in sorted(self.secrets, key=len, reverse=True):
-            if secret:
-                text = text.replace(secret, "***")
-        return _SECRET_SHAPES.sub(lambda m: (m.group(2) or "") + "***", text)
+        return _SECRET_SHAPES.sub(lambda m: (m.group(2) or "") + "***", self._redactor.redact(text))
 
     def protocol(self, what: str, detail: str) -> errors.ProtocolError:
         """The registry answered something this client cannot take."""
@@ -310,6 +353,174 @@ class Transport:
         return errors.RegistryUnavailable(
             self.message(what, f"{detail}: {reason}"), registry=self.name
         )
+
+
+def ssl_context(settings: config.RegistrySettings) -> ssl.SSLContext:
+    """The verifying TLS context for ``settings.host``: the default trust (certifi's bundle, or
+    what SSL_CERT_FILE / SSL_CERT_DIR name, as httpx does) plus the registry's own CA files
+    (``ca_file``, certs.d), and its client certificate (mTLS) when it has one.
+
+    One context per registry, shared by its pools. Raises ConfigError when a file does not load
+    (``config check`` reports the same problems earlier).
+    """
+    material = settings.tls_material()
+    context = httpx.create_ssl_context()
+    try:
+        for ca in material.ca_files:
+            context.load_verify_locations(cafile=ca)
+        if material.client_cert:
+            context.load_cert_chain(
+                material.client_cert, material.client_key, password=tls.no_passphrase
+            )
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc
+        raise errors.ConfigError(
+            [f"registries: {settings.host}: cannot load its TLS files: {reason}"]
+        ) from None
+    return context
+
+
+def _tls_hint(exc: BaseException) -> str:
+    """What to do about the usual TLS failures: an untrusted CA, a refused client certificate."""
+    text = f"{getattr(exc, 'reason', '') or ''} {exc}".upper()
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return " (a private CA? trust it with ca_file or certs.d; guard: --ca-file)"
+    if "ALERT" in text and "CERTIFICATE" in text:
+        return " (the registry refused the client certificate, or wants one: client_cert)"
+    return ""
+
+
+class Redactor:
+    """A set of secrets to blank in text: permanent ones (:meth:`add`) and counted ones
+    (:meth:`hold`/:meth:`release`, for bearer tokens that live only as long as a cache keeps
+    them). Redacting costs the same whatever the number of tokens held."""
+
+    def __init__(self) -> None:
+        self._permanent: set[str] = set()
+        self._held: collections.Counter[str] = collections.Counter()
+        # held tokens of token characters, by their last _KEY characters
+        self._by_key: dict[str, set[str]] = {}
+        self._plain: list[str] | None = []  # replaced one by one, longest first; None: stale
+        self._lengths: collections.Counter[int] = collections.Counter()  # of indexed tokens
+
+    @property
+    def secrets(self) -> frozenset[str]:
+        return frozenset(self._permanent) | frozenset(self._held)
+
+    def __len__(self) -> int:
+        return len(self._permanent | self._held.keys())
+
+    def add(self, secret: str) -> None:
+        if secret and secret not in self._permanent:
+            self._permanent.add(secret)
+            self._plain = None
+
+    def hold(self, secret: str) -> None:
+        if not secret:
+            return
+        self._held[secret] += 1
+        if self._held[secret] > 1:
+            return
+        if _indexable(secret):
+            self._by_key.setdefault(secret[-_KEY:], set()).add(secret)
+            self._lengths[len(secret)] += 1
+        else:
+            self._plain = None
+
+    def release(self, secret: str) -> None:
+        if self._held.get(secret, 0) == 0:
+            return
+        self._held[secret] -= 1
+        if self._held[secret] > 0:
+            return
+        del self._held[secret]
+        if _indexable(secret):
+            same = self._by_key.get(secret[-_KEY:])
+            if same is not None:
+                same.discard(secret)
+                if not same:
+                    del self._by_key[secret[-_KEY:]]
+            self._lengths[len(secret)] -= 1
+            if self._lengths[len(secret)] == 0:
+                del self._lengths[len(secret)]
+        else:
+            self._plain = None
+
+    def shown(self, text: str, redact: Callable[[str], str]) -> str:
+        """The start of ``text`` as a message shows it (one line, errors.truncate's length),
+        blanked by ``redact`` without scanning all of a long body.
+
+        Only a prefix of the flattened text is scanned for tokens (tokens hold no whitespace),
+        grown until what is shown ends before the last ``longest`` characters scanned, so that
+        no token cut at the end of the prefix can be shown in part (a 64 KiB body of base64
+        would otherwise be scanned window by window).
+        """
+        text = self._replace_plain(text)  # before flattening: a password may hold spaces
+        flat = " ".join(text.split())
+        limit = errors.MAX_BODY_IN_MESSAGE
+        # at least _SHAPE_REACH: credential-shaped text no one registered (a JWT) is blanked by
+        # its shape, which a cut could break too
+        longest = max(max(self._lengths, default=0), _SHAPE_REACH)
+        cut = limit + 2 * longest
+        while True:
+            blanked = redact(flat[:cut])
+            if cut >= len(flat) or len(blanked) >= limit + longest:
+                return errors.truncate(blanked, limit)
+            cut *= 2
+
+    def redact(self, text: str) -> str:
+        """``text`` with every secret replaced by ``***``."""
+        text = self._replace_plain(text)
+        if not self._by_key:
+            return text
+        shortest = min(self._lengths)
+        spans: list[tuple[int, int]] = []
+        for run in _TOKEN_RUN.finditer(text):
+            if run.end() - run.start() >= shortest:
+                spans.extend(self._token_spans(run.group(), run.start()))
+        if not spans:
+            return text
+        out: list[str] = []
+        last = 0
+        for start, end in sorted(spans):
+            if end <= last:
+                continue
+            if start >= last:  # else it overlaps the span just blanked: extend that one
+                out.append(text[last:start])
+                out.append("***")
+            last = end
+        out.append(text[last:])
+        return "".join(out)
+
+    def _replace_plain(self, text: str) -> str:
+        if self._plain is None:
+            plain = self._permanent | {s for s in self._held if not _indexable(s)}
+            self._plain = sorted(plain, key=len, reverse=True)
+        for secret in self._plain:
+            if secret in text:
+                text = text.replace(secret, "***")
+        return text
+
+    def _token_spans(self, run: str, offset: int) -> list[tuple[int, int]]:
+        """Where held tokens occur in ``run`` (a run of token characters), as text offsets."""
+        if run in self._held:
+            return [(offset, offset + len(run))]  # the usual case: a token standing alone
+        spans: list[tuple[int, int]] = []
+        by_key = self._by_key
+        for end in range(_KEY, len(run) + 1):
+            candidates = by_key.get(run[end - _KEY : end])
+            if not candidates:
+                continue
+            for secret in candidates:
+                start = end - len(secret)
+                if start >= 0 and run.startswith(secret, start):
+                    spans.append((offset + start, offset + end))
+        return spans
+
+
+def _indexable(secret: str) -> bool:
+    """A secret the token index can find: long enough, and all token characters."""
+    return len(secret) >= _KEY and _TOKEN_RUN.fullmatch(secret) is not None
 
 
 def _is_tls(exc: BaseException) -> bool:

@@ -6,14 +6,13 @@ half-way), token comparison in constant time, JSON bodies, and the one mapping o
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from watchdog import config, errors
+from watchdog import config, errors, safejson
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -89,7 +88,7 @@ async def json_body(request: Request, limit: int) -> dict[str, Any]:
     not one, BodyTooLarge beyond ``limit`` bytes."""
     raw = await read_body(request, limit)
     try:
-        body = json.loads(raw or b"{}")
+        body = safejson.loads(raw or b"{}")
     except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deep
         raise errors.UsageError("request body is not JSON") from None
     if not isinstance(body, dict):

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import dataclasses
 import hmac
-import json
 import logging
 import re
 import time
@@ -36,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from watchdog import actions, config, errors, models
+from watchdog import actions, config, errors, models, safejson
 from watchdog.alerts import answers, render, slack
 from watchdog.store import repo as store_repo
 from watchdog.web import common
@@ -151,7 +150,7 @@ def parse_tap(body: bytes) -> Tap:
     Raises UsageError when it is not one of our buttons."""
     try:
         form = urllib.parse.parse_qs(body.decode("utf-8"), max_num_fields=20)
-        doc = json.loads(form["payload"][0])
+        doc = safejson.loads(form["payload"][0])
     except (UnicodeDecodeError, ValueError, KeyError, IndexError, RecursionError):
         raise errors.UsageError("expected a form field payload=<JSON>") from None
     if not isinstance(doc, dict) or doc.get("type") != "block_actions":
@@ -166,7 +165,7 @@ def parse_tap(body: bytes) -> Tap:
     if action_id not in (render.ACTION_RESTORE, render.ACTION_ACCEPT):
         raise errors.UsageError(f"unknown action {str(action_id)[:60]!r}")
     try:
-        value = json.loads(str(action.get("value") or ""))
+        value = safejson.loads(str(action.get("value") or ""))
         ref = models.ImageRef.parse(str(value["ref"]), require_tag=True)
         digest = models.check_digest(str(value["digest"]))
     except (ValueError, KeyError, TypeError, RecursionError, errors.InvalidReference) as exc:
