@@ -4,6 +4,7 @@ streamed across two), says why when it cannot, and tries a temporary failure aga
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import threading
@@ -275,3 +276,28 @@ async def test_scan_waits_for_its_copies_a_bounded_time_and_leaves_the_rest_pend
         stuck.set()
     (left,) = rig.copies()
     assert (left.state, left.attempts, left.vault_tag) == ("pending", 0, None)
+
+
+async def test_a_bug_in_a_copy_is_logged_and_the_copier_goes_on(
+    registry, repo, pusher, make_rig, caplog
+):
+    pusher.image(repo, "7.0.0", seed="vault-bug")
+    rig = make_rig(registry, registry, repo)
+    await rig.check()
+
+    def broken(host: str) -> Any:
+        raise RuntimeError("a bug")
+
+    rig.copier.client_for = broken
+    stop = asyncio.Event()
+    task = asyncio.create_task(rig.copier.run(stop))
+    for _ in range(100):
+        if "vault_copier_crashed" in caplog.text:
+            break
+        await asyncio.sleep(0.05)
+    assert not task.done()  # still running
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert "vault_copier_crashed" in caplog.text
+    (left,) = rig.copies()
+    assert left.state == "pending"  # nothing recorded: the next round tries again

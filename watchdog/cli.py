@@ -275,9 +275,12 @@ def _scan(args: argparse.Namespace) -> int:
             await service.check_all(checker, settings.watches, show)
             # Copies of what this scan found go to the vault before it exits (bounded), so
             # one-shot use (cron, CI) is protected too; before the alerts: a failure is one.
-            unvaulted = await vaulting.complete(
-                settings, store.vault, clients.get, notices=store.outbox
-            )
+            try:
+                unvaulted = await vaulting.complete(
+                    settings, store.vault, clients.get, notices=store.outbox
+                )
+            except errors.StoreError as exc:
+                print(f"tag-watchdog: vault copies not made: {exc}", file=sys.stderr)
         finally:
             await clients.aclose()
         # Deliver what this scan queued (and anything left over), for a bounded time.

@@ -90,6 +90,9 @@ class Copier:
                 await self.run_once()
             except errors.StoreError as exc:
                 log.warning("vault_store_error error=%r", str(exc))
+            except Exception:
+                # a bug: logged with its traceback; the copier goes on (the copy stays pending)
+                log.exception("vault_copier_crashed")
             self._wake.clear()
             waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())}
             _, pending = await asyncio.wait(
