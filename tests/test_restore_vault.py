@@ -119,3 +119,20 @@ async def test_a_child_manifest_not_archived_comes_back_from_the_vault(
     outcome = await restorer(rig).run(rig.source.with_tag("3.0.0"))
     assert outcome.restored, outcome.reason
     await assert_pullable(rig.clients.get(own_registry.host), repo, "3.0.0", original)
+
+
+async def test_delete_by_digest_gc_then_restore_from_the_vault(
+    own_registry, repo, make_pusher, make_rig
+):
+    pusher = make_pusher(own_registry)
+    original = pusher.index(repo, "0.9.0", seed="deleted")
+    rig = make_rig(own_registry, own_registry, repo)
+    await rig.check()
+    assert await rig.copier.drain(30) == 0
+    pusher.delete_manifest(repo, original.digest)  # like `skopeo delete`: the tag goes with it
+    own_registry.garbage_collect(delete_untagged=True)
+    rc = rig.clients.get(own_registry.host)
+    assert not await rc.manifest_exists(repo, original.digest)
+    outcome = await restorer(rig).run(rig.source.with_tag("0.9.0"))
+    assert outcome.restored, outcome.reason
+    await assert_pullable(rc, repo, "0.9.0", original)
