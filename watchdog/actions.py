@@ -110,7 +110,11 @@ class Actions:
         if self.registries is None:
             raise RuntimeError("plan and restore need the registries' clients")
         return restore.Restorer(
-            self.store, self.registries(ref.host), clock=self.clock, actor=actor
+            self.store,
+            self.registries(ref.host),
+            clock=self.clock,
+            actor=actor,
+            registries=self.registries,  # a vault on another registry
         )
 
     async def plan(self, ref: models.ImageRef, digest: str | None, actor: str) -> restore.Plan:

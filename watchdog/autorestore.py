@@ -175,7 +175,9 @@ class AutoRestorer:
         ref = watch.repository
         out: list[tuple[models.Change, models.Event]] = []
         limits = self.limits
-        restorer = restore.Restorer(self.store, self.registry_for(ref.host), clock=self.clock)
+        restorer = restore.Restorer(
+            self.store, self.registry_for(ref.host), clock=self.clock, registries=self.registry_for
+        )
         kinds = wanted(watch)
         todo = [(e, False) for e in events if e.kind in kinds]
         for cause, resumed in [*todo, *((e, True) for e in resume)]:

@@ -254,7 +254,9 @@ def _open_store(settings: config.Settings, *, reading: bool = False) -> store_re
         )
     db.ensure_schema(engine, migrate_empty=True)
     # Events written by any command queue their alerts in the same transaction.
-    return store_repo.Store(engine, channels=outbox.channel_names(settings))
+    return store_repo.Store(
+        engine, channels=outbox.channel_names(settings), vaulted=settings.vaulted()
+    )
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -299,10 +301,10 @@ def _scan(args: argparse.Namespace) -> int:
     import asyncio
     import tempfile
 
-    from watchdog import metrics, service, views
+    from watchdog import metrics, service, vaulting, views
     from watchdog.alerts import outbox
 
-    undelivered = 0
+    undelivered = unvaulted = 0
     drift = failed = False
     shown = 0
     # --json: each watch's JSON goes to a temporary file as soon as it is ready, and the document
@@ -325,11 +327,19 @@ def _scan(args: argparse.Namespace) -> int:
         shown += 1
 
     async def scan_all() -> None:
-        nonlocal undelivered
+        nonlocal undelivered, unvaulted
         clients = service.Clients(settings)
         checker = service.Checker(settings, store, clients, metrics.Metrics())
         try:
             await service.check_all(checker, settings.watches, show)
+            # Copies of what this scan found go to the vault before it exits (bounded), so
+            # one-shot use (cron, CI) is protected too; before the alerts: a failure is one.
+            try:
+                unvaulted = await vaulting.complete(
+                    settings, store.vault, clients.get, notices=store.outbox
+                )
+            except errors.StoreError as exc:
+                print(f"tag-watchdog: vault copies not made: {exc}", file=sys.stderr)
         finally:
             await clients.aclose()
         # Deliver what this scan queued (and anything left over), for a bounded time.
@@ -344,6 +354,12 @@ def _scan(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(scan_all())
+        if unvaulted:
+            print(
+                f"tag-watchdog: {unvaulted} vault copy(ies) not done yet (see the log); "
+                "they stay queued for `tag-watchdog run` or the next scan",
+                file=sys.stderr,
+            )
         if undelivered:
             _say(
                 f"tag-watchdog: {undelivered} alert(s) not delivered yet (see the log); "
@@ -366,7 +382,7 @@ def _scan(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from watchdog import models, views
+    from watchdog import models, vaulting, views
 
     settings = _load(args)
     store = _open_store(settings, reading=True)
@@ -374,8 +390,14 @@ def _status(args: argparse.Namespace) -> int:
     if args.repository:
         repository = models.ImageRef.parse(args.repository, allow_tag=False).name
     tags = store.all_tags(repository)
+    copies = store.vault.copies(repository)
     if args.json:
-        _print_json([views.record_json(t) for t in tags])
+        _print_json(
+            [
+                views.record_json(t) | {"vault": vaulting.state_json(vaulting.copy_of(copies, t))}
+                for t in tags
+            ]
+        )
         return EXIT_OK
     if not tags and repository is not None and store.all_tags():
         print(
@@ -385,6 +407,7 @@ def _status(args: argparse.Namespace) -> int:
     if not tags:
         print("no tags recorded yet (run `tag-watchdog scan` or `tag-watchdog run`)")
         return EXIT_OK
+    vault_column = settings.vault is not None or bool(copies)
     rows = [
         (
             t.ref,
@@ -393,9 +416,11 @@ def _status(args: argparse.Namespace) -> int:
             models.short_digest(t.current_digest) if t.current_digest else "-",
             _when(t.last_checked),
         )
+        + ((vaulting.state_text(vaulting.copy_of(copies, t)),) if vault_column else ())
         for t in tags
     ]
-    _print_table(("TAG", "STATE", "RECORDED", "CURRENT", "LAST CHECKED"), rows)
+    headers = ("TAG", "STATE", "RECORDED", "CURRENT", "LAST CHECKED")
+    _print_table(headers + (("VAULT",) if vault_column else ()), rows)
     return EXIT_OK
 
 

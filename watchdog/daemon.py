@@ -31,6 +31,7 @@ from watchdog import (
     metrics,
     notifications,
     service,
+    vaulting,
 )
 from watchdog.alerts import outbox
 from watchdog.store import claims, db, lock
@@ -106,6 +107,7 @@ class Daemon:
         self.store: store_repo.Store | None = None
         self.checker: service.Checker | None = None
         self.alerts: outbox.Worker | None = None
+        self.vault: vaulting.Copier | None = None
 
     async def run(self) -> int:
         """Run until a stop signal. Raises WatchdogError for start-up failures (bad DB, port in use)."""
@@ -119,7 +121,11 @@ class Daemon:
         try:
             daemon_lock.acquire()
             await asyncio.to_thread(db.ensure_schema, engine, migrate_empty=True)
-            self.store = store_repo.Store(engine, channels=outbox.channel_names(self.settings))
+            self.store = store_repo.Store(
+                engine,
+                channels=outbox.channel_names(self.settings),
+                vaulted=self.settings.vaulted(),
+            )
             self.alerts = outbox.Worker(
                 self.store.outbox,
                 outbox.senders(self.settings),
@@ -132,6 +138,15 @@ class Daemon:
                 self.metrics.alert_channel(channel)
             sock = _bind(self.settings.http)
             clients = service.Clients(self.settings, observer=self.metrics)
+            if self.settings.vault is not None:
+                self.vault = vaulting.Copier(
+                    self.settings,
+                    self.store.vault,
+                    clients.get,
+                    observer=self.metrics,
+                    notices=self.store.outbox,
+                    clock=self.clock,
+                )
             self.checker = service.Checker(
                 self.settings,
                 self.store,
@@ -184,6 +199,10 @@ class Daemon:
         # The outbox worker: alerts queued by checks (or left by an earlier run) go out from here.
         alerts_stop = asyncio.Event()
         alerts_task = asyncio.create_task(self.alerts.run(alerts_stop)) if self.alerts else None
+        # The vault copier: copies queued by checks (or left by an earlier run, even one killed
+        # mid-copy) are made from here, in the background, never in a check's way.
+        vault_stop = asyncio.Event()
+        vault_task = asyncio.create_task(self.vault.run(vault_stop)) if self.vault else None
         host, port = sock.getsockname()[:2]
         log.info(
             "started version=%s watches=%d interval=%ss http=%s:%s database=%s",
@@ -212,6 +231,11 @@ class Daemon:
                 )
                 task.cancel()
             self.scheduler.shutdown(wait=False)
+            if vault_task is not None:
+                # A copy under way is cut short: it stays pending and is made on the next start.
+                vault_stop.set()
+                vault_task.cancel()
+                await asyncio.gather(vault_task, return_exceptions=True)
             if alerts_task is not None:
                 # After the checks: what they queued is tried once more; a send under way is
                 # recorded before the worker returns.
@@ -310,6 +334,8 @@ class Daemon:
                             result = await self.checker.check_watch(watch)
                             if result.events and self.alerts is not None:
                                 self.alerts.wake()  # deliver now, not at the worker's next round
+                            if result.events and self.vault is not None:
+                                self.vault.wake()  # copy a new release now
                         finally:
                             await asyncio.to_thread(claim.release)
                 self.last_cycle[watch.name] = time.monotonic()

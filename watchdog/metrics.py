@@ -125,6 +125,7 @@ class Metrics:
             registry=r,
         )
         self.build_info.labels(version=__version__).set(1)
+        self._vault_metrics()
 
     def watch(self, repository: str, registry: str, *, now: float | None = None) -> None:
         """Create the series of a watched repository at zero, so that ``increase()`` and alert
@@ -178,3 +179,30 @@ class Metrics:
     def exposition(self) -> bytes:
         """The text exposition format of every metric."""
         return prom.generate_latest(self.registry)
+
+    # --- the vault (issue 12) --------------------------------------------------------------------
+
+    def _vault_metrics(self) -> None:
+        p, r = "tag_watchdog_", self.registry
+        self.vault_copies = prom.Counter(
+            p + "vault_copies",
+            "Release copies to the vault, by result: kept (the vault's tag answers the digest), "
+            "retry (a temporary failure; tried again later), failed (given up, with a reason).",
+            ["result"],
+            registry=r,
+        )
+        for result in VAULT_RESULTS:
+            self.vault_copies.labels(result=result)
+        self.vault_pending = prom.Gauge(
+            p + "vault_pending", "Release copies queued for the vault and not yet kept.", registry=r
+        )
+
+    # The vault copier reports through these (as the alert worker does).
+    def on_vault_copy(self, result: str) -> None:
+        self.vault_copies.labels(result=result).inc()
+
+    def on_vault_pending(self, pending: int) -> None:
+        self.vault_pending.set(pending)
+
+
+VAULT_RESULTS = ("kept", "retry", "failed")

@@ -24,6 +24,7 @@ from typing import Any
 
 from watchdog import errors, models
 from watchdog.registry import client as registry_client
+from watchdog.registry import copy as registry_copy
 from watchdog.registry import media, resolve
 from watchdog.store import repo as store_repo
 
@@ -38,11 +39,12 @@ _TRUSTED_NEW = (K.FIRST_SEEN, K.ACCEPTED, K.RESTORED, K.REVERTED)
 
 
 class BlobState(enum.Enum):
-    """What a plan found of one config or layer blob. (A vault that can put a lost blob back
-    adds its state here; ``Plan.blob_counts`` and the plan's text count every state.)"""
+    """What a plan found of one config or layer blob (``Plan.blob_counts`` and the plan's text
+    count every state)."""
 
     PRESENT = "present"
-    MISSING = "missing"  # gone from the registry for good: the restore cannot be done
+    IN_VAULT = "in_vault"  # gone from the registry, copied back from the vault's kept copy
+    MISSING = "missing"  # gone from the registry and not in the vault: the restore cannot be done
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +68,16 @@ class Plan:
     # The record says so but the registry, asked now, answers this (None: the tag is gone):
     # moved since the last check, unseen by any check yet. "" when not asked or agreeing.
     unseen: str | None = ""
+    # Recoverable from the vault: where (its full name, "" without a kept copy), the blobs the
+    # registry lost that the vault copies back, the children and manifest that came from it.
+    vault: str = ""
+    blobs_from_vault: tuple[str, ...] = ()
+    children_from_vault: tuple[str, ...] = ()
+
+    @property
+    def from_vault(self) -> bool:
+        """True when the restore brings bytes back from the vault."""
+        return bool(self.blobs_from_vault or self.children_from_vault or self.source == "vault")
 
     @property
     def ok(self) -> bool:
@@ -127,11 +139,16 @@ class Plan:
                 f"from the {self.source}"
             )
         for child in self.children_to_put:
-            lines.append(f"  child {child.digest}: missing, re-PUT from the archive")
+            where = "the vault" if child.digest in self.children_from_vault else "the archive"
+            lines.append(f"  re-PUT child {child.digest} ({child.media_type}) from {where}")
+        for blob in self.blobs_from_vault:
+            lines.append(f"  copy blob {blob} back from the vault {self.vault}")
         for digest in self.children_present:
             lines.append(f"  child {digest}: present")
         if self.manifest is not None:
-            counts = ", ".join(f"{n} {state}" for state, n in self.blob_counts().items())
+            counts = ", ".join(
+                f"{n} {state.replace('_', ' ')}" for state, n in self.blob_counts().items()
+            )
             lines.append(f"  blobs: {len(self.blobs)} checked, {counts}")
         return lines
 
@@ -146,6 +163,15 @@ class Plan:
             "media_type": self.manifest.media_type if self.manifest is not None else None,
             "children_reput": [c.digest for c in self.children_to_put],
             "blobs_checked": len(self.blobs),
+            **(
+                {
+                    "vault": self.vault,
+                    "blobs_from_vault": len(self.blobs_from_vault),
+                    "children_from_vault": list(self.children_from_vault),
+                }
+                if self.from_vault
+                else {}
+            ),
         }
 
 
@@ -190,11 +216,14 @@ class Restorer:
         *,
         clock: Callable[[], dt.datetime],
         actor: str = ACTOR_AUTO,
+        registries: Callable[[str], registry_client.RegistryClient] | None = None,
     ) -> None:
+        """``registries`` gives the client of another registry host: a vault kept there."""
         self.store = store
         self.registry = registry
         self.clock = clock
         self.actor = actor
+        self.registries = registries
 
     async def plan(self, ref: models.ImageRef, digest: str | None = None) -> Plan:
         """Work out what restoring ``ref`` (a tagged reference) to ``digest`` (default: the
@@ -207,7 +236,11 @@ class Restorer:
         record, target = await self._target(ref, digest)
         assert ref.tag is not None  # _target refuses an untagged reference
         path = ref.repository
+        vault = await self._vault(ref.name, target)
         manifest, source = await self._fetch(ref.name, path, target, archive_first=False)
+        if manifest is None and vault is not None:
+            manifest = await _from_vault(vault, target)
+            source = "vault" if manifest is not None else ""
         base = Plan(
             repository=ref.name,
             path=path,
@@ -216,6 +249,7 @@ class Restorer:
             manifest=manifest,
             source=source,
             current_digest=record.current_digest,
+            vault=vault.name if vault is not None else "",
         )
         if record.state is models.TagState.OK and record.current_digest == target:
             # "nothing to do" only when the registry agrees with the last check's word
@@ -234,17 +268,22 @@ class Restorer:
         problems: list[str] = []
         present: list[str] = []
         to_put: list[models.Manifest] = []
+        found = _Found(vault)
         if media.is_index(manifest.media_type):
-            images = await self._children_of(ref.name, path, manifest, present, to_put, problems)
+            images = await self._children_of(
+                ref.name, path, manifest, present, to_put, problems, found
+            )
         else:
             images = [manifest]
-        blobs = await self._check_blobs(path, images, problems)
+        blobs = await self._check_blobs(path, images, problems, found)
         return dataclasses.replace(
             base,
             children_present=tuple(present),
             children_to_put=tuple(to_put),
             blobs=tuple(blobs),
             problems=tuple(problems),
+            blobs_from_vault=tuple(found.blobs),
+            children_from_vault=tuple(found.children),
         )
 
     async def _answers(self, path: str, tag: str) -> str | None:
@@ -285,9 +324,11 @@ class Restorer:
         present: list[str],
         to_put: list[models.Manifest],
         problems: list[str],
+        found: _Found,
     ) -> list[models.Manifest]:
         """Check every child of ``index``: those the registry has go to ``present``, archived
-        ones it lost to ``to_put``, lost ones to ``problems``. Returns the image manifests."""
+        ones it lost (or, not archived, kept in the vault: ``found``) to ``to_put``, lost ones
+        to ``problems``. Returns the image manifests."""
         images: list[models.Manifest] = []
         for child_digest, _ in _children(index, problems):
             if await self.registry.manifest_exists(path, child_digest):
@@ -295,6 +336,10 @@ class Restorer:
                 child, _ = await self._fetch(name, path, child_digest, archive_first=True)
             else:
                 child = await asyncio.to_thread(self.store.get_manifest, name, child_digest)
+                if child is None and found.vault is not None:
+                    child = await _from_vault(found.vault, child_digest)
+                    if child is not None:
+                        found.children.append(child_digest)
                 if child is None:
                     problems.append(
                         f"child manifest {child_digest} is gone from the registry "
@@ -307,10 +352,11 @@ class Restorer:
         return images
 
     async def _check_blobs(
-        self, path: str, images: list[models.Manifest], problems: list[str]
+        self, path: str, images: list[models.Manifest], problems: list[str], found: _Found
     ) -> list[tuple[str, BlobState]]:
-        """HEAD every config and layer blob of ``images`` once; the lost ones go to
-        ``problems``. Returns each blob checked with what was found, in order."""
+        """HEAD every config and layer blob of ``images`` once; the lost ones the vault keeps
+        go to ``found`` (and are ``IN_VAULT``), the others to ``problems``. Returns each blob
+        checked with what was found, in order."""
         blobs: dict[str, BlobState] = {}
         for image in images:
             try:
@@ -323,9 +369,15 @@ class Restorer:
                     continue
                 if await self.registry.head_blob(path, blob):
                     blobs[blob] = BlobState.PRESENT
-                else:
-                    blobs[blob] = BlobState.MISSING
-                    problems.append(f"blob {blob} (of {image.digest}) is gone from the registry")
+                    continue
+                if found.vault is not None and await found.vault.client.head_blob(
+                    found.vault.path, blob
+                ):
+                    found.blobs.append(blob)
+                    blobs[blob] = BlobState.IN_VAULT
+                    continue
+                blobs[blob] = BlobState.MISSING
+                problems.append(f"blob {blob} (of {image.digest}) is gone from the registry")
         return list(blobs.items())
 
     async def run(self, ref: models.ImageRef, digest: str | None = None) -> Outcome:
@@ -347,6 +399,17 @@ class Restorer:
 
     async def _execute(self, plan: Plan) -> Outcome:
         assert plan.manifest is not None
+        if plan.blobs_from_vault:
+            vault = await self._vault(plan.repository, plan.digest)
+            if vault is None:
+                raise errors.RegistryUnavailable(f"the vault {plan.vault} cannot be reached")
+            for blob in plan.blobs_from_vault:
+                how = await registry_copy.copy_blob(
+                    vault.client, vault.path, self.registry, plan.path, blob
+                )
+                log.info(
+                    "restore_blob_from_vault ref=%s blob=%s how=%s", plan.repository, blob, how
+                )
         for child in plan.children_to_put:
             await self.registry.put_manifest(plan.path, child.digest, child.body, child.media_type)
             log.info("restore_child_put ref=%s@%s", plan.repository, child.digest)
@@ -418,6 +481,22 @@ class Restorer:
         )
         return Outcome(saved, plan)
 
+    async def _vault(self, name: str, digest: str) -> _Vault | None:
+        """Where the vault keeps release ``digest`` of ``name`` (its latest kept copy), with a
+        client for it; None without a kept copy, or when no client for its registry is at hand."""
+        kept = await asyncio.to_thread(self.store.vault.kept, name, digest)
+        if not kept or not kept[0].vault_repository:
+            return None
+        where = models.ImageRef.parse(kept[0].vault_repository, allow_tag=False)
+        if where.host == self.registry.name:
+            client = self.registry
+        elif self.registries is not None:
+            client = self.registries(where.host)
+        else:
+            log.warning("restore_vault_unreachable vault=%s: no client for its registry", where)
+            return None
+        return _Vault(where.name, client, where.repository)
+
     async def _fetch(
         self, name: str, path: str, digest: str, *, archive_first: bool
     ) -> tuple[models.Manifest | None, str]:
@@ -443,6 +522,32 @@ class Restorer:
         if lie is not None:
             raise lie
         return None, ""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Vault:
+    name: str  # HOST/PATH, for people
+    client: registry_client.RegistryClient
+    path: str
+
+
+@dataclasses.dataclass
+class _Found:
+    """What a plan found lost from the registry and kept in ``vault``."""
+
+    vault: _Vault | None
+    blobs: list[str] = dataclasses.field(default_factory=list)
+    children: list[str] = dataclasses.field(default_factory=list)
+
+
+async def _from_vault(vault: _Vault, digest: str) -> models.Manifest | None:
+    """Manifest ``digest`` from the vault, verified; None when the vault does not have it."""
+    try:
+        return _verified(
+            await vault.client.get_manifest(vault.path, digest, expected_digest=digest)
+        )
+    except errors.NotFound:
+        return None
 
 
 def _verified(manifest: models.Manifest) -> models.Manifest:

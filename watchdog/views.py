@@ -65,6 +65,10 @@ def plan_json(plan: restore.Plan) -> dict[str, Any]:
         "blobs_checked": list(plan.blobs_checked),
         "blobs_missing": [d for d, state in plan.blobs if state.value == "missing"],
         "problems": list(plan.problems),
+        # recoverable from the vault: where, and what it brings back
+        "vault": plan.vault or None,
+        "blobs_from_vault": list(plan.blobs_from_vault),
+        "children_from_vault": list(plan.children_from_vault),
     }
 
 

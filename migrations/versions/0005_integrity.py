@@ -1,16 +1,13 @@
 """Tag state ``broken``: the recorded digest answers, but a child manifest or blob is gone.
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-01
 
 Written by hand and frozen. Only the check constraint on ``tags.state`` changes (it gains
 ``broken``); SQLite rebuilds the table for that (batch mode), PostgreSQL alters it in place. The
 downgrade refuses nothing: a ``broken`` tag goes back to ``ok`` (it still answers its recorded
 digest; the next integrity check of a newer release finds it again).
-
-(``down_revision`` is "0003" while the vault's "0004" is written beside it; the two are chained
-when merged.)
 """
 
 from __future__ import annotations
@@ -21,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0005"
-down_revision: str | None = "0003"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

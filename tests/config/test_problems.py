@@ -32,7 +32,7 @@ def test_an_invalid_repository_hides_no_other_problem_of_its_watch(tmp_path: Pat
 """,
     )
     assert found == [
-        "watches[0].bogus (line 6): unknown key (known: check_timeout, interval, on_delete, on_move, repository, tags)",
+        "watches[0].bogus (line 6): unknown key (known: check_timeout, interval, on_delete, on_move, repository, tags, vault)",
         "watches[0].repository (line 2): not a valid repository name: 'Not/Valid' (lower-case"
         " letters, digits and separators '.', '_', '__', '-', '/')",
         "watches[0].tags.include[0] (line 5): bad regular expression '(': missing ),"

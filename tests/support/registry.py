@@ -475,6 +475,35 @@ class RegistryServer:
             proc.kill()
             proc.wait(5)
 
+    def garbage_collect(self, *, delete_untagged: bool = True) -> str:
+        """Stop the server, run ``docker-registry garbage-collect [--delete-untagged]`` on its
+        storage (distribution wants it stopped), start it again on the same port; return GC's
+        output. Untagged manifests go, and every blob no manifest references any more."""
+        self.stop()
+        args = [self.binary, "garbage-collect"]
+        if delete_untagged:
+            args.append("--delete-untagged")
+        done = subprocess.run(
+            [*args, str(self.workdir / "config.yml")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=self.workdir,
+        )
+        self.start()
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"garbage-collect failed: {done.stdout[-2000:]}{done.stderr[-2000:]}"
+            )
+        return done.stdout + done.stderr
+
+    def wipe_storage(self) -> None:
+        """Stop the server, delete everything it stored, start it again (same port): every
+        repository, manifest and blob is gone."""
+        self.stop()
+        shutil.rmtree(self.workdir / "storage", ignore_errors=True)
+        self.start()
+
     def close(self) -> None:
         self.stop()
         if self.issuer is not None:

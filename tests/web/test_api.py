@@ -146,3 +146,25 @@ def test_api_against_a_real_daemon(
 def test_every_event_kind_is_documented(kind: str) -> None:
     enum = api.OPENAPI["components"]["schemas"]["Event"]["properties"]["kind"]["enum"]
     assert kind in enum
+
+
+async def test_the_tag_view_shows_the_vault_state_of_the_recorded_digest(store: repo.Store) -> None:
+    import datetime as dt
+
+    from starlette.applications import Starlette
+
+    at = dt.datetime(2026, 5, 1, tzinfo=dt.UTC)
+    name, digest = "ghcr.io/deephaven/server", "sha256:" + "b" * 64
+    vaulted = repo.Store(store.engine, vaulted=[name])
+    record = models.TagRecord(name, "1.0.0", digest, digest, None, models.TagState.OK, at, at, at)
+    event = models.Event(name, "1.0.0", models.EventKind.FIRST_SEEN, at, new_digest=digest)
+    vaulted.apply_check(name, at, [models.Change(name, "1.0.0", record, event)])
+    (copy,) = vaulted.vault.due(at)
+    vaulted.vault.mark_kept(copy.id, at, "ghcr.io/acme/vault/ghcr.io/deephaven/server", "1.0.0--b")
+    app = Starlette(routes=api.routes(vaulted, None, NoActions()))  # type: ignore[arg-type]
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://watchdog") as c:
+        (tag,) = (await c.get("/api/v1/tags")).json()["tags"]
+    assert tag["vault"]["state"] == "kept"
+    assert tag["vault"]["repository"] == "ghcr.io/acme/vault/ghcr.io/deephaven/server"
+    assert tag["vault"]["tag"] == "1.0.0--b" and tag["vault"]["at"] == "2026-05-01T00:00:00Z"

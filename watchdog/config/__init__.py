@@ -24,6 +24,7 @@ from watchdog.config.settings import (
     Settings,
     SlackSettings,
     TagFilter,
+    VaultSettings,
     WatchSettings,
 )
 
@@ -44,6 +45,7 @@ __all__ = [
     "Settings",
     "SlackSettings",
     "TagFilter",
+    "VaultSettings",
     "WatchSettings",
     "expand_env",
     "format_duration",

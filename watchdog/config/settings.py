@@ -233,6 +233,8 @@ class WatchSettings(fields.Section):
         """True when the watchdog puts anything back on its own (a move or a deletion)."""
         return self.on_move == "restore" or self.delete_policy == "restore"
 
+    vault: fields.Flag = True  # False: this watch's releases are not copied to the vault
+
     @classmethod
     def prepare(cls, data: Any) -> Any:
         return {"repository": data} if isinstance(data, str) else data  # `watches: [nginx]`
@@ -342,6 +344,57 @@ class HookSettings(fields.Section):
     dockerhub_token: OptSecret = None
 
 
+def _vault_repository(value: Any) -> models.ImageRef:
+    ref = _repository(value)
+    if len(ref.repository) > models.MAX_NAME_LENGTH - 64:
+        raise fields.problem("leave room for the source repositories: at most 191 characters")
+    return ref
+
+
+class VaultSettings(fields.Section):
+    """``vault:``: where complete copies of every release are kept (docs/CONFIG.md, "The vault").
+
+    The naming scheme lives here, beside the prefix it derives from, so that the copier, restore
+    and the docs agree on one rule.
+    """
+
+    # HOST[:PORT]/PREFIX: the vault repository of source HOST/a/b is PREFIX/<host>/a/b
+    repository: Annotated[models.ImageRef, pydantic.PlainValidator(_vault_repository)]
+    max_concurrency: Annotated[int, fields.integer(1, 64)] = 4  # copies at once per registry
+    scan_timeout: fields.Interval = 600.0  # how long `scan` waits for its copies at the end
+    retry_for: fields.Interval = 86400.0  # a copy that keeps failing temporarily: then `failed`
+
+    @property
+    def host(self) -> str:
+        return self.repository.host
+
+    def repository_for(self, source: models.ImageRef) -> str:
+        """The vault repository (a path on the vault's registry) of source ``HOST/a/b``:
+        ``PREFIX/<host>/a/b``, the host lower-cased with every character the repository grammar
+        refuses (``:`` of a port, IPv6 brackets) turned into ``-``. Raises InvalidReference when
+        the result is over 255 characters."""
+        host = re.sub(r"-+", "-", re.sub(r"[^a-z0-9.]", "-", source.host.lower())).strip("-.")
+        return models.check_repository(f"{self.repository.repository}/{host}/{source.repository}")
+
+    @staticmethod
+    def tag_for(tag: str, digest: str) -> str:
+        """The vault tag holding release ``tag`` at ``digest``: ``<tag>--<64 hex>``, the tag cut to
+        62 characters so the whole stays within the 128 of the tag grammar. A person browsing the
+        vault sees the version; the full hex finds the copy of any digest. Never ``sha256-...``
+        (the referrers fallback tags)."""
+        models.check_digest(digest)
+        models.check_tag(tag)
+        return f"{tag[:62]}--{digest.removeprefix('sha256:')}"
+
+    @staticmethod
+    def child_tag_for(digest: str) -> str:
+        """The vault tag holding the platform (child) manifest ``digest`` of a multi-platform
+        release: ``p--<64 hex>``. Children are tagged because distribution's
+        ``garbage-collect --delete-untagged`` deletes untagged children of a tagged index."""
+        models.check_digest(digest)
+        return f"p--{digest.removeprefix('sha256:')}"
+
+
 class Settings(fields.Section):
     database_url: DatabaseUrl = fields.Secret(DEFAULT_DATABASE_URL)
     interval: fields.Interval = 60.0
@@ -367,6 +420,7 @@ class Settings(fields.Section):
     check_timeout: fields.Interval = DEFAULT_CHECK_TIMEOUT
     # docker's layout: <certs_dir>/<host[:port]>/{ca.crt,*.crt,client.cert,client.key}
     certs_dir: fields.Text = tls.DEFAULT_CERTS_DIR
+    vault: VaultSettings | None = None
 
     _source: str | None = pydantic.PrivateAttr(default=None)
     # RegistrySettings values every registry takes over its own (with_registry_flags)
@@ -397,6 +451,20 @@ class Settings(fields.Section):
         for host in sorted(hosts):
             for problem in tls.certs_d(certs_dir, host)[1]:
                 yield "certs_dir", problem
+        if isinstance(self.vault, VaultSettings) and isinstance(self.watches, tuple):
+            for watch in self.watches:
+                if not isinstance(watch, WatchSettings) or not watch.vault:
+                    continue
+                try:
+                    self.vault.repository_for(watch.repository)
+                except errors.InvalidReference:
+                    yield "vault.repository", f"too long a vault repository for {watch.name}"
+
+    def vaulted(self) -> frozenset[str]:
+        """The watched repositories (``ImageRef.name``) whose releases go to the vault."""
+        if self.vault is None:
+            return frozenset()
+        return frozenset(w.name for w in self.watches if w.vault)
 
     def registry(self, host: str) -> RegistrySettings:
         """Settings for ``host``: the configured entry, else defaults (plain HTTP on loopback,

@@ -405,6 +405,165 @@ class RegistryClient:
             )
         return reported
 
+    # --- copies between repositories (the vault) ---------------------------------------------
+
+    async def mount_blob(self, repository: str, digest: str, source: str) -> httpx.URL | None:
+        """Mount blob ``digest`` of ``source`` (a repository of this registry) into
+        ``repository``: None when the registry mounted it (201, no bytes moved); else the URL of
+        the upload session it opened instead (202), to stream the blob into.
+
+        Asks for ``repository:<repository>:pull,push`` and ``repository:<source>:pull``, with
+        the push credentials when they are configured.
+        """
+        if self._push_client is not None:
+            return await self._push_client.mount_blob(repository, digest, source)
+        models.check_repository(repository)
+        models.check_repository(source)
+        models.check_digest(digest)
+        what = f"mount blob {digest} from {source} into {repository}"
+        url = self._wire.base.join(f"/v2/{repository}/blobs/uploads/").copy_with(
+            params={"mount": digest, "from": source}
+        )
+        resp = await self._request(
+            "POST",
+            url,
+            what=what,
+            repository=repository,
+            actions=("pull", "push"),
+            extra_scope=auth.scope_for(source, ("pull",)),
+            content=b"",
+            idempotent=True,  # a mount is; a 202 session left behind is purged by the registry
+        )
+        if resp.status == 201:
+            return None
+        if resp.status == 202:
+            return self._upload_location(what, resp)
+        raise self._refusal(what, resp)
+
+    async def start_upload(self, repository: str) -> httpx.URL:
+        """Open a blob upload session in ``repository``; return its URL (push-scoped)."""
+        if self._push_client is not None:
+            return await self._push_client.start_upload(repository)
+        models.check_repository(repository)
+        what = f"start blob upload to {repository}"
+        resp = await self._request(
+            "POST",
+            f"/v2/{repository}/blobs/uploads/",
+            what=what,
+            repository=repository,
+            actions=("pull", "push"),
+            content=b"",
+            idempotent=True,
+        )
+        if resp.status != 202:
+            raise self._refusal(what, resp)
+        return self._upload_location(what, resp)
+
+    async def upload_chunk(
+        self, repository: str, location: httpx.URL, data: bytes, offset: int
+    ) -> httpx.URL:
+        """PATCH ``data`` (the bytes at ``offset`` of the blob) into the upload session at
+        ``location``; return the session's next URL. Not retried: a chunk half-taken leaves the
+        session in an unknown state, and the caller starts the copy again."""
+        if self._push_client is not None:
+            return await self._push_client.upload_chunk(repository, location, data, offset)
+        what = f"upload {len(data)} bytes at {offset} to {repository}"
+        headers = {"Content-Type": "application/octet-stream"}
+        if data:
+            headers["Content-Range"] = f"{offset}-{offset + len(data) - 1}"
+        resp = await self._request(
+            "PATCH",
+            location,
+            what=what,
+            repository=repository,
+            actions=("pull", "push"),
+            headers=headers,
+            content=data,
+            idempotent=False,
+        )
+        if resp.status != 202:
+            raise self._refusal(what, resp)
+        return self._upload_location(what, resp)
+
+    async def finish_upload(self, repository: str, location: httpx.URL, digest: str) -> None:
+        """Commit the upload session at ``location`` as blob ``digest`` (``PUT ?digest=``); the
+        registry checks the bytes against the digest and refuses (``DIGEST_INVALID``) otherwise."""
+        if self._push_client is not None:
+            return await self._push_client.finish_upload(repository, location, digest)
+        models.check_digest(digest)
+        what = f"commit blob {digest} to {repository}"
+        resp = await self._request(
+            "PUT",
+            location.copy_merge_params({"digest": digest}),
+            what=what,
+            repository=repository,
+            actions=("pull", "push"),
+            headers={"Content-Type": "application/octet-stream"},
+            content=b"",
+            idempotent=False,
+        )
+        if resp.status not in (201, 204):
+            raise self._refusal(what, resp)
+
+    async def get_blob_range(
+        self, repository: str, digest: str, start: int, size: int
+    ) -> tuple[bytes, int | None]:
+        """Up to ``size`` bytes of blob ``digest`` from ``start`` (a ranged GET), and the blob's
+        whole length when the registry said (``Content-Range``); b"" past its end (416). A
+        registry that ignores Range may answer the whole blob from ``start == 0`` when it fits
+        ``size``; a larger one raises ProtocolError. A definitive 404 raises NotFound. The
+        caller verifies the digest over the whole, and should not ask past the length: some
+        registries answer that with a broken body instead of a 416."""
+        models.check_repository(repository)
+        models.check_digest(digest)
+        what = f"GET blob {repository}@{digest} bytes {start}+{size}"
+        resp = await self._request(
+            "GET",
+            f"/v2/{repository}/blobs/{digest}",
+            what=what,
+            repository=repository,
+            headers={"Range": f"bytes={start}-{start + size - 1}", "Accept-Encoding": "identity"},
+            max_body=size,
+        )
+        if resp.status == 206:
+            return resp.body, _range_total(resp.headers.get("content-range"))
+        if resp.status == 200 and start == 0:
+            return resp.body, len(resp.body)
+        if resp.status == 416 and start > 0:
+            return b"", None
+        if resp.status == 404:
+            raise self._not_found(what, resp, allowed=BLOB_NOT_FOUND_CODES)
+        raise self._wire.unexpected(what, resp)
+
+    def _upload_location(self, what: str, resp: wire.Response) -> httpx.URL:
+        """The upload session's URL from ``Location``; only on this registry (the token the
+        session is driven with must not travel elsewhere)."""
+        location = resp.headers.get("location")
+        if not location:
+            raise self._wire.protocol(what, f"HTTP {resp.status} without a Location")
+        try:
+            target = resp.url.join(location)
+        except httpx.InvalidURL:
+            raise self._wire.protocol(what, f"unusable Location {location[:80]!r}") from None
+        if (target.host, target.port) != (resp.url.host, resp.url.port) and target.path.startswith(
+            "/v2/"
+        ):
+            # A registry behind a proxy or ingress that names its own inner address: the
+            # session is the registry's, reached through the address we trust.
+            target = resp.url.copy_with(path=target.path, query=target.query or None)
+        return self._follow(what, resp.url, str(target))
+
+    def _refusal(self, what: str, resp: wire.Response) -> errors.RegistryError:
+        """A non-2xx answer to a push: its registry codes named (DENIED, DIGEST_INVALID...)."""
+        if resp.status == 404:
+            return self._not_found(what, resp, allowed=BLOB_NOT_FOUND_CODES)
+        codes = _error_codes(resp.body)
+        if codes:
+            return self._wire.protocol(
+                what, f"HTTP {resp.status} {', '.join(codes)}: {self._wire.body_text(resp)}"
+            )
+        return self._wire.unexpected(what, resp)
+
     # --- answers -----------------------------------------------------------------------------
 
     def _verified_manifest(
@@ -507,6 +666,7 @@ class RegistryClient:
         what: str,
         repository: str | None,
         actions: tuple[str, ...] = ("pull",),
+        extra_scope: str | None = None,
         headers: Mapping[str, str] | None = None,
         content: bytes | None = None,
         max_body: int = wire.MAX_ERROR_BODY_BYTES,
@@ -521,6 +681,8 @@ class RegistryClient:
         """
         url = target if isinstance(target, httpx.URL) else self._wire.base.join(target)
         scope = auth.scope_for(repository, actions) if repository else ""
+        if extra_scope:  # e.g. pull on the source of a cross-repository mount
+            scope = auth.join_scopes(scope, extra_scope)
         retryable = method in IDEMPOTENT if idempotent is None else idempotent
         attempt = 0
         while True:
@@ -565,6 +727,14 @@ def _error_codes(body: bytes) -> list[str]:
     return [
         e["code"] for e in doc["errors"] if isinstance(e, dict) and isinstance(e.get("code"), str)
     ]
+
+
+def _range_total(value: str | None) -> int | None:
+    """The complete length of ``Content-Range: bytes a-b/TOTAL`` (None when unknown: ``*``)."""
+    if not value or "/" not in value:
+        return None
+    total = value.rsplit("/", 1)[1].strip()
+    return int(total) if total.isdigit() else None
 
 
 def _check_reference(reference: str) -> None:

@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from watchdog import errors, models
-from watchdog.store import db, outbox, rows, tables
+from watchdog.store import db, outbox, rows, tables, vault
 
 # Long enough for a registry's error and our context; the full story is in the logs.
 MAX_WATCH_ERROR = 1000
@@ -49,11 +49,19 @@ class Store:
     """The tag records, the event log, the manifest archive and the watch status of one database;
     ``outbox``: its alert outbox (``store.outbox.Outbox``)."""
 
-    def __init__(self, engine: Engine, *, channels: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        channels: Sequence[str] = (),
+        vaulted: Collection[str] = (),
+    ) -> None:
         """``channels``: the configured alert channels (e.g. ``("slack",)``); every alerted event
-        gets one outbox row per channel, in the event's own transaction."""
+        gets one outbox row per channel, in the event's own transaction. ``vaulted``: the
+        repositories whose releases go to the vault (``store.vault``), queued the same way."""
         self.engine = engine
         self.outbox = outbox.Outbox(engine, channels=channels)
+        self.vault = vault.VaultQueue(engine, repositories=vaulted)
         self._dialect = engine.dialect.name
         if self._dialect not in ("sqlite", "postgresql"):
             raise errors.StoreError(f"unsupported database {self._dialect!r}")
@@ -311,6 +319,7 @@ class Store:
         ).scalars()
         saved = [dataclasses.replace(e, id=i) for e, i in zip(events, ids, strict=True)]
         self.outbox.queue_events(conn, saved)
+        self.vault.queue_events(conn, saved)
         return saved
 
     def _insert(self, table: sa.Table) -> Any:

@@ -160,4 +160,31 @@ outbox = sa.Table(
     sa.Index(None, "channel", "repository", "tag"),
 )
 
-APPLICATION_TABLES = ("tags", "events", "manifests", "watches", "outbox")
+APPLICATION_TABLES: tuple[str, ...] = ("tags", "events", "manifests", "watches", "outbox")
+
+VAULT_STATES = ("pending", "kept", "failed")
+
+# The vault's copies (migration 0004): one row per (repository, tag, digest) a vaulted watch asked
+# to keep, inserted in the transaction of the event that asked (first_seen, accepted, restored).
+# ``kept`` only once the vault's tag answered the digest; ``vault_repository``/``vault_tag``: where.
+vault_copies = sa.Table(
+    "vault_copies",
+    metadata,
+    sa.Column("id", _BIG_ID, primary_key=True, autoincrement=True),
+    sa.Column("repository", sa.String(REPOSITORY), nullable=False),
+    sa.Column("tag", sa.String(TAG), nullable=False),
+    sa.Column("digest", sa.String(DIGEST), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("next_try", UTCDateTime(), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("vault_repository", sa.String(REPOSITORY), nullable=True),
+    sa.Column("vault_tag", sa.String(TAG), nullable=True),
+    sa.Column("reason", sa.Text(), nullable=True),
+    sa.UniqueConstraint("repository", "tag", "digest"),
+    sa.CheckConstraint("state IN ('pending', 'kept', 'failed')", name="state"),
+    sa.Index(None, "state", "next_try"),
+)
+
+APPLICATION_TABLES = (*APPLICATION_TABLES, "vault_copies")

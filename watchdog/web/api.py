@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from watchdog import actions, config, errors, models, views
+from watchdog import actions, config, errors, models, vaulting, views
 from watchdog.store import repo as store_repo
 from watchdog.web import common
 
@@ -73,7 +73,16 @@ def routes(
         records = await asyncio.to_thread(store.all_tags, name)
         if state is not None:
             records = [r for r in records if r.state.value == state]
-        return JSONResponse({"tags": [views.record_json(r) for r in records]})
+        copies = await asyncio.to_thread(store.vault.copies, name)
+        return JSONResponse(
+            {
+                "tags": [
+                    views.record_json(r)
+                    | {"vault": vaulting.state_json(vaulting.copy_of(copies, r))}
+                    for r in records
+                ]
+            }
+        )
 
     async def history(request: Request) -> Response:
         ref = models.ImageRef.parse(request.query_params.get("ref", ""), require_tag=True)
@@ -206,6 +215,18 @@ OPENAPI: dict[str, Any] = {
                     "first_seen": {"type": "string", "format": "date-time"},
                     "last_checked": {"type": "string", "format": "date-time"},
                     "last_changed": {"type": "string", "format": "date-time"},
+                    "vault": {
+                        "description": "the vault copy of the recorded digest (null: none asked)",
+                        "type": ["object", "null"],
+                        "properties": {
+                            "state": {"type": "string", "enum": ["pending", "kept", "failed"]},
+                            "at": {"type": "string", "format": "date-time"},
+                            "repository": {"type": ["string", "null"]},
+                            "tag": {"type": ["string", "null"]},
+                            "attempts": {"type": "integer"},
+                            "reason": {"type": ["string", "null"]},
+                        },
+                    },
                 },
             },
             "Event": {
