@@ -153,7 +153,7 @@ def test_several_tags_at_once_and_every_drifted_tag(
     assert results[0]["event"]["kind"] == "restored"
     assert results[1]["event"]["kind"] == "restore_failed" and lost in results[1]["reason"]
     assert results[2]["event"] is None and results[2]["plan"]["nothing_to_do"] is True
-    assert results[1]["plan"]["blobs"] == {"checked": 2, "present": 1, "missing": 1}
+    assert results[1]["plan"]["blobs"] == {"checked": 2, "present": 1, "in_vault": 0, "missing": 1}
     assert answers() == [releases["1.0.0"].digest, rebuilds["2.0.0"].digest, moved[2]]
 
     # accept judges every REF first too: 1.0.0 is back at its record, so nothing is accepted

@@ -388,7 +388,7 @@ async def test_a_plan_says_what_it_found_problems_first_and_what_would_happen(
     assert not ok.nothing_to_do and ok.reason is None
 
     lines = broken.describe()
-    assert not broken.ok and broken.blob_counts() == {"present": 3, "missing": 1}
+    assert not broken.ok and broken.blob_counts() == {"present": 3, "in_vault": 0, "missing": 1}
     assert lines[1] == (
         f"  cannot restore: blob {lost} (of {release.children['linux/amd64'].digest}) is gone "
         "from the registry; nothing was changed"

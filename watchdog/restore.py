@@ -146,8 +146,10 @@ class Plan:
         for digest in self.children_present:
             lines.append(f"  child {digest}: present")
         if self.manifest is not None:
-            counts = ", ".join(
-                f"{n} {state.replace('_', ' ')}" for state, n in self.blob_counts().items()
+            counts = ", ".join(  # "in the vault" only when the vault brings some back
+                f"{n} {state.replace('_', ' the ')}"
+                for state, n in self.blob_counts().items()
+                if n or state != BlobState.IN_VAULT.value
             )
             lines.append(f"  blobs: {len(self.blobs)} checked, {counts}")
         return lines
