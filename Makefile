@@ -23,7 +23,7 @@ venv:
 test:
 	./scripts/test
 
-# The suite's crash test kills the daemon 12/20 times on SQLite and 5/10 on PostgreSQL (webhook/bot);
+# The suite's crash test kills the daemon 8/12 times on SQLite and 4/6 on PostgreSQL (webhook/bot);
 # these are the "longer run" rows of docs/RELIABILITY.md (in one process: -s shows the seeds)
 # (WATCHDOG_CRASH_SEED=N replays one, WATCHDOG_CRASH_OUT=f.json keeps the figures).
 SOAK_KILLS ?= 120
