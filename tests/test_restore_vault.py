@@ -42,11 +42,13 @@ def restorer(rig: Rig) -> restore.Restorer:
 
 
 async def test_overwrite_gc_delete_untagged_then_restore_every_platform_pullable(
-    own_registry, repo, make_pusher, make_rig
+    own_registry, repo, make_pusher, make_rig, db_url
 ):
+    """On SQLite and PostgreSQL (``db_url``): the record, the archive and the vault's queue."""
     pusher = make_pusher(own_registry)
     original = pusher.index(repo, "0.15.0", seed="original")
-    rig = make_rig(own_registry, own_registry, repo)  # the vault on the same registry: mounts
+    # the vault on the same registry: mounts
+    rig = make_rig(own_registry, own_registry, repo, database_url=db_url)
     await rig.check()
     assert await rig.copier.drain(30) == 0
     pusher.index(repo, "0.15.0", seed="overwrite")

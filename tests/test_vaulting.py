@@ -75,6 +75,7 @@ async def make_rig(tmp_path: Path):
         src: support_registry.RegistryServer | Endpoint,
         vault: support_registry.RegistryServer | Endpoint,
         repository: str,
+        database_url: str | None = None,  # a test's db_url (both backends); else a SQLite file
         **vault_settings: Any,
     ) -> Rig:
         hosts = {src.host: src.settings(), vault.host: vault.settings()}
@@ -86,7 +87,7 @@ async def make_rig(tmp_path: Path):
                 repository=models.ImageRef.parse(f"{vault.host}/vault"), **vault_settings
             ),
         )
-        engine = db.create_engine(f"sqlite:///{tmp_path / f'rig{len(made)}.db'}")
+        engine = db.create_engine(database_url or f"sqlite:///{tmp_path / f'rig{len(made)}.db'}")
         db.upgrade(engine)
         store = store_repo.Store(engine, channels=("slack",), vaulted=settings.vaulted())
         retry = dataclasses.replace(registry_client.DEFAULT_RETRY, attempts=1, base=0.0)
