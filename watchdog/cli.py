@@ -339,7 +339,10 @@ def _scan(args: argparse.Namespace) -> int:
                     settings, store.vault, clients.get, notices=store.outbox
                 )
             except errors.StoreError as exc:
-                print(f"tag-watchdog: vault copies not made: {exc}", file=sys.stderr)
+                _say(
+                    f"tag-watchdog: vault copies not made: {terminal.safe(str(exc))}",
+                    "vault_copies_not_made",
+                )
         finally:
             await clients.aclose()
         # Deliver what this scan queued (and anything left over), for a bounded time.
@@ -355,10 +358,10 @@ def _scan(args: argparse.Namespace) -> int:
     try:
         asyncio.run(scan_all())
         if unvaulted:
-            print(
+            _say(
                 f"tag-watchdog: {unvaulted} vault copy(ies) not done yet (see the log); "
                 "they stay queued for `tag-watchdog run` or the next scan",
-                file=sys.stderr,
+                "vault_copies_queued",
             )
         if undelivered:
             _say(
