@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -18,7 +16,6 @@ import pytest
 from tests.support import images
 from tests.support import registry as support_registry
 from tests.support.cli import clean_env, run
-from watchdog import cli
 from watchdog.registry import media
 from watchdog.store import claims, db
 from watchdog.store import repo as store_repo
@@ -40,23 +37,8 @@ def tag_digest(server: support_registry.RegistryServer, repository: str, tag: st
 
 
 def test_manual_restore_dry_run_refusal_and_accept(
-    tmp_path: Path,
-    registry: support_registry.RegistryServer,
-    repo: str,
-    pusher: images.Pusher,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path, registry: support_registry.RegistryServer, repo: str, pusher: images.Pusher
 ) -> None:
-    for name in [k for k in os.environ if k.startswith("WATCHDOG_")]:
-        monkeypatch.delenv(name)
-
-    def read_json(*argv: str) -> Any:
-        """A read command's --json document, asked in this process (the commands under test
-        run as real processes; the reads that check them need not cost ~1.5 s of CPU each)."""
-        capsys.readouterr()
-        assert cli.main([*argv, "--json"]) == 0
-        return json.loads(capsys.readouterr().out)
-
     release = pusher.index(repo, "0.15.0", seed="release")
     cfg = str(write_config(tmp_path / "c.yaml", registry.host, repo, tmp_path / "w.db"))
     ref = f"{registry.host}/{repo}:0.15.0"
@@ -74,7 +56,7 @@ def test_manual_restore_dry_run_refusal_and_accept(
     assert plan["dry_run"] is True and plan["digest"] == release.digest
     assert plan["current_digest"] == rebuilt.digest and plan["problems"] == []
     assert sorted(plan["children_present"]) == sorted(c.digest for c in release.children.values())
-    history = read_json("history", ref, "-c", cfg)
+    history = json.loads(run("history", ref, "--json", "-c", cfg).stdout)
     assert [e["kind"] for e in history] == ["first_seen", "moved"]
 
     # a digest that was never the tag's record is refused with a clear message
@@ -88,7 +70,7 @@ def test_manual_restore_dry_run_refusal_and_accept(
     assert done.returncode == 0, done.stderr
     assert f"restored {ref} to {release.digest}" in done.stdout
     assert tag_digest(registry, repo, "0.15.0") == release.digest
-    history = read_json("history", ref, "-c", cfg)
+    history = json.loads(run("history", ref, "--json", "-c", cfg).stdout)
     assert history[-1]["kind"] == "restored" and history[-1]["actor"].startswith("cli")
     assert run("scan", "-c", cfg).returncode == 0  # quiet again
 
@@ -98,11 +80,11 @@ def test_manual_restore_dry_run_refusal_and_accept(
     accepted = run("accept", ref, "--reason", "hotfix re-release", "-c", cfg)
     assert accepted.returncode == 0, accepted.stderr
     assert again.digest in accepted.stdout
-    status = {r["tag"]: r for r in read_json("status", "-c", cfg)}
+    status = {r["tag"]: r for r in json.loads(run("status", "--json", "-c", cfg).stdout)}
     assert status["0.15.0"]["recorded_digest"] == again.digest
     assert status["0.15.0"]["state"] == "ok"
     assert run("scan", "-c", cfg).returncode == 0
-    history = read_json("history", ref, "-c", cfg)
+    history = json.loads(run("history", ref, "--json", "-c", cfg).stdout)
     assert history[-1]["kind"] == "accepted"
     assert history[-1]["detail"]["reason"] == "hotfix re-release"
     # nothing left to accept
@@ -202,8 +184,6 @@ def test_guard_exit_codes(
     repo: str,
     pusher: images.Pusher,
     make_fault_proxy,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     ref = f"{registry.host}/{repo}:0.15.0"
     # no config, no DB: absent -> 0 (a definitive 404 NAME_UNKNOWN)
@@ -230,36 +210,24 @@ def test_guard_exit_codes(
     assert recorded.returncode == 1
     assert json.loads(recorded.stdout)["results"][0]["first_recorded"]
 
-    # unsure is never 0: refused access, a broken registry, nobody listening. The real program
-    # answered above; these cases ask cli.main in this process (each process costs ~1.5 s CPU)
-    for name in [k for k in os.environ if k.startswith("WATCHDOG_")]:
-        monkeypatch.delenv(name)
-
-    def guard(*argv: str) -> subprocess.CompletedProcess[str]:
-        try:
-            code = cli.main(["guard", *argv])
-        except SystemExit as exc:  # argparse's usage errors
-            code = int(exc.code or 0)
-        out = capsys.readouterr()
-        return subprocess.CompletedProcess(["guard", *argv], code, out.out, out.err)
-
+    # unsure is never 0: refused access, a broken registry, nobody listening
     proxy = make_fault_proxy(registry)
     proxied = f"{proxy.host}/{repo}:0.15.0"
     for status in (401, 403, 500):
         proxy.reset()
         proxy.fail(None, "/v2/", status, body=b'{"errors":[{"code":"DENIED"}]}')
         for candidate in (proxied, f"{proxy.host}/{repo}:9.9.9"):
-            result = guard(candidate)
+            result = run("guard", candidate, cwd=tmp_path)
             assert result.returncode == 3, (status, result.stdout, result.stderr)
             assert "Traceback" not in result.stderr
     proxy.reset()
     proxy.fail(None, f"/v2/{repo}/manifests/", 404, body=b"404 page not found")
-    assert guard(proxied).returncode == 3  # a proxy's bare 404 is no answer
+    assert run("guard", proxied, cwd=tmp_path).returncode == 3  # a proxy's bare 404 is no answer
     # a HEAD without a digest is settled by a verified GET; a GET that then finds nothing is no
     # answer either (a race with a delete, or a confused registry), never "go ahead"
     proxy.reset()
     proxy.rewrite_header("HEAD", "/manifests/", "Docker-Content-Digest", None)
-    settled = guard(proxied)
+    settled = run("guard", proxied, cwd=tmp_path)
     assert settled.returncode == 1 and release.digest in settled.stdout
     proxy.fail(
         "GET",
@@ -268,11 +236,11 @@ def test_guard_exit_codes(
         body=b'{"errors":[{"code":"MANIFEST_UNKNOWN"}]}',
         headers={"Content-Type": "application/json"},
     )
-    vanished = guard(proxied)
+    vanished = run("guard", proxied, cwd=tmp_path)
     assert vanished.returncode == 3 and "vanished between HEAD and GET" in vanished.stderr
     proxy.stop()
-    assert guard(proxied).returncode == 3
-    assert guard("not a ref").returncode == 2
+    assert run("guard", proxied, cwd=tmp_path).returncode == 3
+    assert run("guard", "not a ref", cwd=tmp_path).returncode == 2
 
 
 @pytest.mark.postgres
