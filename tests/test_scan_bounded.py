@@ -215,6 +215,16 @@ def test_scan_json_with_drift_and_an_unreachable_registry_is_one_document(
     assert by_name[f"{down}/fleet/gone"]["error"]
 
 
+def _as_from_a_shell() -> None:
+    # Ctrl-C from a shell: SIGINT at its default disposition and not blocked, whatever this
+    # worker process inherited or was left with by earlier tests (a child inherits both)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+# serial: it failed in three clean-clone runs in a row (the scan not ending within 30 s of its
+# SIGINT) and never alone or in 32 stress runs; the cause is not known (docs/RELIABILITY.md)
+@pytest.mark.serial
 def test_scan_json_interrupted_mid_scan_prints_nothing_on_stdout(
     tmp_path: Path, server: support_registry.RegistryServer
 ) -> None:
@@ -236,6 +246,7 @@ def test_scan_json_interrupted_mid_scan_prints_nothing_on_stdout(
             text=True,
             cwd=tmp_path,
             env=clean_env(),
+            preexec_fn=_as_from_a_shell,
         )
         try:
             wait_for(
