@@ -255,7 +255,10 @@ def _open_store(settings: config.Settings, *, reading: bool = False) -> store_re
     db.ensure_schema(engine, migrate_empty=True)
     # Events written by any command queue their alerts in the same transaction.
     return store_repo.Store(
-        engine, channels=outbox.channel_names(settings), vaulted=settings.vaulted()
+        engine,
+        channels=outbox.channel_names(settings),
+        vaulted=settings.vaulted(),
+        grouping=settings.incidents.grouping(),
     )
 
 

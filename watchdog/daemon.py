@@ -125,6 +125,7 @@ class Daemon:
                 engine,
                 channels=outbox.channel_names(self.settings),
                 vaulted=self.settings.vaulted(),
+                grouping=self.settings.incidents.grouping(),
             )
             self.alerts = outbox.Worker(
                 self.store.outbox,

@@ -303,6 +303,74 @@ class Event:
     detail: dict[str, Any] = dataclasses.field(default_factory=dict)
     actor: str = "watchdog"
     id: int | None = None
+    # the incident the event belongs to (set by the store when it inserts the event), and
+    # whether this event opened it (not stored: only the write that opened it knows)
+    incident_id: int | None = None
+    opens_incident: bool = dataclasses.field(default=False, compare=False)
+
+
+# Events that open an incident, or join the open one of their grouping key: changes to a release.
+INCIDENT_CHANGES = frozenset({EventKind.MOVED, EventKind.DELETED, EventKind.BROKEN})
+
+GROUP_BY = ("namespace", "repository", "registry")
+
+
+@dataclasses.dataclass(frozen=True)
+class Grouping:
+    """How changes are grouped into incidents (config ``incidents``).
+
+    ``by``: ``namespace`` (the registry and the repository's first path segment:
+    ``ghcr.io/deephaven`` for ``ghcr.io/deephaven/server``; a one-segment repository is in its
+    registry's root namespace, the host alone), ``repository`` or ``registry``. ``window``: a
+    change found within this many seconds of the incident's last change joins it (0: every
+    change is an incident of its own). ``wait``: the incident's first message waits this long
+    for the rest of a burst (Alertmanager's group_wait).
+    """
+
+    by: str = "namespace"
+    window: float = 120.0
+    wait: float = 10.0
+
+    def key(self, repository: str) -> str:
+        """The grouping key of ``repository`` (``host/path``, as ``ImageRef.name``)."""
+        host, _, path = repository.partition("/")
+        if self.by == "registry":
+            return host
+        if self.by == "repository":
+            return repository
+        first, sep, _ = path.partition("/")
+        return f"{host}/{first}" if sep else host
+
+
+@dataclasses.dataclass(frozen=True)
+class Incident:
+    """One incident: its events (the changes and what followed them), oldest first."""
+
+    id: int
+    group_key: str
+    opened_at: dt.datetime
+    last_change_at: dt.datetime
+    closes_at: dt.datetime
+    events: tuple[Event, ...] = ()
+
+    def is_open(self, now: dt.datetime) -> bool:
+        """True while a change of its key found at ``now`` would still join it."""
+        return now < self.closes_at
+
+    def latest_by_tag(self) -> dict[tuple[str, str], Event]:
+        """The latest event of each tag, by (repository, tag), in the order tags first came."""
+        out: dict[tuple[str, str], Event] = {}
+        for e in self.events:
+            out[(e.repository, e.tag)] = e
+        return out
+
+    def changes_by_tag(self) -> dict[tuple[str, str], Event]:
+        """The latest change (move, deletion, broken) of each tag, in the order tags came."""
+        out: dict[tuple[str, str], Event] = {}
+        for e in self.events:
+            if e.kind in INCIDENT_CHANGES:
+                out[(e.repository, e.tag)] = e
+        return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,6 +397,13 @@ class OutboxItem:
     thread_id: str | None = None
     sent_at: dt.datetime | None = None
     send_key: str | None = None
+    # An incident's message: ``part`` is "opening" or "update"; ``covered`` the highest event id
+    # an earlier message of the incident on this channel showed (an update says what is newer);
+    # ``parent_channel``: the conversation id of the opening message (for chat.update).
+    incident: Incident | None = None
+    part: str | None = None
+    covered: int = 0
+    parent_channel: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -337,6 +337,28 @@ class IntegritySettings(fields.Section):
     interval: fields.Interval = 86400.0
 
 
+class IncidentSettings(fields.Section):
+    """How changes (moves, deletions, broken releases) are grouped into incidents: one alert
+    each, growing as changes join (docs/ALERTS.md)."""
+
+    # namespace: registry + first path segment (ghcr.io/deephaven); repository; registry
+    group_by: Annotated[
+        fields.Text,
+        fields.checked(
+            lambda v: v in models.GROUP_BY,
+            "must be one of namespace, repository, registry, got {value!r}",
+        ),
+    ] = "namespace"
+    # a change found within this long of the incident's last change joins it; 0s: no grouping
+    window: fields.Duration = 120.0
+    # the incident's first message (and each update) waits this long for the rest of a burst
+    wait: fields.Duration = 10.0
+
+    def grouping(self) -> models.Grouping:
+        """These settings as the store takes them."""
+        return models.Grouping(by=self.group_by, window=self.window, wait=self.wait)
+
+
 class HookSettings(fields.Section):
     # "Authorization: Bearer <token>" on /hooks/registry and /hooks/harbor
     registry_token: OptSecret = None
@@ -413,6 +435,7 @@ class Settings(fields.Section):
     slack: SlackSettings = SlackSettings()
     restore: RestoreSettings = RestoreSettings()
     integrity: IntegritySettings = IntegritySettings()
+    incidents: IncidentSettings = IncidentSettings()
     hooks: HookSettings = HookSettings()
     # the most one check of one watch may spend asking its registry (listing, HEADs, GETs);
     # writing the outcome is never cut short. A registry that answers too slowly costs its own

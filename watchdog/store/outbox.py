@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from watchdog import errors, models
-from watchdog.store import db, rows, tables
+from watchdog.store import db, incidents, rows, tables
 
 T = tables.tags
 E = tables.events
@@ -31,32 +31,55 @@ ALERTED_KINDS = frozenset(
 # A claim reads this many pending rows for each one it may hand out: some are busy or blocked.
 _CANDIDATES_PER_CLAIM = 4
 
-# The key that keeps a tag's alerts on one channel in order: (channel, repository, tag).
-_Key = tuple[str, str | None, str | None]
+# The key that keeps a tag's alerts on one channel in order: (channel, repository, tag); an
+# incident's messages: (channel, "incident", id).
+_Key = tuple[str, str | None, str | int | None]
 
 
 class Outbox:
     """The alerts outbox of one database, for the configured alert ``channels``."""
 
-    def __init__(self, engine: Engine, *, channels: Sequence[str] = ()) -> None:
+    def __init__(self, engine: Engine, *, channels: Sequence[str] = (), wait: float = 0.0) -> None:
         """``channels``: the configured alert channels (e.g. ``("slack",)``); every alerted
-        event and every notice gets one row per channel."""
+        event and every notice gets one row per channel. ``wait``: how long an incident's
+        messages wait for the rest of a burst (``incidents.wait``)."""
         self.engine = engine
         self.channels = tuple(channels)
+        self.wait = wait
 
     # --- queueing --------------------------------------------------------------------------------
 
     def queue_events(self, conn: sa.Connection, events: Sequence[models.Event]) -> None:
-        """Queue the alerts of ``events`` (saved, with their ids) inside the caller's
-        transaction ``conn``: an event and its alerts are written together or not at all."""
+        """Queue the alerts of ``events`` (saved, with their ids and incidents) inside the
+        caller's transaction ``conn``: an event and its alerts are written together or not at
+        all. An event of an incident gets no row of its own: the incident's opening message
+        (queued when the incident opens, due after ``wait`` seconds so that a burst is one
+        message) shows it, or an ``update`` row says it joined after that message went out."""
         queued = [
             _outbox_row(channel, e.at, event=e)
             for e in events
-            if e.kind in ALERTED_KINDS
+            if e.kind in ALERTED_KINDS and e.incident_id is None
             for channel in self.channels
         ]
+        news: dict[int, tuple[bool, dt.datetime]] = {}  # incident -> (opened here, first at)
+        for e in events:
+            if e.incident_id is not None:
+                opened, at = news.get(e.incident_id, (False, e.at))
+                news[e.incident_id] = (opened or e.opens_incident, at)
         if queued:
             conn.execute(sa.insert(OB), queued)
+        due = dt.timedelta(seconds=self.wait)
+        for incident_id, (opened, at) in news.items():
+            for channel in self.channels:
+                if opened:
+                    conn.execute(
+                        sa.insert(OB),
+                        _incident_row(channel, incident_id, "opening", at, at + due),
+                    )
+                elif not _absorbed(conn, incident_id, channel, at):
+                    conn.execute(
+                        sa.insert(OB), _incident_row(channel, incident_id, "update", at, at + due)
+                    )
 
     def enqueue_notice(self, notice: Mapping[str, Any], now: dt.datetime) -> None:
         """Queue an alert about the watchdog itself (``notice["kind"]`` names it, e.g.
@@ -87,17 +110,21 @@ class Outbox:
             claimed = _claim(conn, now, until, limit)
             return _items(conn, claimed) if claimed else []
 
-    def begin_send(self, item_id: int, at: dt.datetime, key: str) -> None:
+    def begin_send(
+        self, item_id: int, at: dt.datetime, key: str, covers: int | None = None
+    ) -> None:
         """Record, before alert ``item_id`` is sent, that a send starts whose outcome will be
         unknown until it is recorded: ``sent_at = at`` and the ``key`` it carries (a key already
         stored is kept: the lookup must find any earlier send too). Committed before this
-        returns, so that after a crash the next worker knows to look before sending again."""
+        returns, so that after a crash the next worker knows to look before sending again.
+        ``covers``: for an incident's message, the highest event id it shows."""
         rows.require_aware(at)
+        values: dict[str, Any] = {"sent_at": at, "send_key": sa.func.coalesce(OB.c.send_key, key)}
+        if covers is not None:
+            values["covers"] = covers
         with db.writing(self.engine) as conn:
             conn.execute(
-                sa.update(OB)
-                .where(OB.c.id == item_id, OB.c.status == "pending")
-                .values(sent_at=at, send_key=sa.func.coalesce(OB.c.send_key, key))
+                sa.update(OB).where(OB.c.id == item_id, OB.c.status == "pending").values(**values)
             )
 
     def mark_delivered(
@@ -106,18 +133,35 @@ class Outbox:
         now: dt.datetime,
         remote_id: str | None,
         remote_channel: str | None = None,
+        covers: int | None = None,
     ) -> None:
         """Record that alert ``item_id`` reached its channel (``remote_id``: the channel's id of
         the message, e.g. Slack's ts; ``remote_channel``: the id of the conversation it went
-        to, e.g. Slack's channel id). Committed before this returns."""
+        to, e.g. Slack's channel id; ``covers``: for an incident's message, the highest event
+        id it showed, None to keep what ``begin_send`` recorded). Committed before this
+        returns."""
         rows.require_aware(now)
+        extra = {} if covers is None else {"covers": covers}
         self._finish(
             item_id,
             status="delivered",
             delivered_at=now,
             remote_id=remote_id,
             remote_channel=remote_channel,
+            **extra,
         )
+
+    def defer_alert(self, item_id: int, next_try: dt.datetime) -> None:
+        """Hand alert ``item_id`` back, not tried, to be claimed again at ``next_try`` (the
+        attempt its claim counted is given back): e.g. a webhook's closing message of an
+        incident that is still open."""
+        rows.require_aware(next_try)
+        with db.writing(self.engine) as conn:
+            conn.execute(
+                sa.update(OB)
+                .where(OB.c.id == item_id, OB.c.status == "pending")
+                .values(next_try=next_try, lease_until=None, attempts=OB.c.attempts - 1)
+            )
 
     def last_remote_channel(self, channel: str) -> str | None:
         """The conversation id (e.g. Slack's channel id) of the newest alert delivered on
@@ -204,7 +248,15 @@ def _claim(conn: sa.Connection, now: dt.datetime, until: dt.datetime, limit: int
     """Lease up to ``limit`` due rows until ``until``, oldest first, skipping every row queued
     after a busy (not yet due, or leased) one of the same tag and channel; their ids."""
     query = (
-        sa.select(OB.c.id, OB.c.channel, OB.c.repository, OB.c.tag, OB.c.next_try, OB.c.lease_until)
+        sa.select(
+            OB.c.id,
+            OB.c.channel,
+            OB.c.repository,
+            OB.c.tag,
+            OB.c.next_try,
+            OB.c.lease_until,
+            OB.c.incident_id,
+        )
         .where(OB.c.status == "pending")
         .order_by(OB.c.id)
         .limit(limit * _CANDIDATES_PER_CLAIM)
@@ -212,9 +264,11 @@ def _claim(conn: sa.Connection, now: dt.datetime, until: dt.datetime, limit: int
     claimed: list[int] = []
     blocked: set[_Key] = set()
     for row in conn.execute(query):
-        key = (row.channel, row.repository, row.tag)
+        key: _Key = (row.channel, row.repository, row.tag)
+        if row.incident_id is not None:
+            key = (row.channel, "incident", int(row.incident_id))
         busy = row.next_try > now or (row.lease_until is not None and row.lease_until > now)
-        if row.tag is not None and key in blocked:
+        if (row.tag is not None or row.incident_id is not None) and key in blocked:
             continue
         if busy:
             blocked.add(key)
@@ -254,6 +308,9 @@ def _items(conn: sa.Connection, claimed: Sequence[int]) -> list[models.OutboxIte
         event = None
         if m["event_id"] is not None:
             event = rows.event({c.name: m["e_" + c.name] for c in E.c})
+        if m["incident_id"] is not None:
+            items.append(_incident_item(conn, m))
+            continue
         items.append(
             models.OutboxItem(
                 id=m["id"],
@@ -269,6 +326,74 @@ def _items(conn: sa.Connection, claimed: Sequence[int]) -> list[models.OutboxIte
             )
         )
     return items
+
+
+def _incident_item(conn: sa.Connection, m: sa.RowMapping) -> models.OutboxItem:
+    """The claimed incident row ``m`` as an outbox item: the incident as it is now, what its
+    delivered messages on the channel covered, and where its first delivered message is."""
+    incident_id, channel = int(m["incident_id"]), m["channel"]
+    delivered = conn.execute(
+        sa.select(OB.c.remote_id, OB.c.remote_channel, OB.c.covers)
+        .where(
+            OB.c.incident_id == incident_id,
+            OB.c.channel == channel,
+            OB.c.status == "delivered",
+            OB.c.id != m["id"],
+        )
+        .order_by(OB.c.id)
+    ).all()
+    parent = next((d for d in delivered if d.remote_id is not None), None)
+    return models.OutboxItem(
+        id=m["id"],
+        channel=channel,
+        attempts=m["attempts"],
+        created_at=m["created_at"],
+        incident=incidents.load(conn, incident_id),
+        part=m["part"],
+        covered=max((int(d.covers or 0) for d in delivered), default=0),
+        thread_id=None if parent is None else str(parent.remote_id),
+        parent_channel=None if parent is None else parent.remote_channel,
+        sent_at=m["sent_at"],
+        send_key=m["send_key"],
+    )
+
+
+def _absorbed(conn: sa.Connection, incident_id: int, channel: str, now: dt.datetime) -> bool:
+    """True when a message of the incident on ``channel`` is queued and not started (not sent,
+    not leased): it will show what joined now. The UPDATE (of nothing) takes the row's lock, so
+    a worker claiming it at the same moment either waits for this transaction (and then reads
+    what it wrote) or has claimed it already (and this finds no such row)."""
+    return bool(
+        conn.execute(
+            sa.update(OB)
+            .where(
+                OB.c.incident_id == incident_id,
+                OB.c.channel == channel,
+                OB.c.status == "pending",
+                OB.c.sent_at.is_(None),
+                sa.or_(OB.c.lease_until.is_(None), OB.c.lease_until <= now),
+            )
+            .values(next_try=OB.c.next_try)
+        ).rowcount
+    )
+
+
+def _incident_row(
+    channel: str, incident_id: int, part: str, at: dt.datetime, due: dt.datetime
+) -> dict[str, Any]:
+    return {
+        "event_id": None,
+        "notice": None,
+        "channel": channel,
+        "repository": None,
+        "tag": None,
+        "status": "pending",
+        "attempts": 0,
+        "created_at": at,
+        "next_try": due,
+        "incident_id": incident_id,
+        "part": part,
+    }
 
 
 def _thread(conn: sa.Connection, key: _Key) -> str | None:

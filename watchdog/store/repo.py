@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from watchdog import errors, models
-from watchdog.store import db, outbox, rows, tables, vault
+from watchdog.store import db, incidents, outbox, rows, tables, vault
 
 # Long enough for a registry's error and our context; the full story is in the logs.
 MAX_WATCH_ERROR = 1000
@@ -55,12 +55,15 @@ class Store:
         *,
         channels: Sequence[str] = (),
         vaulted: Collection[str] = (),
+        grouping: models.Grouping | None = None,
     ) -> None:
         """``channels``: the configured alert channels (e.g. ``("slack",)``); every alerted event
         gets one outbox row per channel, in the event's own transaction. ``vaulted``: the
-        repositories whose releases go to the vault (``store.vault``), queued the same way."""
+        repositories whose releases go to the vault (``store.vault``), queued the same way.
+        ``grouping``: how changes are grouped into incidents (``store.incidents``)."""
         self.engine = engine
-        self.outbox = outbox.Outbox(engine, channels=channels)
+        self.incidents = incidents.Incidents(engine, grouping)
+        self.outbox = outbox.Outbox(engine, channels=channels, wait=self.incidents.grouping.wait)
         self.vault = vault.VaultQueue(engine, repositories=vaulted)
         self._dialect = engine.dialect.name
         if self._dialect not in ("sqlite", "postgresql"):
@@ -307,10 +310,12 @@ class Store:
         """Append ``events`` inside the caller's transaction; return them with their ids.
 
         Every event of every write goes through here, so whatever must happen in the same
-        transaction as an event (the alerts outbox) has one place to hook in.
+        transaction as an event (its incident, the alerts outbox, the vault) has one place to
+        hook in.
         """
         if not events:
             return []
+        events = self.incidents.assign(conn, events)
         # Multi-row INSERT ... RETURNING, ids in parameter order (SQLAlchemy's
         # "insertmanyvalues"): one round trip per batch instead of one per event.
         ids = conn.execute(

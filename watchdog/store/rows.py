@@ -65,6 +65,7 @@ def event(row: Row) -> models.Event:
         new_digest=row["new_digest"],
         detail=dict(row["detail"] or {}),
         actor=row["actor"],
+        incident_id=row.get("incident_id"),
     )
 
 
@@ -79,6 +80,7 @@ def event_row(event: models.Event) -> dict[str, Any]:
         "new_digest": event.new_digest,
         "detail": event.detail,
         "actor": event.actor,
+        "incident_id": event.incident_id,
     }
 
 

@@ -103,7 +103,10 @@ events = sa.Table(
     sa.Column("new_digest", sa.String(DIGEST), nullable=True),
     sa.Column("detail", sa.JSON(), nullable=False),
     sa.Column("actor", sa.String(255), nullable=False),
+    # the incident the event belongs to (migration 0006), set when it is inserted
+    sa.Column("incident_id", _BIG_ID, nullable=True),
     sa.Index(None, "repository", "tag", "id"),
+    sa.Index(None, "incident_id"),
 )
 
 # The manifest archive: the exact bytes a registry served, keyed by their (verified) digest.
@@ -154,10 +157,16 @@ outbox = sa.Table(
     sa.Column("sent_at", UTCDateTime(), nullable=True),
     sa.Column("send_key", sa.String(32), nullable=True),
     sa.Column("remote_channel", sa.String(32), nullable=True),
+    # An incident's message (migration 0006): ``part`` is ``opening`` (its first message) or
+    # ``update`` (what joined it after that); ``covers``: the highest event id the message showed.
+    sa.Column("incident_id", _BIG_ID, nullable=True),
+    sa.Column("part", sa.String(16), nullable=True),
+    sa.Column("covers", _BIG_ID, nullable=True),
     sa.UniqueConstraint("event_id", "channel"),
     sa.CheckConstraint("status IN ('pending', 'delivered', 'failed')", name="status"),
     sa.Index(None, "status", "next_try"),
     sa.Index(None, "channel", "repository", "tag"),
+    sa.Index(None, "incident_id", "channel"),
 )
 
 APPLICATION_TABLES: tuple[str, ...] = ("tags", "events", "manifests", "watches", "outbox")
@@ -188,3 +197,19 @@ vault_copies = sa.Table(
 )
 
 APPLICATION_TABLES = (*APPLICATION_TABLES, "vault_copies")
+
+# Incidents (migration 0006): the changes (moves, deletions, broken releases) of one grouping key
+# found within the window of each other. ``closes_at``: the last change plus the window; a change
+# of the same key found before it joins the incident, one found after opens a new one.
+incidents = sa.Table(
+    "incidents",
+    metadata,
+    sa.Column("id", _BIG_ID, primary_key=True, autoincrement=True),
+    sa.Column("group_key", sa.String(REPOSITORY), nullable=False),
+    sa.Column("opened_at", UTCDateTime(), nullable=False),
+    sa.Column("last_change_at", UTCDateTime(), nullable=False),
+    sa.Column("closes_at", UTCDateTime(), nullable=False),
+    sa.Index(None, "group_key", "closes_at"),
+)
+
+APPLICATION_TABLES = (*APPLICATION_TABLES, "incidents")

@@ -1,0 +1,160 @@
+"""Incidents: which events belong together, and the queries that read them back.
+
+``Incidents.assign`` runs inside the transaction that inserts events (``repo.Store``'s one hook):
+a change (a move, a deletion, a broken release) joins the open incident of its grouping key (the
+registry and repository namespace by default, ``models.Grouping``) or opens a new one; every
+later event of the same tag (restored, accepted, reverted, ...) joins the incident of the tag's
+last change. So an incident and its events are written together or not at all.
+
+On PostgreSQL two checks of one key (two repositories of a namespace, on two replicas) may write
+at once: a transaction-level advisory lock on the key makes "find the open incident, else open
+one" atomic. SQLite writes one transaction at a time (``BEGIN IMMEDIATE``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from watchdog import models
+from watchdog.store import db, rows, tables
+
+I = tables.incidents  # noqa: E741 (the table's one-letter name, like T, E, M and W)
+E = tables.events
+
+# The advisory-lock namespace of incident keys (two-int form): apart from the watches' ("tw").
+_LOCK_NAMESPACE = 0x7469  # "ti"
+
+# Events that join the incident of their tag's last change (the first sight of a tag does not).
+FOLLOW_UPS = frozenset(
+    k
+    for k in models.EventKind
+    if k not in models.INCIDENT_CHANGES and k is not models.EventKind.FIRST_SEEN
+)
+
+MAX_LISTED = 1000
+
+
+def _lock_key(group_key: str) -> int:
+    return int.from_bytes(hashlib.sha256(group_key.encode()).digest()[:4], "big", signed=True)
+
+
+class Incidents:
+    """The incidents of one database, grouped by ``grouping``."""
+
+    def __init__(self, engine: Engine, grouping: models.Grouping | None = None) -> None:
+        self.engine = engine
+        self.grouping = grouping or models.Grouping()
+
+    # --- in the events' transaction -------------------------------------------------------------
+
+    def assign(self, conn: sa.Connection, events: Sequence[models.Event]) -> list[models.Event]:
+        """``events`` (not yet inserted) with their ``incident_id`` set, inside the caller's
+        transaction ``conn``: changes open or join an incident, follow-ups join their tag's."""
+        out: list[models.Event] = []
+        of_tag: dict[tuple[str, str], int | None] = {}  # this batch's tags so far
+        for event in events:
+            key = (event.repository, event.tag)
+            if event.kind in models.INCIDENT_CHANGES:
+                incident, opened = self._open_or_join(conn, event)
+                of_tag[key] = incident
+                out.append(dataclasses.replace(event, incident_id=incident, opens_incident=opened))
+            elif event.kind in FOLLOW_UPS:
+                if key not in of_tag:
+                    of_tag[key] = self._of_last_change(conn, *key)
+                out.append(dataclasses.replace(event, incident_id=of_tag[key]))
+            else:
+                out.append(event)
+        return out
+
+    def _open_or_join(self, conn: sa.Connection, event: models.Event) -> tuple[int, bool]:
+        group_key = self.grouping.key(event.repository)
+        closes = event.at + dt.timedelta(seconds=self.grouping.window)
+        if conn.dialect.name == "postgresql":
+            conn.execute(
+                sa.select(sa.func.pg_advisory_xact_lock(_LOCK_NAMESPACE, _lock_key(group_key)))
+            )
+        found = conn.execute(
+            sa.select(I.c.id, I.c.last_change_at, I.c.closes_at)
+            .where(I.c.group_key == group_key, I.c.closes_at > event.at)
+            .order_by(I.c.id.desc())
+            .limit(1)
+        ).first()
+        if found is None:
+            new_id = conn.execute(
+                sa.insert(I)
+                .values(
+                    group_key=group_key,
+                    opened_at=event.at,
+                    last_change_at=event.at,
+                    closes_at=closes,
+                )
+                .returning(I.c.id)
+            ).scalar_one()
+            return int(new_id), True
+        conn.execute(
+            sa.update(I)
+            .where(I.c.id == found.id)
+            .values(
+                last_change_at=max(found.last_change_at, event.at),
+                closes_at=max(found.closes_at, closes),
+            )
+        )
+        return int(found.id), False
+
+    def _of_last_change(self, conn: sa.Connection, repository: str, tag: str) -> int | None:
+        """The incident of the tag's latest change, or None (no change, or one recorded before
+        incidents existed)."""
+        value = conn.execute(
+            sa.select(E.c.incident_id)
+            .where(
+                E.c.repository == repository,
+                E.c.tag == tag,
+                E.c.kind.in_([k.value for k in models.INCIDENT_CHANGES]),
+            )
+            .order_by(E.c.id.desc())
+            .limit(1)
+        ).scalar()
+        return None if value is None else int(value)
+
+    # --- reads -----------------------------------------------------------------------------------
+
+    def get(self, incident_id: int) -> models.Incident | None:
+        """The incident ``incident_id`` with its events, or None."""
+        with db.translating(self.engine), self.engine.connect() as conn:
+            return load(conn, incident_id)
+
+    def recent(self, limit: int = 50, repository: str | None = None) -> list[models.Incident]:
+        """The ``limit`` latest incidents (at most MAX_LISTED), newest first, with their events;
+        only those with an event of ``repository`` when given."""
+        query = sa.select(I.c.id).order_by(I.c.id.desc()).limit(max(1, min(limit, MAX_LISTED)))
+        if repository is not None:
+            query = query.where(
+                I.c.id.in_(sa.select(E.c.incident_id).where(E.c.repository == repository))
+            )
+        with db.translating(self.engine), self.engine.connect() as conn:
+            ids = [int(i) for i in conn.execute(query).scalars()]
+            return [inc for inc in (load(conn, i) for i in ids) if inc is not None]
+
+
+def load(conn: sa.Connection, incident_id: int) -> models.Incident | None:
+    """The incident ``incident_id`` with its events (oldest first), read on ``conn``."""
+    row = conn.execute(sa.select(I).where(I.c.id == incident_id)).mappings().first()
+    if row is None:
+        return None
+    events = conn.execute(
+        sa.select(E).where(E.c.incident_id == incident_id).order_by(E.c.id)
+    ).mappings()
+    return models.Incident(
+        id=int(row["id"]),
+        group_key=row["group_key"],
+        opened_at=row["opened_at"],
+        last_change_at=row["last_change_at"],
+        closes_at=row["closes_at"],
+        events=tuple(rows.event(e) for e in events),
+    )
