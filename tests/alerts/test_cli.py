@@ -26,12 +26,14 @@ def bot_config(
     watch: str | None = None,
     db: str | None = None,
     port: int | None = None,
+    incidents: str = "{wait: 0s}",
 ) -> Path:
     url = db or f"sqlite:///{path.parent / 'w.db'}"
     lines = [
         f"database_url: {url}",
         "interval: 1s",
         "jitter: 0s",
+        f"incidents: {incidents}",
         "slack:",
         "  token: ${SLACK_TOKEN}",
         "  channel: '#releases'",
@@ -170,20 +172,21 @@ def test_the_daemon_alerts_once_per_move_even_across_sigkill_while_slack_is_down
         assert 'tag_watchdog_alerts_total{channel="slack",result="delivered"} 1.0' in scraped
         assert TOKEN not in scraped
 
-        # Slack goes down; the next move is queued, tried, and the daemon is killed outright
+        # Slack goes down; the next move (within the incident's window: it joins the incident
+        # as an update to its message) is queued, tried, and the daemon is killed outright
         standin.stop()
         pusher.image(repo, "0.16.0", seed="b-rebuilt")
         # attempts counts claims; last_error is written after the failed send: wait for both,
         # or the kill can land between the claim and the failed send being recorded
         wait_for(
             lambda: any(
-                r["tag"] == "0.16.0" and r["attempts"] >= 1 and r["last_error"]
+                r["part"] == "update" and r["attempts"] >= 1 and r["last_error"]
                 for r in _outbox(db_file)
             )
         )
         logs.append(_stop(proc, kill=True))
         assert proc.returncode == -9
-        (row,) = [r for r in _outbox(db_file) if r["tag"] == "0.16.0"]
+        (row,) = [r for r in _outbox(db_file) if r["part"] == "update"]
         assert row["status"] == "pending" and "unreachable" in row["last_error"]
 
         # Slack is back, so is the daemon: the queued alert goes out, once
@@ -198,8 +201,13 @@ def test_the_daemon_alerts_once_per_move_even_across_sigkill_while_slack_is_down
     assert _count(messages, f"{ref}:0.16.0 moved") == 1
     assert len(messages) == 2
     assert {r["status"] for r in _outbox(db_file)} == {"delivered"}
-    # follow-ups about other tags are not threaded under this one; the secret is nowhere
-    assert all("thread_ts" not in m for m in messages)
+    # one incident: the second move is a reply in the first message's thread, and the first
+    # message was redrawn to list both tags; the secret is nowhere
+    first, second = standin.posted
+    assert first["thread_ts"] is None and second["thread_ts"] == first["ts"]
+    assert standin.updates and standin.updates[-1].body["ts"] == first["ts"]
+    redrawn = str(standin.updates[-1].body["blocks"])
+    assert f"{ref}:0.15.0" in redrawn and f"{ref}:0.16.0" in redrawn
     assert "alert_delivered" in logs[-1] and "alerts_worker_stopped" in logs[-1]
     for text in logs:
         assert TOKEN not in text and "Traceback" not in text

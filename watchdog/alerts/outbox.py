@@ -34,6 +34,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 from watchdog import config, errors, models, retry
+from watchdog.alerts import incident as incident_view
 from watchdog.alerts import render, slack
 
 log = logging.getLogger("watchdog.alerts")
@@ -70,7 +71,9 @@ class OutboxStore(Protocol):
         self, now: dt.datetime, *, lease: float, limit: int = 50
     ) -> list[models.OutboxItem]: ...
 
-    def begin_send(self, item_id: int, at: dt.datetime, key: str) -> None: ...
+    def begin_send(
+        self, item_id: int, at: dt.datetime, key: str, covers: int | None = None
+    ) -> None: ...
 
     def mark_delivered(
         self,
@@ -78,7 +81,10 @@ class OutboxStore(Protocol):
         now: dt.datetime,
         remote_id: str | None,
         remote_channel: str | None = None,
+        covers: int | None = None,
     ) -> None: ...
+
+    def defer_alert(self, item_id: int, next_try: dt.datetime) -> None: ...
 
     def last_remote_channel(self, channel: str) -> str | None: ...
 
@@ -219,14 +225,17 @@ class Worker:
                 "alert_failed id=%d %s channel=%s reason=%r", item.id, what, item.channel, reason
             )
             return
-        message = render.render_item(item, self.settings)
         bot = sender if isinstance(sender, slack.BotSender) else None
+        planned = await self._plan(item, bot)
+        if planned is None:
+            return
+        message, thread_id, covers = planned
         in_doubt = item.sent_at  # an earlier send may be in Slack already
         unverified = False
         if bot is not None and in_doubt is not None:
             found = await self._look_up(item, bot, what)
             if isinstance(found, slack.Posted):
-                await self._mark_delivered(item, found, lease_ends)
+                await self._mark_delivered(item, found, lease_ends, None)
                 self._count(item.channel, "found")
                 log.info(
                     "alert_found id=%d %s channel=%s attempts=%d ts=%s: an earlier send had "
@@ -260,13 +269,13 @@ class Worker:
                 # Committed before the send: should this process die before ``delivered`` is,
                 # the next worker knows to look for the message first.
                 await asyncio.to_thread(
-                    self.store.begin_send, item.id, in_doubt or self.clock(), key
+                    self.store.begin_send, item.id, in_doubt or self.clock(), key, covers
                 )
                 event_id = item.event.id if item.event is not None else None
                 metadata = slack.alert_metadata(item.id, event_id, key)
-                posted = await asyncio.to_thread(bot.post, message, item.thread_id, metadata)
+                posted = await asyncio.to_thread(bot.post, message, thread_id, metadata)
             else:
-                ts = await asyncio.to_thread(sender.send, message, item.thread_id)
+                ts = await asyncio.to_thread(sender.send, message, thread_id)
                 posted = slack.Posted(ts, None)
         except errors.AlertError as exc:
             # A send Slack refused outright did not post; anything else may have.
@@ -275,7 +284,7 @@ class Worker:
             return
         # Recorded at once: the shorter the gap between the channel's 200 and this commit, the
         # smaller the window in which a crash leaves the outcome unknown.
-        await self._mark_delivered(item, posted, lease_ends)
+        await self._mark_delivered(item, posted, lease_ends, covers)
         self._count(item.channel, "unverified" if unverified else "delivered")
         log.info(
             "alert_delivered id=%d %s channel=%s attempts=%d%s",
@@ -285,6 +294,64 @@ class Worker:
             item.attempts,
             " unverified=true" if unverified else "",
         )
+
+    async def _plan(
+        self, item: models.OutboxItem, bot: slack.BotSender | None
+    ) -> tuple[render.Message, str | None, int | None] | None:
+        """What to send for ``item``: the message, the thread it goes to and (for an incident)
+        the highest event id it shows; None when nothing is to be sent now (an incident's
+        update with nothing new is recorded as delivered; a webhook's closing message of an
+        incident still open is deferred to its close)."""
+        if item.incident is None:
+            return render.render_item(item, self.settings), item.thread_id, None
+        incident = item.incident
+        contexts = incident_view.contexts(incident, self.settings, item.first_seen)
+        shows = incident_view.covers(incident)
+        news = [e for e in incident.events if (e.id or 0) > item.covered]
+        what = _describe(item)
+        if item.covered == 0 or (bot is not None and item.thread_id is None):
+            # nothing of it delivered on this channel yet: the incident as it stands, top-level
+            return incident_view.render_incident(incident, contexts), None, shows
+        if bot is None and incident.is_open(self.clock()):
+            # a webhook cannot thread or edit: one closing message once the window is over
+            await asyncio.to_thread(self.store.defer_alert, item.id, incident.closes_at)
+            log.info(
+                "alert_deferred id=%d %s channel=%s reason=incident_open",
+                item.id,
+                what,
+                item.channel,
+            )
+            return None
+        if not news:
+            await asyncio.to_thread(
+                functools.partial(
+                    self.store.mark_delivered, item.id, self.clock(), None, covers=item.covered
+                )
+            )
+            log.info(
+                "alert_skipped id=%d %s channel=%s reason=nothing_new", item.id, what, item.channel
+            )
+            return None
+        if bot is None:
+            if incident_view.is_single(incident):
+                return incident_view.render_news(incident, news, contexts), None, shows
+            return incident_view.render_incident(incident, contexts, closing=True), None, shows
+        assert item.thread_id is not None
+        if item.parent_channel is not None:
+            # the top-level message redrawn (idempotent: a retry draws it again)
+            parent = incident_view.render_incident(incident, contexts)
+            try:
+                await asyncio.to_thread(bot.update, item.parent_channel, item.thread_id, parent)
+            except errors.AlertError as exc:
+                log.warning(
+                    "alert_update_failed id=%d %s channel=%s error=%r: the incident's message "
+                    "shows what it showed; the news goes to its thread",
+                    item.id,
+                    what,
+                    item.channel,
+                    str(exc),
+                )
+        return incident_view.render_news(incident, news, contexts), item.thread_id, shows
 
     async def _look_up(
         self, item: models.OutboxItem, bot: slack.BotSender, what: str
@@ -304,7 +371,7 @@ class Worker:
                 )
             oldest = item.sent_at - LOOKUP_MARGIN
             return await asyncio.to_thread(
-                bot.find, channel_id, item.send_key, oldest, item.thread_id
+                bot.find, channel_id, item.send_key, oldest, _reply_to(item)
             )
         except errors.AlertError as exc:
             self._lookup_failed(item, what, exc)
@@ -347,7 +414,11 @@ class Worker:
         )
 
     async def _mark_delivered(
-        self, item: models.OutboxItem, posted: slack.Posted, lease_ends: dt.datetime
+        self,
+        item: models.OutboxItem,
+        posted: slack.Posted,
+        lease_ends: dt.datetime,
+        covers: int | None,
     ) -> None:
         """Record that the channel took ``item``. While the database is temporarily unavailable
         (another process holding SQLite's write lock past busy_timeout, a PostgreSQL restart),
@@ -358,7 +429,14 @@ class Worker:
         while True:
             try:
                 await asyncio.to_thread(
-                    self.store.mark_delivered, item.id, self.clock(), posted.ts, posted.channel
+                    functools.partial(
+                        self.store.mark_delivered,
+                        item.id,
+                        self.clock(),
+                        posted.ts,
+                        posted.channel,
+                        covers=covers,
+                    )
                 )
                 return
             except errors.StoreError as exc:
@@ -426,7 +504,17 @@ def _refused_outright(exc: errors.AlertError) -> bool:
     return exc.status is not None and 400 <= exc.status < 500 and exc.status != 408
 
 
+def _reply_to(item: models.OutboxItem) -> str | None:
+    """The thread ``item``'s message went to: an incident's news goes to its first message's
+    thread, the incident itself nowhere (top-level) until one was delivered."""
+    if item.incident is not None and item.covered == 0:
+        return None
+    return item.thread_id
+
+
 def _describe(item: models.OutboxItem) -> str:
+    if item.incident is not None:
+        return f"kind=incident part={item.part} incident={item.incident.id}"
     if item.event is not None:
         return f"kind={item.event.kind.value} ref={item.event.repository}:{item.event.tag}"
     return f"kind={(item.notice or {}).get('kind', 'notice')}"

@@ -98,7 +98,7 @@ def escape(value: object) -> str:
     return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _code(value: object) -> str:
+def code(value: object) -> str:
     # Inside `code` a backtick would end the span early: outside values lose theirs.
     return "`" + escape(str(value).replace("`", "'")) + "`"
 
@@ -118,28 +118,28 @@ def truncate_mrkdwn(text: str, limit: int = MAX_SECTION) -> str:
     return cut
 
 
-def _section(text: str) -> dict[str, Any]:
+def section(text: str) -> dict[str, Any]:
     return {"type": "section", "text": {"type": "mrkdwn", "text": truncate_mrkdwn(text)}}
 
 
-def _header(text: str) -> dict[str, Any]:
-    plain = " ".join(text.split())
-    if len(plain) > MAX_HEADER:
-        plain = plain[: MAX_HEADER - 1] + "…"
-    return {"type": "header", "text": {"type": "plain_text", "text": plain, "emoji": False}}
+def header(text: str) -> dict[str, Any]:
+    shown = " ".join(text.split())
+    if len(shown) > MAX_HEADER:
+        shown = shown[: MAX_HEADER - 1] + "…"
+    return {"type": "header", "text": {"type": "plain_text", "text": shown, "emoji": False}}
 
 
-def _context(text: str) -> dict[str, Any]:
+def context_block(text: str) -> dict[str, Any]:
     return {"type": "context", "elements": [{"type": "mrkdwn", "text": truncate_mrkdwn(text)}]}
 
 
-def _message(fallback: str, blocks: list[dict[str, Any]]) -> Message:
+def make_message(fallback: str, blocks: list[dict[str, Any]]) -> Message:
     if len(blocks) > MAX_BLOCKS:
-        blocks = [*blocks[: MAX_BLOCKS - 1], _context("(more details left out)")]
+        blocks = [*blocks[: MAX_BLOCKS - 1], context_block("(more details left out)")]
     return Message(text=truncate_mrkdwn(fallback, MAX_FALLBACK), blocks=blocks)
 
 
-def _when(value: dt.datetime | None) -> str:
+def when(value: dt.datetime | None) -> str:
     if value is None:
         return "unknown"
     return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -210,7 +210,7 @@ def _who(event: models.Event) -> str:
     return actor_mrkdwn(event.actor)
 
 
-def _restoring(event: models.Event, context: Context) -> bool:
+def restoring(event: models.Event, context: Context) -> bool:
     """Whether the watchdog restores the tag on its own after ``event`` (a move: ``on_move:
     restore``; a deletion or a broken release: ``on_delete``): the alert then offers no manual
     restore, the outcome follows."""
@@ -219,7 +219,7 @@ def _restoring(event: models.Event, context: Context) -> bool:
     return event.detail.get("restoring") is True or context.on_move == "restore"
 
 
-def _recorded(event: models.Event) -> str | None:
+def recorded_digest(event: models.Event) -> str | None:
     """The trusted digest an event is about: what a restore would put back."""
     recorded = event.detail.get("recorded_digest")
     if isinstance(recorded, str) and recorded:
@@ -243,7 +243,7 @@ Summary = Callable[[models.Event, str, str | None], tuple[str, str]]
 
 def _moved(event: models.Event, ref: str, recorded: str | None) -> tuple[str, str]:
     return (
-        f"*{_code(ref)}* now answers another digest. The recorded digest stays the trusted one.",
+        f"*{code(ref)}* now answers another digest. The recorded digest stays the trusted one.",
         f"tag-watchdog: {ref} moved {models.short_digest(event.old_digest or '')} -> "
         f"{models.short_digest(event.new_digest or '')}",
     )
@@ -260,7 +260,7 @@ def _deleted(event: models.Event, ref: str, recorded: str | None) -> tuple[str, 
             "garbage-collected)."
         )
     return (
-        f"*{_code(ref)}* is gone: absent from the tag list and the registry answers "
+        f"*{code(ref)}* is gone: absent from the tag list and the registry answers "
         f"`MANIFEST_UNKNOWN`, twice in a row.{where}",
         f"tag-watchdog: {ref} was deleted (was {models.short_digest(event.old_digest or '')})",
     )
@@ -274,10 +274,10 @@ def _broken(event: models.Event, ref: str, recorded: str | None) -> tuple[str, s
         gone.append(f"{len(children)} child manifest(s)")
     if blobs:
         gone.append(f"{len(blobs)} blob(s)")
-    lines = [f"child manifest {_code(d)}" for d in children[:20]]
-    lines += [f"blob {_code(d)}" for d in blobs[:20]]
+    lines = [f"child manifest {code(d)}" for d in children[:20]]
+    lines += [f"blob {code(d)}" for d in blobs[:20]]
     text = (
-        f"*{_code(ref)}* still answers its recorded digest {_code(recorded or '?')} but cannot "
+        f"*{code(ref)}* still answers its recorded digest {code(recorded or '?')} but cannot "
         f"be pulled whole: {' and '.join(gone) or 'parts'} gone from the registry."
     )
     if lines:
@@ -292,14 +292,14 @@ def _broken(event: models.Event, ref: str, recorded: str | None) -> tuple[str, s
 
 def _reappeared(event: models.Event, ref: str, recorded: str | None) -> tuple[str, str]:
     return (
-        f"*{_code(ref)}* answers again, after it was deleted.",
+        f"*{code(ref)}* answers again, after it was deleted.",
         f"tag-watchdog: {ref} reappeared at {models.short_digest(event.new_digest or '')}",
     )
 
 
 def _reverted(event: models.Event, ref: str, recorded: str | None) -> tuple[str, str]:
     return (
-        f"*{_code(ref)}* is back at its recorded digest (put back by someone else).",
+        f"*{code(ref)}* is back at its recorded digest (put back by someone else).",
         f"tag-watchdog: {ref} is back at its recorded digest",
     )
 
@@ -307,7 +307,7 @@ def _reverted(event: models.Event, ref: str, recorded: str | None) -> tuple[str,
 def _restored(event: models.Event, ref: str, recorded: str | None) -> tuple[str, str]:
     by = "" if _by_watchdog(event) else f" by {event.actor}"
     return (
-        f"{_who(event)} put *{_code(ref)}* back at its recorded digest.",
+        f"{_who(event)} put *{code(ref)}* back at its recorded digest.",
         f"tag-watchdog: {ref} restored to {models.short_digest(recorded or '')}{by}",
     )
 
@@ -316,8 +316,7 @@ def _restore_failed(event: models.Event, ref: str, recorded: str | None) -> tupl
     reason = event.detail.get("reason") or event.detail.get("error") or "unknown reason"
     by = "" if _by_watchdog(event) else f" (by {event.actor})"
     return (
-        f"{_who(event)} could *not* put *{_code(ref)}* back: {escape(reason)}. "
-        "Nothing was changed.",
+        f"{_who(event)} could *not* put *{code(ref)}* back: {escape(reason)}. Nothing was changed.",
         f"tag-watchdog: restoring {ref} FAILED{by}: {reason}",
     )
 
@@ -325,12 +324,12 @@ def _restore_failed(event: models.Event, ref: str, recorded: str | None) -> tupl
 def _restore_stopped(event: models.Event, ref: str, recorded: str | None) -> tuple[str, str]:
     if event.detail.get("after") == "deleted":
         return (
-            f"*Something keeps deleting {_code(ref)}*: automatic restores of this tag are "
+            f"*Something keeps deleting {code(ref)}*: automatic restores of this tag are "
             "stopped (loop protection). Find the job that deletes it (a retention policy?).",
             f"tag-watchdog: auto-restore of {ref} stopped: something keeps deleting it",
         )
     return (
-        f"*Something keeps pushing {_code(ref)}*: automatic restores of this tag are stopped "
+        f"*Something keeps pushing {code(ref)}*: automatic restores of this tag are stopped "
         "(loop protection). Find the pipeline that pushes it.",
         f"tag-watchdog: auto-restore of {ref} stopped: something keeps pushing it",
     )
@@ -339,7 +338,7 @@ def _restore_stopped(event: models.Event, ref: str, recorded: str | None) -> tup
 def _other(event: models.Event, ref: str, recorded: str | None) -> tuple[str, str]:
     # Kinds that are never alerted (first sight, accept) still render, plainly.
     kind = event.kind.value
-    return f"*{_code(ref)}*: {escape(kind)}.", f"tag-watchdog: {ref} {kind}"
+    return f"*{code(ref)}*: {escape(kind)}.", f"tag-watchdog: {ref} {kind}"
 
 
 _SUMMARIES: dict[models.EventKind, Summary] = {
@@ -361,12 +360,12 @@ def _fields(event: models.Event, context: Context) -> dict[str, Any]:
     """Both digests (short), since when the tag is recorded and when this was seen."""
     fields: list[str] = []
     if event.old_digest:
-        fields.append(f"*Old digest*\n{_code(models.short_digest(event.old_digest))}")
+        fields.append(f"*Old digest*\n{code(models.short_digest(event.old_digest))}")
     if event.new_digest:
-        fields.append(f"*New digest*\n{_code(models.short_digest(event.new_digest))}")
+        fields.append(f"*New digest*\n{code(models.short_digest(event.new_digest))}")
     if context.first_seen is not None:
-        fields.append(f"*Recorded since*\n{_when(context.first_seen)}")
-    fields.append(f"*Seen*\n{_when(event.at)}")
+        fields.append(f"*Recorded since*\n{when(context.first_seen)}")
+    fields.append(f"*Seen*\n{when(event.at)}")
     return {"type": "section", "fields": [{"type": "mrkdwn", "text": f[:2000]} for f in fields]}
 
 
@@ -379,11 +378,11 @@ def _details(event: models.Event) -> list[dict[str, Any]]:
     if event.new_digest:
         digests.append(f"new: {escape(event.new_digest)}")
     if digests:
-        blocks.append(_section("*Full digests*\n```" + "\n".join(digests) + "```"))
+        blocks.append(section("*Full digests*\n```" + "\n".join(digests) + "```"))
     platforms = event.detail.get("changed_platforms") or []
     if platforms:
         blocks.append(
-            _section("*Platforms changed:* " + ", ".join(_code(p) for p in platforms[:100]))
+            section("*Platforms changed:* " + ", ".join(code(p) for p in platforms[:100]))
         )
     images = event.detail.get("images") or {}
     image_lines = []
@@ -392,7 +391,7 @@ def _details(event: models.Event) -> list[dict[str, Any]]:
         if not isinstance(info, dict) or not info:
             continue
         parts = [
-            f"{name} {_code(info[name])}"
+            f"{name} {code(info[name])}"
             for name in ("created", "revision", "source")
             if info.get(name)
         ]
@@ -401,10 +400,10 @@ def _details(event: models.Event) -> list[dict[str, Any]]:
             parts.append(f"<{link}|commit>")
         image_lines.append(f"*{side.capitalize()} image:* " + ", ".join(parts))
     if image_lines:
-        blocks.append(_section("\n".join(image_lines)))
+        blocks.append(section("\n".join(image_lines)))
     pushed = pushed_by_mrkdwn(event)
     if pushed is not None:
-        blocks.append(_section(pushed))
+        blocks.append(section(pushed))
     return blocks
 
 
@@ -444,11 +443,11 @@ def pushed_by_mrkdwn(event: models.Event) -> str | None:
             f"*{label}:* unknown (found by polling; registry notifications to "
             "`/hooks/registry` name the pusher)"
         )
-    parts = [_code(who["actor"]) if who.get("actor") else "an unnamed client"]
+    parts = [code(who["actor"]) if who.get("actor") else "an unnamed client"]
     if who.get("address"):
-        parts.append(f"from {_code(who['address'])}")
+        parts.append(f"from {code(who['address'])}")
     if who.get("user_agent"):
-        parts.append(f"with {_code(who['user_agent'])}")
+        parts.append(f"with {code(who['user_agent'])}")
     return f"*{label}:* " + " ".join(parts)
 
 
@@ -457,31 +456,31 @@ def render_event(event: models.Event, context: Context = Context()) -> Message:
     kind = event.kind
     ref = f"{event.repository}:{event.tag}"
     title = _TITLES.get(kind, kind.value.replace("_", " ").capitalize())
-    recorded = _recorded(event)
+    recorded = recorded_digest(event)
     summary, fallback = _SUMMARIES.get(kind, _other)(event, ref, recorded)
     blocks = [
-        _header(f"{title}: {ref}"),
-        _section(summary),
+        header(f"{title}: {ref}"),
+        section(summary),
         _fields(event, context),
         *_details(event),
     ]
     action = _action(event, context)
     if action:
-        blocks.append(_section(f"*What the watchdog did:* {action}"))
+        blocks.append(section(f"*What the watchdog did:* {action}"))
     commands = (
-        [] if _restoring(event, context) else restore_commands(event, recorded, context.config_path)
+        [] if restoring(event, context) else restore_commands(event, recorded, context.config_path)
     )
     if commands and kind.value in _MANUAL_RESTORE_KINDS:
-        blocks.append(_section("*Put it back by hand:*\n```" + escape("\n".join(commands)) + "```"))
+        blocks.append(section("*Put it back by hand:*\n```" + escape("\n".join(commands)) + "```"))
         fallback += f". Put it back: {commands[0]}"
     if not _by_watchdog(event) and kind not in _NAMES_ITS_ACTOR:
-        blocks.append(_context(f"by {actor_mrkdwn(event.actor)}"))
+        blocks.append(context_block(f"by {actor_mrkdwn(event.actor)}"))
     if context.buttons:
         buttons = _buttons(event, recorded, context)
         if buttons is not None:
             blocks.append(buttons)
-    blocks.append(_context(f"tag-watchdog · event {event.id or '-'} · {escape(kind.value)}"))
-    return _message(escape(fallback), blocks)
+    blocks.append(context_block(f"tag-watchdog · event {event.id or '-'} · {escape(kind.value)}"))
+    return make_message(escape(fallback), blocks)
 
 
 def actor_mrkdwn(actor: str) -> str:
@@ -504,14 +503,14 @@ def button_value(event: models.Event, digest: str) -> str:
 def _buttons(event: models.Event, recorded: str | None, context: Context) -> dict[str, Any] | None:
     kind = event.kind.value
     elements: list[dict[str, Any]] = []
-    auto = _restoring(event, context)  # the watchdog is restoring already
+    auto = restoring(event, context)  # the watchdog is restoring already
     if recorded and kind in _MANUAL_RESTORE_KINDS and not auto:
         elements.append(
             {
                 "type": "button",
                 "action_id": ACTION_RESTORE,
                 "style": "primary",
-                "text": _plain(_restore_label(event.tag, recorded)),
+                "text": plain(restore_label(event.tag, recorded)),
                 "value": button_value(event, recorded),
             }
         )
@@ -522,19 +521,19 @@ def _buttons(event: models.Event, recorded: str | None, context: Context) -> dic
                 "type": "button",
                 "action_id": ACTION_ACCEPT,
                 "style": "danger",
-                "text": _plain("Accept new digest"),
+                "text": plain("Accept new digest"),
                 "value": button_value(event, new),
                 # Accepting trusts the intruder: one more tap to be sure, on a phone too.
                 "confirm": {
-                    "title": _plain("Accept the new digest?"),
+                    "title": plain("Accept the new digest?"),
                     # plain text only in a confirmation dialog (Block Kit), at most 300 chars
-                    "text": _plain(
+                    "text": plain(
                         f"{event.tag} will be recorded as {new}; the digest recorded now is "
                         "no longer the trusted one.",
                         300,
                     ),
-                    "confirm": _plain("Accept"),
-                    "deny": _plain("Cancel"),
+                    "confirm": plain("Accept"),
+                    "deny": plain("Cancel"),
                     "style": "danger",
                 },
             }
@@ -553,7 +552,7 @@ def _buttons(event: models.Event, recorded: str | None, context: Context) -> dic
     return {"type": "actions", "block_id": f"{ACTIONS_BLOCK}.{event.id or 0}", "elements": elements}
 
 
-def _restore_label(tag: str, digest: str, limit: int = 75) -> str:
+def restore_label(tag: str, digest: str, limit: int = 75) -> str:
     """ "Restore TAG to sha256:abc…", within a label's 75 characters: a long tag is cut, never the
     digest (what the person checks before tapping)."""
     tail = f" to {models.short_digest(digest)}"
@@ -563,7 +562,7 @@ def _restore_label(tag: str, digest: str, limit: int = 75) -> str:
     return f"Restore {tag}{tail}"
 
 
-def _plain(text: str, limit: int = 75) -> dict[str, Any]:
+def plain(text: str, limit: int = 75) -> dict[str, Any]:
     # Button labels and confirm titles are plain text of at most 75 characters.
     if len(text) > limit:
         text = text[: limit - 1] + "…"
@@ -574,8 +573,8 @@ def render_outcome(event: models.Event, outcome: str, context: Context = Context
     """The alert about ``event`` again, without its buttons, with ``outcome`` (mrkdwn, already
     escaped) in their place: what a tap on a button did, for ``chat.update``."""
     original = render_event(event, dataclasses.replace(context, buttons=False))
-    blocks = [*original.blocks[:-1], _section(outcome), original.blocks[-1]]
-    return _message(original.text, blocks)
+    blocks = [*original.blocks[:-1], section(outcome), original.blocks[-1]]
+    return make_message(original.text, blocks)
 
 
 def delete_policy(event: models.Event, context: Context) -> str:
@@ -617,7 +616,7 @@ def _action(event: models.Event, context: Context) -> str:
         if _auto_restoring(event, context):
             return f"restoring the recorded digest (`{policy}`); the outcome follows {where}."
         return f"alerted only (`{policy}`): the tag stays deleted until someone puts it back."
-    if _restoring(event, context):
+    if restoring(event, context):
         return (
             "restoring the recorded digest (`on_move: restore`); the outcome (restored, or how "
             f"to put it back by hand) follows {where}."
@@ -641,9 +640,9 @@ def render_notice(notice: dict[str, Any]) -> Message:
         since = notice.get("since")
         error = notice.get("error") or "unknown error"
         blocks = [
-            _header(f"Registry unreachable: {registry}"),
-            _section(
-                f"tag-watchdog cannot check {_code(registry)} since {escape(since or '?')}: "
+            header(f"Registry unreachable: {registry}"),
+            section(
+                f"tag-watchdog cannot check {code(registry)} since {escape(since or '?')}: "
                 f"{escape(error)}\nMoves there go unnoticed until it answers again. "
                 "One message follows when it recovers."
             ),
@@ -651,23 +650,25 @@ def render_notice(notice: dict[str, Any]) -> Message:
         fallback = f"tag-watchdog: registry {registry} unreachable since {since}: {error}"
     elif kind == "registry_recovered":
         blocks = [
-            _header(f"Registry reachable again: {registry}"),
-            _section(
-                f"{_code(registry)} answers again (unreachable for "
+            header(f"Registry reachable again: {registry}"),
+            section(
+                f"{code(registry)} answers again (unreachable for "
                 f"{escape(notice.get('down_for', '?'))}); checks are back to normal."
             ),
         ]
         fallback = f"tag-watchdog: registry {registry} reachable again"
     else:
-        blocks = [_section(escape(notice.get("text") or kind))]
+        blocks = [section(escape(notice.get("text") or kind))]
         fallback = str(notice.get("text") or kind)
-    return _message(escape(fallback), blocks)
+    return make_message(escape(fallback), blocks)
 
 
 def render_test() -> Message:
     """The message of ``tag-watchdog alerts test``."""
     text = "tag-watchdog test alert: this channel receives release-tag alerts."
-    return _message(text, [_section(f"*{text}*"), _context("sent by `tag-watchdog alerts test`")])
+    return make_message(
+        text, [section(f"*{text}*"), context_block("sent by `tag-watchdog alerts test`")]
+    )
 
 
 def render_item(item: models.OutboxItem, settings: config.Settings) -> Message:

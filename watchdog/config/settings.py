@@ -341,6 +341,8 @@ class IncidentSettings(fields.Section):
     """How changes (moves, deletions, broken releases) are grouped into incidents: one alert
     each, growing as changes join (docs/ALERTS.md)."""
 
+    # false: no incidents, every change alerted on its own (as before incidents existed)
+    enabled: fields.Flag = True
     # namespace: registry + first path segment (ghcr.io/deephaven); repository; registry
     group_by: Annotated[
         fields.Text,
@@ -354,8 +356,10 @@ class IncidentSettings(fields.Section):
     # the incident's first message (and each update) waits this long for the rest of a burst
     wait: fields.Duration = 10.0
 
-    def grouping(self) -> models.Grouping:
-        """These settings as the store takes them."""
+    def grouping(self) -> models.Grouping | None:
+        """These settings as the store takes them (None when incidents are off)."""
+        if not self.enabled:
+            return None
         return models.Grouping(by=self.group_by, window=self.window, wait=self.wait)
 
 

@@ -45,17 +45,20 @@ def _lock_key(group_key: str) -> int:
 
 
 class Incidents:
-    """The incidents of one database, grouped by ``grouping``."""
+    """The incidents of one database, grouped by ``grouping`` (None: no grouping, every event
+    alerted on its own, as ``incidents: {enabled: false}`` asks)."""
 
     def __init__(self, engine: Engine, grouping: models.Grouping | None = None) -> None:
         self.engine = engine
-        self.grouping = grouping or models.Grouping()
+        self.grouping = grouping
 
     # --- in the events' transaction -------------------------------------------------------------
 
     def assign(self, conn: sa.Connection, events: Sequence[models.Event]) -> list[models.Event]:
         """``events`` (not yet inserted) with their ``incident_id`` set, inside the caller's
         transaction ``conn``: changes open or join an incident, follow-ups join their tag's."""
+        if self.grouping is None:
+            return list(events)
         out: list[models.Event] = []
         of_tag: dict[tuple[str, str], int | None] = {}  # this batch's tags so far
         for event in events:
@@ -73,6 +76,7 @@ class Incidents:
         return out
 
     def _open_or_join(self, conn: sa.Connection, event: models.Event) -> tuple[int, bool]:
+        assert self.grouping is not None
         group_key = self.grouping.key(event.repository)
         closes = event.at + dt.timedelta(seconds=self.grouping.window)
         if conn.dialect.name == "postgresql":

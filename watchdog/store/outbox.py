@@ -343,12 +343,22 @@ def _incident_item(conn: sa.Connection, m: sa.RowMapping) -> models.OutboxItem:
         .order_by(OB.c.id)
     ).all()
     parent = next((d for d in delivered if d.remote_id is not None), None)
+    incident = incidents.load(conn, incident_id)
+    first = next(iter(incident.changes_by_tag().values()), None) if incident else None
+    first_seen = None
+    if first is not None:
+        first_seen = conn.execute(
+            sa.select(T.c.first_seen).where(
+                T.c.repository == first.repository, T.c.tag == first.tag
+            )
+        ).scalar()
     return models.OutboxItem(
         id=m["id"],
         channel=channel,
         attempts=m["attempts"],
         created_at=m["created_at"],
-        incident=incidents.load(conn, incident_id),
+        incident=incident,
+        first_seen=first_seen,
         part=m["part"],
         covered=max((int(d.covers or 0) for d in delivered), default=0),
         thread_id=None if parent is None else str(parent.remote_id),

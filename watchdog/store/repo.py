@@ -60,10 +60,12 @@ class Store:
         """``channels``: the configured alert channels (e.g. ``("slack",)``); every alerted event
         gets one outbox row per channel, in the event's own transaction. ``vaulted``: the
         repositories whose releases go to the vault (``store.vault``), queued the same way.
-        ``grouping``: how changes are grouped into incidents (``store.incidents``)."""
+        ``grouping``: how changes are grouped into incidents (``store.incidents``; None: not
+        at all, every alerted event gets rows of its own)."""
         self.engine = engine
         self.incidents = incidents.Incidents(engine, grouping)
-        self.outbox = outbox.Outbox(engine, channels=channels, wait=self.incidents.grouping.wait)
+        wait = grouping.wait if grouping is not None else 0.0
+        self.outbox = outbox.Outbox(engine, channels=channels, wait=wait)
         self.vault = vault.VaultQueue(engine, repositories=vaulted)
         self._dialect = engine.dialect.name
         if self._dialect not in ("sqlite", "postgresql"):

@@ -37,8 +37,9 @@ from starlette.routing import Route
 
 from watchdog import actions, config, errors, models, safejson
 from watchdog.alerts import answers, render, slack
+from watchdog.alerts import incident as incident_view
 from watchdog.store import repo as store_repo
-from watchdog.web import common
+from watchdog.web import common, taps
 
 # the logger of this endpoint since before the web package: log pipelines filter on it
 log = logging.getLogger("watchdog.slack_actions")
@@ -77,6 +78,7 @@ class Tap:
     event_id: int | None
     channel: str | None
     message_ts: str | None
+    incident_id: int | None = None  # the button sat in an incident's message
 
     @property
     def actor(self) -> str:
@@ -145,9 +147,10 @@ class Replays:
         return None
 
 
-def parse_tap(body: bytes) -> Tap:
-    """The button press in a ``block_actions`` request body (``payload=<json>``, form-encoded).
-    Raises UsageError when it is not one of our buttons."""
+def parse_tap(body: bytes) -> Tap | taps.IncidentTap:
+    """The button press in a ``block_actions`` request body (``payload=<json>``, form-encoded):
+    a tag's Restore or Accept, or an incident's Restore all or Accept all. Raises UsageError
+    when it is not one of our buttons."""
     try:
         form = urllib.parse.parse_qs(body.decode("utf-8"), max_num_fields=20)
         doc = safejson.loads(form["payload"][0])
@@ -162,28 +165,43 @@ def parse_tap(body: bytes) -> Tap:
     actions = doc.get("actions")
     action = _dict(actions[0]) if isinstance(actions, list) and actions else {}
     action_id = action.get("action_id")
-    if action_id not in (render.ACTION_RESTORE, render.ACTION_ACCEPT):
+    if action_id not in (render.ACTION_RESTORE, render.ACTION_ACCEPT, *taps.ACTIONS):
         raise errors.UsageError(f"unknown action {str(action_id)[:60]!r}")
+    container = _dict(doc.get("container"))
+    channel = container.get("channel_id") or _dict(doc.get("channel")).get("id")
+    message_ts = container.get("message_ts") or _dict(doc.get("message")).get("ts")
+    name = _NAME_RE.sub("", str(user.get("username") or user.get("name") or ""))[:64]
+    if action_id in taps.ACTIONS:
+        try:
+            incident_id, shown = taps.parse_value(safejson.loads(str(action.get("value") or "")))
+        except (ValueError, RecursionError) as exc:
+            raise errors.UsageError(f"the button's value is not one of ours: {exc}") from None
+        return taps.IncidentTap(
+            action=str(action_id),
+            user=user_id,
+            user_name=name,
+            incident_id=incident_id,
+            seen=shown,
+            channel=channel if isinstance(channel, str) else None,
+            message_ts=message_ts if isinstance(message_ts, str) else None,
+        )
     try:
         value = safejson.loads(str(action.get("value") or ""))
         ref = models.ImageRef.parse(str(value["ref"]), require_tag=True)
         digest = models.check_digest(str(value["digest"]))
     except (ValueError, KeyError, TypeError, RecursionError, errors.InvalidReference) as exc:
         raise errors.UsageError(f"the button's value is not one of ours: {exc}") from None
-    event_id = value.get("event")
-    container = _dict(doc.get("container"))
-    channel = container.get("channel_id") or _dict(doc.get("channel")).get("id")
-    message_ts = container.get("message_ts") or _dict(doc.get("message")).get("ts")
-    name = user.get("username") or user.get("name") or ""
+    event_id, incident_id = value.get("event"), value.get("incident")
     return Tap(
         action=str(action_id),
         user=user_id,
-        user_name=_NAME_RE.sub("", str(name))[:64],
+        user_name=name,
         ref=ref,
         digest=digest,
         event_id=event_id if isinstance(event_id, int) else None,
         channel=channel if isinstance(channel, str) else None,
         message_ts=message_ts if isinstance(message_ts, str) else None,
+        incident_id=incident_id if isinstance(incident_id, int) else None,
     )
 
 
@@ -216,7 +234,7 @@ class Responder:
         self.observer = observer
         self._busy: set[tuple[str, str]] = set()  # tags with a tap being acted on
 
-    def claim(self, tap: Tap) -> bool:
+    def claim(self, tap: Tap | taps.IncidentTap) -> bool:
         """Reserve ``tap``'s tag for it: False while another tap on that tag (Restore or
         Accept, from this alert or another) is still being acted on."""
         key = _tag_key(tap)
@@ -225,12 +243,15 @@ class Responder:
         self._busy.add(key)
         return True
 
-    def release(self, tap: Tap) -> None:
+    def release(self, tap: Tap | taps.IncidentTap) -> None:
         self._busy.discard(_tag_key(tap))
 
-    async def perform(self, tap: Tap) -> None:
+    async def perform(self, tap: Tap | taps.IncidentTap) -> None:
         """Do what ``tap`` asks (its tag claimed by ``claim``), then replace the alert's buttons
         with the outcome."""
+        if isinstance(tap, taps.IncidentTap):
+            await self.perform_all(tap)
+            return
         progress = False
         try:
             result = await self._precheck(tap)
@@ -275,6 +296,61 @@ class Responder:
             raise
         finally:
             self.release(tap)
+
+    async def perform_all(self, tap: taps.IncidentTap) -> None:
+        """Restore all / Accept all (``web.taps``), then redraw the incident's message with the
+        outcome in place of its buttons."""
+        try:
+            await self._redraw(tap, answers.restoring_text(tap.actor), progress=True)
+            try:
+                result, text = await taps.act(tap, self.store, self.actions)
+            except Exception:
+                log.exception("slack_action_crashed action=%s ref=%s", tap.verb, tap.shown)
+                result, text = "error", answers.could_not("an internal error, see the log")
+            if self.observer is not None:
+                self.observer.on_slack_action(tap.verb, result)
+            log.info(
+                "slack_action_done action=%s ref=%s by=%s result=%s",
+                tap.verb,
+                tap.shown,
+                tap.actor,
+                result,
+            )
+            if result in ("already", "error"):
+                await self._redraw(tap, None)
+                await self.tell(tap, text)
+            else:
+                await self._redraw(tap, text)
+        finally:
+            self.release(tap)
+
+    async def _redraw(
+        self, tap: Tap | taps.IncidentTap, outcome: str | None, *, progress: bool = False
+    ) -> bool:
+        """Redraw the incident message ``tap`` came from as the incident stands now, with
+        ``outcome`` in place of its buttons (None: with its buttons; ``progress``: above them).
+        True when Slack took the update."""
+        if tap.channel is None or tap.message_ts is None or tap.incident_id is None:
+            return False
+        try:
+            incident = await asyncio.to_thread(self.store.incidents.get, tap.incident_id)
+        except errors.StoreError:
+            return False
+        if incident is None:
+            return False
+        contexts = incident_view.contexts(incident, self.settings)
+        if outcome is None or progress:
+            message = incident_view.render_incident(incident, contexts)
+            if outcome is not None:
+                message = answers.with_progress(message, outcome)
+        else:
+            message = incident_view.render_incident(incident, contexts, outcome=outcome)
+        try:
+            await asyncio.to_thread(self.sender.update, tap.channel, tap.message_ts, message)
+        except errors.AlertError as exc:
+            log.warning("slack_update_failed ref=%s error=%r", tap.incident_id, str(exc))
+            return False
+        return True
 
     async def _precheck(self, tap: Tap) -> _Result | None:
         """The answer when ``tap`` must not (or need not) act; None when it may."""
@@ -337,6 +413,8 @@ class Responder:
         took the update."""
         if tap.channel is None or tap.message_ts is None:
             return False
+        if tap.incident_id is not None:  # a tag's button in an incident's message
+            return await self._redraw(tap, outcome, progress=progress)
         assert tap.ref.tag is not None
         event = None
         first_seen = None
@@ -367,7 +445,7 @@ class Responder:
             return False
         return True
 
-    async def tell(self, tap: Tap, text: str) -> None:
+    async def tell(self, tap: Tap | taps.IncidentTap, text: str) -> None:
         """Show ``text`` to the person who tapped, and to nobody else."""
         if tap.channel is None:
             return
@@ -377,7 +455,9 @@ class Responder:
             log.warning("slack_ephemeral_failed error=%r", str(exc))
 
 
-def _tag_key(tap: Tap) -> tuple[str, str]:
+def _tag_key(tap: Tap | taps.IncidentTap) -> tuple[str, str]:
+    if isinstance(tap, taps.IncidentTap):
+        return ("incident", str(tap.incident_id))
     return (tap.ref.name, tap.ref.tag or "")
 
 
@@ -429,7 +509,9 @@ class _Endpoint:
         if self.observer is not None:
             self.observer.on_slack_action(action, reason)
 
-    def _refuse(self, tap: Tap, reason: str, level: int = logging.WARNING) -> None:
+    def _refuse(
+        self, tap: Tap | taps.IncidentTap, reason: str, level: int = logging.WARNING
+    ) -> None:
         event = "slack_action_refused reason=%s action=%s ref=%s by=%s"
         log.log(level, event, reason, tap.verb, tap.shown, tap.actor)
         self._refused(tap.verb, reason)
@@ -445,7 +527,9 @@ class _Endpoint:
             return tap
         return await self._dispatch(tap, self.responder)
 
-    async def _admit(self, request: Request, secret: config.Secret) -> Tap | Response:
+    async def _admit(
+        self, request: Request, secret: config.Secret
+    ) -> Tap | taps.IncidentTap | Response:
         """The tap in ``request`` when it is signed, fresh, taken once and one of our buttons;
         else the answer that refuses it."""
         client = common.client_host(request)
@@ -480,7 +564,7 @@ class _Endpoint:
             self._refused("unknown", "malformed")
             return common.answer_to(exc)
 
-    async def _dispatch(self, tap: Tap, responder: Responder) -> Response:
+    async def _dispatch(self, tap: Tap | taps.IncidentTap, responder: Responder) -> Response:
         """Start acting on ``tap`` in the background, unless its user is not allowed, another
         tap on its tag is under way, or the daemon is stopping."""
         if tap.user not in self.allowed:
