@@ -210,7 +210,9 @@ def check_restore_request(
     if drifted and refs:
         raise errors.UsageError("--drifted restores every drifted tag: give no REF with it")
     if not drifted and (not refs or repository):
-        raise errors.UsageError("restore needs a REF (or several), or --drifted [--repository R]")
+        raise errors.UsageError(
+            "restore needs a REF (or several), --drifted [--repository R] or --incident ID"
+        )
     if digest and (drifted or len(refs) > 1):
         raise errors.UsageError("--digest goes with a single REF")
 
