@@ -81,7 +81,12 @@ def make_sweeper(checker: service.Checker, interval: float = 86400.0) -> integri
         update={"integrity": config.IntegritySettings(interval=interval)}
     )
     return integrity.Sweeper(
-        settings, checker.store, checker.clients.get, checker.restorer, clock=checker.clock
+        settings,
+        checker.store,
+        checker.clients.get,
+        checker.restorer,
+        clock=checker.clock,
+        metrics_=checker.metrics,
     )
 
 
@@ -143,6 +148,11 @@ async def test_a_lost_blob_is_broken_and_cannot_be_repaired_without_the_vault(
     sweeper = make_sweeper(checker)
     (broken,) = await sweeper.check_watch(watch)  # on_move: alert: alerted only
     assert broken.kind is K.BROKEN and broken.detail["missing_blobs"] == [layer]
+    assert broken.opens_incident  # counted where the sweep's results come back
+    opened = checker.metrics.registry.get_sample_value(
+        "tag_watchdog_incidents_total", {"registry": watch.repository.host}
+    )
+    assert opened == 1
     assert broken.detail["repairable"] is False and "restoring" not in broken.detail
     record = store.get_tag(watch.name, "0.15.0")
     assert record is not None and record.state is S.BROKEN

@@ -9,6 +9,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import test_service
+from tests.support import images
+from tests.support import registry as support_registry
 from tests.support.registry import free_port
 from watchdog import config, metrics
 from watchdog.store import repo
@@ -100,6 +102,8 @@ def test_watched_repository_series_start_at_zero() -> None:
     assert restores == {"restored": 0.0, "failed": 0.0}
     checks = {s.labels["result"] for s in fams["tag_watchdog_checks"].samples}
     assert checks == {"ok", "error"}
+    incidents = [s for s in fams["tag_watchdog_incidents"].samples if s.name.endswith("_total")]
+    assert [(s.labels, s.value) for s in incidents] == [({"registry": "ghcr.io"}, 0.0)]
 
 
 async def test_a_watch_that_never_succeeded_is_stale_from_when_it_was_first_watched(
@@ -127,3 +131,40 @@ async def test_a_watch_that_never_succeeded_is_stale_from_when_it_was_first_watc
     # does not reset it
     checker.metrics.watch(watch.name, watch.repository.host, now=started + 100)
     assert value() == started
+
+
+def incidents_opened(m: metrics.Metrics, registry: str) -> float:
+    return (
+        m.registry.get_sample_value("tag_watchdog_incidents_total", {"registry": registry}) or 0.0
+    )
+
+
+async def test_a_burst_of_moves_counts_one_incident(
+    store: repo.Store,
+    registry: support_registry.RegistryServer,
+    repo: str,
+    pusher: images.Pusher,
+) -> None:
+    """Three tags moved at once (and one more soon after, within the incident's window) opened
+    one incident: ``incidents_total{registry}`` counts 1, where the moves count 4."""
+    tags = ("1.0.0", "2.0.0", "3.0.0")
+    for tag in tags:
+        pusher.image(repo, tag, seed=f"release-{tag}")
+    checker, watch = test_service.make_checker(store, registry.settings(), repository=repo)
+    host = watch.repository.host
+    await checker.check_watch(watch)  # first seen: no incident
+    assert incidents_opened(checker.metrics, host) == 0
+    for tag in tags:
+        pusher.image(repo, tag, seed=f"rebuild-{tag}")
+    result = await checker.check_watch(watch)
+    assert sorted(e.kind.value for e in result.events) == ["moved"] * 3
+    assert {e.incident_id for e in result.events} == {1}
+    assert incidents_opened(checker.metrics, host) == 1
+    pusher.image(repo, "1.0.0", seed="again")
+    (again,) = (await checker.check_watch(watch)).events
+    assert again.kind.value == "moved" and again.incident_id == 1  # joined, not opened
+    assert incidents_opened(checker.metrics, host) == 1
+    moves = checker.metrics.registry.get_sample_value(
+        "tag_watchdog_tag_moves_total", {"repository": watch.name}
+    )
+    assert moves == 4

@@ -191,14 +191,28 @@ def unique(refs: list[models.ImageRef]) -> list[models.ImageRef]:
 
 
 def check_restore_request(
-    refs: Sequence[str], drifted: bool, repository: str | None, digest: str | None
+    refs: Sequence[str],
+    drifted: bool,
+    repository: str | None,
+    digest: str | None,
+    *,
+    incident: int | None = None,
 ) -> None:
-    """UsageError unless ``restore`` was given REFs or ``--drifted`` (not both), ``--repository``
-    only with ``--drifted`` and ``--digest`` only with a single REF."""
+    """UsageError unless ``restore`` was given REFs, ``--drifted`` or ``--incident`` (one of
+    them), ``--repository`` only with ``--drifted`` and ``--digest`` only with a single REF."""
+    if incident is not None:
+        if refs or drifted or repository or digest:
+            raise errors.UsageError(
+                "--incident restores the tags of one incident: give no REF, --drifted, "
+                "--repository or --digest with it"
+            )
+        return
     if drifted and refs:
         raise errors.UsageError("--drifted restores every drifted tag: give no REF with it")
     if not drifted and (not refs or repository):
-        raise errors.UsageError("restore needs a REF (or several), or --drifted [--repository R]")
+        raise errors.UsageError(
+            "restore needs a REF (or several), --drifted [--repository R] or --incident ID"
+        )
     if digest and (drifted or len(refs) > 1):
         raise errors.UsageError("--digest goes with a single REF")
 
@@ -239,6 +253,37 @@ def nothing_drifted(store: store_repo.Store, repository: str | None = None) -> s
     if not store.all_tags(name):
         return f"no tags of {name} recorded: nothing to restore (`status` lists what is)"
     return f"nothing drifted in {name}: every recorded tag answers its recorded digest"
+
+
+class UnknownIncident(errors.UsageError):
+    """No incident has the id asked for (the API answers 404)."""
+
+
+# The states a restore of an incident's tags puts right.
+RESTORABLE_STATES = (models.TagState.DRIFTED, models.TagState.DELETED, models.TagState.BROKEN)
+
+
+def incident_refs(store: store_repo.Store, incident_id: int) -> list[models.ImageRef]:
+    """Every tag of incident ``incident_id`` whose record is drifted, deleted or broken now, in
+    the order the tags joined it (those restored or accepted since are left alone). Raises
+    UnknownIncident when there is no such incident. Blocking."""
+    incident = store.incidents.get(incident_id)
+    if incident is None:
+        raise UnknownIncident(views.no_incident(incident_id))
+    refs: list[models.ImageRef] = []
+    for repository, tag in incident.latest_by_tag():
+        record = store.get_tag(repository, tag)
+        if record is not None and record.state in RESTORABLE_STATES:
+            refs.append(models.ImageRef.parse(record.ref))
+    return refs
+
+
+def nothing_in_incident(incident_id: int) -> str:
+    """What ``restore --incident`` says when ``incident_refs`` found nothing to restore."""
+    return (
+        f"nothing to restore in incident {incident_id}: none of its tags is drifted, deleted or "
+        "broken now"
+    )
 
 
 def refuse_all(problems: list[str], total: int, what: str) -> None:

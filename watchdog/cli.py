@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
         "ref", metavar="REF", help="image reference, e.g. ghcr.io/deephaven/server:0.15.0"
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    from watchdog import cli_incidents
+
+    cli_incidents.add_parser(sub, common)
 
     _add_release_commands(sub, common)
     _add_tls_flags(sub.choices["guard"])
@@ -141,10 +144,12 @@ def _add_release_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         "restore",
         parents=[common],
         help="put the recorded (or a given, recorded) digest back",
-        epilog=f"{several} --drifted: every drifted or deleted tag, all plans shown first.",
+        epilog=f"{several} --drifted: every drifted or deleted tag, all plans shown first; "
+        "--incident ID: every tag of the incident still drifted, deleted or broken, the same way.",
     )
     p.add_argument("refs", metavar="REF", nargs="*", help=ref_help)
     p.add_argument("--drifted", action="store_true", help="every drifted or deleted tag")
+    p.add_argument("--incident", metavar="ID", type=int, help="the tags of this incident")
     p.add_argument("--repository", help="with --drifted: only this repository's tags")
     p.add_argument("--digest", help="restore this digest (once the tag's record; one REF)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
@@ -274,6 +279,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _status(args)
     if command == "history":
         return _history(args)
+    if command == "incidents":
+        from watchdog import cli_incidents, models
+
+        cli_incidents.check(args)
+        return cli_incidents.run(args, _open_store(_load(args), reading=True), models.utcnow)
     if command == "restore":
         return _restore(args)
     if command == "accept":
@@ -477,20 +487,32 @@ def _actions(
 
 
 def _restore(args: argparse.Namespace) -> int:
-    """One REF, several, or --drifted (``actions.plan_all``: all judged before any change)."""
+    """One REF, several, --drifted or --incident (``actions.plan_all``: all judged before any
+    change)."""
     import asyncio
 
     from watchdog import actions, models, service, views
 
-    several = args.drifted or len(args.refs) > 1
-    actions.check_restore_request(args.refs, args.drifted, args.repository, args.digest)
+    by_incident = args.incident is not None
+    several = args.drifted or by_incident or len(args.refs) > 1
+    actions.check_restore_request(
+        args.refs, args.drifted, args.repository, args.digest, incident=args.incident
+    )
     digest = models.check_digest(args.digest) if args.digest else None
     refs = actions.parse_refs(args.refs)  # a bad REF is refused before the config is read
     settings = _load(args)
     store = _open_store(settings)
-    if args.drifted and not (refs := actions.drifted_refs(store, args.repository)):
-        if not args.json:
-            print(actions.nothing_drifted(store, args.repository))  # said so, exit 0
+    if by_incident:
+        refs = actions.incident_refs(store, args.incident)  # UsageError for an unknown id
+    elif args.drifted:
+        refs = actions.drifted_refs(store, args.repository)
+    if (args.drifted or by_incident) and not refs:
+        if not args.json:  # said so, exit 0
+            print(
+                actions.nothing_in_incident(args.incident)
+                if by_incident
+                else actions.nothing_drifted(store, args.repository)
+            )
         return _show_outcomes(args, [], several=True, dry_run=args.dry_run)
 
     def show_plans(planned: list[actions.TagResult]) -> None:  # shown first, then carried out
@@ -698,10 +720,10 @@ def _print_json(data: Any) -> None:
 
 
 def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    rows = [[terminal.safe(str(v)) for v in row] for row in rows]  # reasons, actors: from outside
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
-    for row in (header, *rows):
-        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    from watchdog import views
+
+    for line in views.table_lines(header, rows):  # reasons, actors: from outside (escaped)
+        print(line)
 
 
 # --- guard's TLS flags (named as oras, helm and crane users know them) ----------------------------

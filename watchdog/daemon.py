@@ -365,6 +365,7 @@ class Daemon:
             self.checker.clients.get,
             self.checker.restorer,
             clock=self.clock,
+            metrics_=self.metrics,
         )
         tick = integrity.tick_seconds(self.settings.integrity.interval)
         self.scheduler.add_job(

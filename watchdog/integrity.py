@@ -28,7 +28,7 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 
-from watchdog import autorestore, config, detect, errors, models
+from watchdog import autorestore, config, detect, errors, metrics, models
 from watchdog.registry import client as registry_client
 from watchdog.registry import media
 from watchdog.store import repo as store_repo
@@ -154,8 +154,10 @@ class Sweeper:
         restorer: autorestore.AutoRestorer,
         *,
         clock: Callable[[], dt.datetime],
+        metrics_: metrics.Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics_  # incidents opened by broken releases are counted
         self.store = store
         self.registry_for = registry_for
         self.restorer = restorer
@@ -222,6 +224,8 @@ class Sweeper:
                 resume += await self._unrepaired(watch, record)
         log.info("integrity_checked repository=%s releases=%d requests=%d", watch.name, len(todo), requests)  # fmt: skip
         events = await asyncio.to_thread(self.store.apply_changes, watch.name, now, changes)
+        if self.metrics is not None:
+            self.metrics.count_incidents(events)
         if K.BROKEN in autorestore.wanted(watch) and (events or resume):
             events += [e for _, e in await self.restorer.run(watch, events, resume)]
         return events

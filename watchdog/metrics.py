@@ -7,10 +7,11 @@ result. Never a digest; a tag only on the small ``tags_drifted_info`` gauge of d
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
 import prometheus_client as prom
 
-from watchdog import __version__
+from watchdog import __version__, models
 
 PREFIX = "tag_watchdog_"
 RESTORE_RESULTS = ("restored", "failed")
@@ -52,6 +53,13 @@ class Metrics:
         )
         self.tag_deletions = prom.Counter(
             p + "tag_deletions", "Confirmed deletions of a release tag.", ["repository"], registry=r
+        )
+        self.incidents = prom.Counter(
+            p + "incidents",
+            "Incidents opened (changes of one grouping key found close together: one alert), "
+            "by the registry of the grouping key.",
+            ["registry"],
+            registry=r,
         )
         self.restores = prom.Counter(
             p + "restores",
@@ -143,6 +151,14 @@ class Metrics:
             self.restores.labels(repository=repository, result=result)
         for result in CHECK_RESULTS:
             self.checks.labels(registry=registry, result=result)
+        self.incidents.labels(registry=registry)
+
+    def count_incidents(self, events: Iterable[models.Event]) -> None:
+        """Count the incidents ``events`` (just written) opened: once per incident, by the
+        registry of its grouping key (the host of the repository whose change opened it)."""
+        for event in events:
+            if event.opens_incident:
+                self.incidents.labels(registry=event.repository.partition("/")[0]).inc()
 
     def alert_channel(self, channel: str) -> None:
         """Create a configured alert channel's delivery series at zero (see ``watch``)."""

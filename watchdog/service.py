@@ -335,6 +335,7 @@ class Checker:
             skip_touch=set(result.tag_errors),
             error=_summary(result.tag_errors),
         )
+        self.metrics.count_incidents(events)  # before the restores: theirs join, never open
         if watch.restores:
             restored = await self.restorer.run(watch, events, resume)
             changes.extend(c for c, _ in restored)

@@ -1,6 +1,6 @@
-"""How records, events, restore plans and check results are shown: the JSON shapes, one
-definition for the CLI's ``--json`` and the HTTP API (so that scripts see the same fields from
-both), and the lines ``scan`` prints for a person."""
+"""How records, events, incidents, restore plans and check results are shown: the JSON shapes,
+one definition for the CLI's ``--json`` and the HTTP API (so that scripts see the same fields
+from both), and the lines ``scan`` and ``incidents`` print for a person."""
 
 from __future__ import annotations
 
@@ -44,6 +44,7 @@ def event_json(e: models.Event) -> dict[str, Any]:
         "new_digest": e.new_digest,
         "detail": e.detail,
         "actor": e.actor,
+        "incident": e.incident_id,
     }
 
 
@@ -309,3 +310,157 @@ def write_scan_json(
     for line in watches:  # JSON strings hold no raw newline: every line is the item's own
         out.write("    " + line)
     out.write("\n  ]\n}\n")
+
+
+# --- incidents -------------------------------------------------------------------------------
+
+INCIDENTS_LISTED = 20  # `incidents` and GET /api/v1/incidents without a limit
+
+
+def no_incident(incident_id: object) -> str:
+    """What ``incidents ID`` says (exit 2) and the API answers (404) for an unknown id."""
+    return f"no incident {incident_id} recorded (`tag-watchdog incidents` lists them)"
+
+
+def _pusher(e: models.Event) -> str | None:
+    pushed = e.detail.get("pushed_by")
+    if isinstance(pushed, dict) and isinstance(pushed.get("actor"), str) and pushed["actor"]:
+        return str(pushed["actor"])
+    return None
+
+
+def incident_pushers(incident: models.Incident) -> list[str]:
+    """Who pushed the incident's changes, as registry notifications named them (distinct, in
+    the order first seen); empty when no notification said (the pusher is unknown)."""
+    changes = (e for e in incident.events if e.kind in models.INCIDENT_CHANGES)
+    return list(dict.fromkeys(p for e in changes if (p := _pusher(e)) is not None))
+
+
+def incident_counts(incident: models.Incident) -> dict[str, int]:
+    """How many of its tags each kind of change (moved, deleted, broken) left, by the latest
+    change of each tag: ``{"moved": 6}``."""
+    counts: dict[str, int] = {}
+    for e in incident.changes_by_tag().values():
+        counts[e.kind.value] = counts.get(e.kind.value, 0) + 1
+    return counts
+
+
+def incident_tag_json(incident: models.Incident, key: tuple[str, str]) -> dict[str, Any]:
+    """One tag of an incident: its change (the latest; ``old_digest`` from its first change in
+    the incident, ``new_digest`` from its latest), the platforms its moves changed, and where
+    it stands now in the incident (``state``: its latest event's kind, by ``actor``)."""
+    repository, tag = key
+    events = [e for e in incident.events if (e.repository, e.tag) == key]
+    changes = [e for e in events if e.kind in models.INCIDENT_CHANGES]
+    first = changes[0] if changes else events[0]
+    change = changes[-1] if changes else events[0]
+    latest = events[-1]
+    platforms: dict[str, None] = {}
+    for e in changes:
+        platforms.update(dict.fromkeys(e.detail.get("changed_platforms") or ()))
+    pushed = change.detail.get("pushed_by")
+    return {
+        "ref": f"{repository}:{tag}",
+        "repository": repository,
+        "tag": tag,
+        "change": change.kind.value,
+        "at": iso(change.at),
+        "old_digest": first.old_digest or first.detail.get("recorded_digest"),
+        "new_digest": change.new_digest,
+        "changed_platforms": sorted(platforms),
+        "state": latest.kind.value,
+        "actor": latest.actor,
+        "pushed_by": pushed if isinstance(pushed, dict) else None,
+    }
+
+
+def incident_json(incident: models.Incident, now: Any, *, events: bool = False) -> dict[str, Any]:
+    """An incident, for ``incidents --json`` and ``GET /api/v1/incidents``: open or closed at
+    ``now``, its tags (``incident_tag_json``) in the order they joined, the kinds counted and
+    who pushed; with ``events`` (one incident: ``incidents ID``) every event of it too."""
+    out: dict[str, Any] = {
+        "id": incident.id,
+        "group_key": incident.group_key,
+        "registry": incident.group_key.partition("/")[0],
+        "opened_at": iso(incident.opened_at),
+        "last_change_at": iso(incident.last_change_at),
+        "closes_at": iso(incident.closes_at),
+        "open": incident.is_open(now),
+        "tag_count": len(incident.latest_by_tag()),
+        "counts": incident_counts(incident),
+        "pushed_by": incident_pushers(incident),
+        "tags": [incident_tag_json(incident, key) for key in incident.latest_by_tag()],
+    }
+    if events:
+        out["events"] = [event_json(e) for e in incident.events]
+    return out
+
+
+def _stamp(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%SZ") if value is not None else "-"
+
+
+def incident_head(incident: models.Incident, now: Any) -> list[str]:
+    """The first two lines of an incident for a person: id, key, when it opened and closes (or
+    closed); how many tags, the kinds counted and who pushed."""
+    until = "open until" if incident.is_open(now) else "closed"
+    counts = ", ".join(f"{n} {kind}" for kind, n in incident_counts(incident).items())
+    tags = len(incident.latest_by_tag())
+    pushers = ", ".join(incident_pushers(incident)) or "unknown"
+    return [
+        terminal.safe(
+            f"incident {incident.id}  {incident.group_key}  opened {_stamp(incident.opened_at)}, "
+            f"{until} {_stamp(incident.closes_at)}"
+        ),
+        terminal.safe(f"  {tags} tag{'' if tags == 1 else 's'}: {counts}; pushed by {pushers}"),
+    ]
+
+
+def incidents_text(incidents: Sequence[models.Incident], now: Any) -> list[str]:
+    """``incidents``: each incident's head, then each tag and where it stands now in the
+    incident (its latest event: moved, restored, accepted, ...); a blank line between two."""
+    lines: list[str] = []
+    for incident in incidents:
+        lines += [""] if lines else []
+        lines += incident_head(incident, now)
+        latest = incident.latest_by_tag()
+        rows = [(f"{r}:{t}", e.kind.value) for (r, t), e in latest.items()]
+        lines += ["    " + line for line in table_lines((), rows)]
+    return lines
+
+
+def incident_text(incident: models.Incident, now: Any) -> list[str]:
+    """``incidents ID``: the head, then a table of every tag: its change, old -> new digest,
+    the platforms changed, where it stands now, by whom, and who pushed."""
+    rows = []
+    for key in incident.latest_by_tag():
+        t = incident_tag_json(incident, key)
+        pushed = t["pushed_by"] or {}
+        rows.append(
+            (
+                t["ref"],
+                t["change"],
+                models.short_digest(t["old_digest"]) if t["old_digest"] else "-",
+                models.short_digest(t["new_digest"]) if t["new_digest"] else "-",
+                ", ".join(t["changed_platforms"]),
+                t["state"],
+                t["actor"],
+                pushed.get("actor") or pushed.get("address") or "unknown",
+            )
+        )
+    header = ("TAG", "CHANGE", "OLD", "NEW", "PLATFORMS", "NOW", "BY", "PUSHED BY")
+    return [*incident_head(incident, now), "", *table_lines(header, rows)]
+
+
+def table_lines(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """``rows`` (under ``header``, when given) as lines of left-aligned columns, every value
+    shown escaped (``terminal.safe``: reasons, actors and tags come from outside)."""
+    shown = [
+        [terminal.safe(str(v)) for v in row] for row in ([header] if header else []) + list(rows)
+    ]
+    if not shown:
+        return []
+    widths = [max(len(row[i]) for row in shown) for i in range(len(shown[0]))]
+    return [
+        "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in shown
+    ]

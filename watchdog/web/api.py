@@ -1,7 +1,7 @@
 """HTTP API v1 (JSON), served by the daemon next to /metrics.
 
-Reads (tags, history) are open to clients on loopback and need the bearer token from anywhere
-else; writes (restore, accept) always need ``http.api_token`` as ``Authorization: Bearer ...`` and
+Reads (tags, history, incidents) are open to clients on loopback and need the bearer token from anywhere
+else; writes (restore, accept, an incident's restore) always need ``http.api_token`` as ``Authorization: Bearer ...`` and
 are refused when no token is configured. Writes run through watchdog.actions, as the CLI's do.
 The OpenAPI document at ``/api/v1/openapi.json`` is the ``OPENAPI`` constant below; a test checks
 it against the routes.
@@ -119,8 +119,49 @@ def routes(
         event = await actions_.accept(ref, _optional(body, "reason"), actions.ACTOR_API)
         return JSONResponse({"result": "accepted", "event": views.event_json(event)})
 
+    async def incidents(request: Request) -> Response:
+        repository = request.query_params.get("repository")
+        name = models.ImageRef.parse(repository, allow_tag=False).name if repository else None
+        limit = _limit(request.query_params.get("limit"))
+        found = await asyncio.to_thread(store.incidents.recent, limit, name)
+        now = actions_.clock()
+        return JSONResponse({"incidents": [views.incident_json(i, now) for i in found]})
+
+    async def incident(request: Request) -> Response:
+        incident_id = _incident_id(request)
+        found = await asyncio.to_thread(store.incidents.get, incident_id)
+        if found is None:
+            return common.error(404, views.no_incident(incident_id))
+        return JSONResponse(views.incident_json(found, actions_.clock(), events=True))
+
+    async def restore_incident(request: Request) -> Response:
+        incident_id = _incident_id(request)
+        body = await common.json_body(request, MAX_BODY_BYTES)
+        dry_run = body.get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            raise errors.UsageError("dry_run must be true or false")
+        try:
+            refs = await asyncio.to_thread(actions.incident_refs, store, incident_id)
+        except actions.UnknownIncident as exc:
+            return common.error(404, str(exc))
+        results = []
+        if refs:  # one that cannot be restored at all: UsageError (400), nothing changed
+            results = await actions.restore_all(
+                actions_, refs, None, actions.ACTOR_API, dry_run=dry_run
+            )
+        doc = views.outcomes_json(results, several=True, dry_run=dry_run)
+        if not refs:
+            doc["reason"] = actions.nothing_in_incident(incident_id)
+        # a plan is an answer whatever it found; a restore: 409 when one was refused (someone
+        # was quicker), 502 when one failed or could not complete
+        status = 200 if dry_run else {0: 200, 2: 409}.get(doc["exit_code"], 502)
+        return JSONResponse(doc, status_code=status)
+
     async def openapi(request: Request) -> Response:
         return JSONResponse(OPENAPI)
+
+    def read(handler: common.Handler) -> common.Handler:
+        return _guarded(handler, token, write=False, read_token=read_token)
 
     return [
         Route(
@@ -135,12 +176,35 @@ def routes(
         ),
         Route("/api/v1/restore", _guarded(do_restore, token, write=True), methods=["POST"]),
         Route("/api/v1/accept", _guarded(do_accept, token, write=True), methods=["POST"]),
+        Route("/api/v1/incidents", read(incidents), methods=["GET"]),
+        Route("/api/v1/incidents/{id}", read(incident), methods=["GET"]),
+        Route(
+            "/api/v1/incidents/{id}/restore",
+            _guarded(restore_incident, token, write=True),
+            methods=["POST"],
+        ),
         Route(
             "/api/v1/openapi.json",
             _guarded(openapi, token, write=False, read_token=read_token) if read_token else openapi,
             methods=["GET"],
         ),
     ]
+
+
+def _limit(text: str | None) -> int:
+    """The ``limit`` query parameter: a whole number from 1 (default views.INCIDENTS_LISTED)."""
+    if text is None:
+        return views.INCIDENTS_LISTED
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise errors.UsageError("limit must be a whole number from 1")
+    return int(text)
+
+
+def _incident_id(request: Request) -> int:
+    text = str(request.path_params["id"])
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
+        raise errors.UsageError(f"not an incident id: {errors.truncate(text, 40)!r}")
+    return int(text)
 
 
 def _string(value: object, name: str) -> str:
@@ -171,6 +235,7 @@ def _responses(ok: dict[str, Any], *codes: int) -> dict[str, Any]:
         400: "Bad input",
         401: "Missing or wrong bearer token",
         403: "Writes disabled",
+        404: "No such incident",
         502: "The registry failed",
         503: "The database is unavailable",
     }
@@ -189,6 +254,18 @@ def _json_request(properties: dict[str, Any]) -> dict[str, Any]:
 
 
 _BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+_INCIDENT_ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}
+# `restore --incident ID --json`: the worst exit code, and one outcome per tag (as `restore A B`)
+_OUTCOMES = {
+    "type": "object",
+    "required": ["exit_code", "dry_run", "results"],
+    "properties": {
+        "exit_code": {"type": "integer"},
+        "dry_run": {"type": "boolean"},
+        "results": {"type": "array", "items": {"type": "object"}},
+        "reason": {"description": "why there was nothing to restore", "type": "string"},
+    },
+}
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -242,6 +319,67 @@ OPENAPI: dict[str, Any] = {
                     "new_digest": {"type": ["string", "null"]},
                     "detail": {"type": "object"},
                     "actor": {"type": "string"},
+                    "incident": {
+                        "description": "the incident the event belongs to (null: none)",
+                        "type": ["integer", "null"],
+                    },
+                },
+            },
+            "IncidentTag": {
+                "type": "object",
+                "required": ["ref", "repository", "tag", "change", "state", "actor"],
+                "properties": {
+                    "ref": {"type": "string"},
+                    "repository": {"type": "string"},
+                    "tag": {"type": "string"},
+                    "change": {
+                        "description": "the tag's latest change in the incident",
+                        "type": "string",
+                        "enum": sorted(k.value for k in models.INCIDENT_CHANGES),
+                    },
+                    "at": {"type": "string", "format": "date-time"},
+                    "old_digest": {"type": ["string", "null"]},
+                    "new_digest": {"type": ["string", "null"]},
+                    "changed_platforms": {"type": "array", "items": {"type": "string"}},
+                    "state": {
+                        "description": "the kind of the tag's latest event in the incident",
+                        "type": "string",
+                        "enum": [k.value for k in models.EventKind],
+                    },
+                    "actor": {"type": "string"},
+                    "pushed_by": {
+                        "description": "who pushed the change, as a registry notification said",
+                        "type": ["object", "null"],
+                    },
+                },
+            },
+            "Incident": {
+                "type": "object",
+                "required": ["id", "group_key", "opened_at", "closes_at", "open", "tags"],
+                "properties": {
+                    "id": {"type": "integer"},
+                    "group_key": {"type": "string"},
+                    "registry": {"type": "string"},
+                    "opened_at": {"type": "string", "format": "date-time"},
+                    "last_change_at": {"type": "string", "format": "date-time"},
+                    "closes_at": {"type": "string", "format": "date-time"},
+                    "open": {"type": "boolean"},
+                    "tag_count": {"type": "integer"},
+                    "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+                    "pushed_by": {
+                        "description": "who pushed its changes (empty: unknown)",
+                        "type": "array",
+                        "items": {"type": "string"},
+                    },
+                    "tags": {
+                        "type": "array",
+                        "items": {"$ref": "#/components/schemas/IncidentTag"},
+                    },
+                    "events": {
+                        "description": "every event of it (GET /api/v1/incidents/{id} only)",
+                        "type": "array",
+                        "items": {"$ref": "#/components/schemas/Event"},
+                    },
                 },
             },
         },
@@ -351,6 +489,78 @@ OPENAPI: dict[str, Any] = {
                     403,
                     503,
                 ),
+            }
+        },
+        "/api/v1/incidents": {
+            "get": {
+                "summary": "The recent incidents, newest first",
+                "parameters": [
+                    {
+                        "name": "repository",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1},
+                    },
+                ],
+                "responses": _responses(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "incidents": {
+                                "type": "array",
+                                "items": {"$ref": "#/components/schemas/Incident"},
+                            }
+                        },
+                    },
+                    400,
+                    401,
+                    503,
+                ),
+            }
+        },
+        "/api/v1/incidents/{id}": {
+            "get": {
+                "summary": "One incident, with its events",
+                "parameters": [_INCIDENT_ID],
+                "responses": _responses(
+                    {"$ref": "#/components/schemas/Incident"}, 400, 401, 404, 503
+                ),
+            }
+        },
+        "/api/v1/incidents/{id}/restore": {
+            "post": {
+                "summary": "Restore every tag of the incident still drifted, deleted or broken "
+                "(or plan it with dry_run), as `restore --incident ID --json`",
+                "security": _BEARER,
+                "parameters": [_INCIDENT_ID],
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"dry_run": {"type": "boolean"}},
+                            }
+                        }
+                    },
+                },
+                "responses": _responses(_OUTCOMES, 400, 401, 403, 404, 503)
+                | {
+                    str(code): {
+                        "description": f"{text}: the outcome of each tag says which",
+                        "content": {"application/json": {"schema": _OUTCOMES}},
+                    }
+                    for code, text in (
+                        (409, "A record changed meanwhile"),
+                        (502, "A restore failed"),
+                    )
+                },
             }
         },
         "/api/v1/openapi.json": {
