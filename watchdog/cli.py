@@ -195,8 +195,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except errors.WatchdogError as exc:
         _say(f"tag-watchdog: {terminal.safe(str(exc))}", "error")
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        from watchdog import aiorun
+
         _say("tag-watchdog: interrupted", "interrupted")
+        if isinstance(exc, aiorun.Interrupted) and exc.abandoned:
+            # a thread still in a store call would hold up the interpreter's exit (it joins
+            # them): nothing it does matters any more (aiorun says why), so do not wait for it
+            aiorun.exit_now(130)
         return 130
     except Exception as exc:
         # A bug, not an expected failure: one line for the user, the traceback on request.
@@ -311,10 +317,9 @@ def _scan(args: argparse.Namespace) -> int:
     settings = _load(args, need_watches=True)
     store = _open_store(settings)
 
-    import asyncio
     import tempfile
 
-    from watchdog import metrics, service, vaulting, views
+    from watchdog import aiorun, metrics, service, vaulting, views
     from watchdog.alerts import outbox
 
     undelivered = unvaulted = 0
@@ -369,7 +374,7 @@ def _scan(args: argparse.Namespace) -> int:
             )
 
     try:
-        asyncio.run(scan_all())
+        aiorun.run(scan_all())
         if unvaulted:
             _say(
                 f"tag-watchdog: {unvaulted} vault copy(ies) not done yet (see the log); "
@@ -489,9 +494,7 @@ def _actions(
 def _restore(args: argparse.Namespace) -> int:
     """One REF, several, --drifted or --incident (``actions.plan_all``: all judged before any
     change)."""
-    import asyncio
-
-    from watchdog import actions, models, service, views
+    from watchdog import actions, aiorun, models, service, views
 
     by_incident = args.incident is not None
     several = args.drifted or by_incident or len(args.refs) > 1
@@ -529,7 +532,7 @@ def _restore(args: argparse.Namespace) -> int:
         finally:
             await clients.aclose()
 
-    return _show_outcomes(args, asyncio.run(go()), several=several, dry_run=args.dry_run)
+    return _show_outcomes(args, aiorun.run(go()), several=several, dry_run=args.dry_run)
 
 
 def _show_outcomes(
@@ -551,14 +554,12 @@ def _show_outcomes(
 
 
 def _accept(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from watchdog import actions
+    from watchdog import actions, aiorun
 
     refs = actions.parse_refs(args.refs)
     store = _open_store(_load(args))
     accepting = actions.accept_all(_actions(store), refs, args.reason, actions.cli_actor())
-    return _show_outcomes(args, asyncio.run(accepting), several=len(refs) > 1, dry_run=False)
+    return _show_outcomes(args, aiorun.run(accepting), several=len(refs) > 1, dry_run=False)
 
 
 def _guard(args: argparse.Namespace) -> int:
@@ -574,14 +575,12 @@ def _guard(args: argparse.Namespace) -> int:
 
 
 def _guard_all(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from watchdog import guard, models
+    from watchdog import aiorun, guard, models
 
     refs = [models.ImageRef.parse(r, require_tag=True) for r in args.ref]
     allowed = models.check_digest(args.allow_digest) if args.allow_digest else None
     settings = _load(args)
-    answers = asyncio.run(_guard_ask(args, settings, refs))
+    answers = aiorun.run(_guard_ask(args, settings, refs))
     memories = _guard_memories(args, settings, refs)
     verdicts = [
         guard.decide(f"{r.name}:{r.tag}", a, m, allowed)
@@ -689,12 +688,11 @@ def _config_check(args: argparse.Namespace) -> int:
 
 
 def _alerts_test(args: argparse.Namespace) -> int:
-    import asyncio
-
+    from watchdog import aiorun
     from watchdog.alerts import outbox
 
     settings = _load(args)
-    results = asyncio.run(outbox.send_test(settings))
+    results = aiorun.run(outbox.send_test(settings))
     if not results:
         _say(
             "tag-watchdog: no alert channel configured "
