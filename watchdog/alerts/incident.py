@@ -56,6 +56,13 @@ _OPEN_KINDS = frozenset(
 )
 
 
+# What an update says in a reply (or a webhook's closing message): every event but an accept,
+# which a person did themselves (the redrawn message shows it), as a tag's alert never said it.
+REPLIED = frozenset(
+    k for k in models.EventKind if k not in (models.EventKind.FIRST_SEEN, models.EventKind.ACCEPTED)
+)
+
+
 def contexts(
     incident: models.Incident, settings: config.Settings, first_seen: dt.datetime | None = None
 ) -> dict[str, render.Context]:
@@ -391,12 +398,13 @@ def _buttons(incident: models.Incident, todo: list[models.Event]) -> list[dict[s
         {"type": "actions", "block_id": f"{ACTIONS_BLOCK}.{incident.id}", "elements": elements}
     ]
     per_tag: list[dict[str, Any]] = []
-    for change in todo[:MAX_TAG_BUTTONS]:
+    # action ids are unique within a block (Slack's rule): ".N" tells the tags' buttons apart
+    for n, change in enumerate(todo[:MAX_TAG_BUTTONS]):
         value = _tag_value(incident, change, render.recorded_digest(change) or "")
         per_tag.append(
             {
                 "type": "button",
-                "action_id": render.ACTION_RESTORE,
+                "action_id": f"{render.ACTION_RESTORE}.{n}",
                 "text": render.plain(
                     render.restore_label(_ref(change), render.recorded_digest(change) or "")
                 ),
@@ -407,7 +415,7 @@ def _buttons(incident: models.Incident, todo: list[models.Event]) -> list[dict[s
             per_tag.append(
                 {
                     "type": "button",
-                    "action_id": render.ACTION_ACCEPT,
+                    "action_id": f"{render.ACTION_ACCEPT}.{n}",
                     "text": render.plain(f"Accept {_ref(change)}"),
                     "value": _tag_value(incident, change, change.new_digest),
                     "confirm": _confirm(

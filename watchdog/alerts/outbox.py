@@ -322,36 +322,50 @@ class Worker:
                 item.channel,
             )
             return None
-        if not news:
+        replies = [e for e in news if e.kind in incident_view.REPLIED]
+        if bot is not None and item.thread_id is not None and _redraws(incident, news):
+            await self._redraw(item, bot, incident, contexts)
+        if not replies:
+            # nothing to say (nothing new, or only an accept: the redrawn message shows it)
             await asyncio.to_thread(
                 functools.partial(
-                    self.store.mark_delivered, item.id, self.clock(), None, covers=item.covered
+                    self.store.mark_delivered, item.id, self.clock(), None, covers=shows
                 )
             )
             log.info(
-                "alert_skipped id=%d %s channel=%s reason=nothing_new", item.id, what, item.channel
+                "alert_skipped id=%d %s channel=%s reason=nothing_to_say",
+                item.id,
+                what,
+                item.channel,
             )
             return None
-        if bot is None:
-            if incident_view.is_single(incident):
-                return incident_view.render_news(incident, news, contexts), None, shows
+        if bot is None and not incident_view.is_single(incident):
             return incident_view.render_incident(incident, contexts, closing=True), None, shows
-        assert item.thread_id is not None
-        if item.parent_channel is not None:
-            # the top-level message redrawn (idempotent: a retry draws it again)
-            parent = incident_view.render_incident(incident, contexts)
-            try:
-                await asyncio.to_thread(bot.update, item.parent_channel, item.thread_id, parent)
-            except errors.AlertError as exc:
-                log.warning(
-                    "alert_update_failed id=%d %s channel=%s error=%r: the incident's message "
-                    "shows what it showed; the news goes to its thread",
-                    item.id,
-                    what,
-                    item.channel,
-                    str(exc),
-                )
-        return incident_view.render_news(incident, news, contexts), item.thread_id, shows
+        return incident_view.render_news(incident, replies, contexts), item.thread_id, shows
+
+    async def _redraw(
+        self,
+        item: models.OutboxItem,
+        bot: slack.BotSender,
+        incident: models.Incident,
+        contexts: dict[str, render.Context],
+    ) -> None:
+        """Redraw the incident's top-level message as it stands (``chat.update``: idempotent,
+        so a retry simply draws it again). A failure leaves the message as it was."""
+        if item.parent_channel is None or item.thread_id is None:
+            return
+        parent = incident_view.render_incident(incident, contexts)
+        try:
+            await asyncio.to_thread(bot.update, item.parent_channel, item.thread_id, parent)
+        except errors.AlertError as exc:
+            log.warning(
+                "alert_update_failed id=%d %s channel=%s error=%r: the incident's message shows "
+                "what it showed; the news goes to its thread",
+                item.id,
+                _describe(item),
+                item.channel,
+                str(exc),
+            )
 
     async def _look_up(
         self, item: models.OutboxItem, bot: slack.BotSender, what: str
@@ -502,6 +516,15 @@ def _refused_outright(exc: errors.AlertError) -> bool:
     """True when the channel answered that it did not take the message (429, or another 4xx
     but a timeout): unlike a timeout, a 5xx or a lost connection, such a send posted nothing."""
     return exc.status is not None and 400 <= exc.status < 500 and exc.status != 408
+
+
+def _redraws(incident: models.Incident, news: list[models.Event]) -> bool:
+    """Whether ``news`` changes what the incident's top-level message shows: a message of
+    several tags shows where each stands; one of a single tag changes only with a new change
+    (its follow-ups are replies, as a tag's alert's were)."""
+    return not incident_view.is_single(incident) or any(
+        e.kind in models.INCIDENT_CHANGES for e in news
+    )
 
 
 def _reply_to(item: models.OutboxItem) -> str | None:

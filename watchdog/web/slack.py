@@ -53,6 +53,7 @@ REMEMBER = 2 * MAX_AGE + 60.0
 MAX_REMEMBERED = 10_000
 TELL_TIMEOUT = 2.0  # seconds: an ephemeral answer sent before the HTTP answer (Slack's 3 s rule)
 _NAME_RE = re.compile(r"[^A-Za-z0-9._-]")
+_NUMBERED_RE = re.compile(r"tag_watchdog\.(restore|accept)\.[0-9]{1,3}")
 
 # Runs an action in the background; False when the daemon is shutting down (the coroutine is
 # closed unrun).
@@ -165,6 +166,8 @@ def parse_tap(body: bytes) -> Tap | taps.IncidentTap:
     actions = doc.get("actions")
     action = _dict(actions[0]) if isinstance(actions, list) and actions else {}
     action_id = action.get("action_id")
+    if isinstance(action_id, str) and _NUMBERED_RE.fullmatch(action_id):
+        action_id = action_id.rsplit(".", 1)[0]  # a tag's button in an incident's message
     if action_id not in (render.ACTION_RESTORE, render.ACTION_ACCEPT, *taps.ACTIONS):
         raise errors.UsageError(f"unknown action {str(action_id)[:60]!r}")
     container = _dict(doc.get("container"))
