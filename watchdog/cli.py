@@ -317,9 +317,10 @@ def _scan(args: argparse.Namespace) -> int:
     settings = _load(args, need_watches=True)
     store = _open_store(settings)
 
+    import asyncio
     import tempfile
 
-    from watchdog import aiorun, metrics, service, vaulting, views
+    from watchdog import aiorun, metrics, models, service, vaulting, views
     from watchdog.alerts import outbox
 
     undelivered = unvaulted = 0
@@ -363,9 +364,11 @@ def _scan(args: argparse.Namespace) -> int:
                 )
         finally:
             await clients.aclose()
-        # Deliver what this scan queued (and anything left over), for a bounded time.
+        # Deliver what this scan queued (and anything left over), for a bounded time. The scan
+        # is over: every change of its incidents is known, their messages need not wait.
         worker = outbox.Worker(store.outbox, outbox.senders(settings), settings)
         try:
+            await asyncio.to_thread(store.outbox.hurry_incidents, models.utcnow())
             undelivered = await worker.drain(SCAN_ALERT_SECONDS)
         except errors.StoreError as exc:
             _say(

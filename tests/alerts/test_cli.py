@@ -4,6 +4,7 @@ killed with SIGKILL while Slack is down and started again. Slack is the local st
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -242,3 +243,35 @@ def test_the_webhook_url_is_in_no_output_and_not_in_the_database(
     for text in outputs:
         assert "standin-webhook-secret" not in text and "Traceback" not in text
     assert b"standin-webhook-secret" not in (tmp_path / "w.db").read_bytes()
+
+
+def test_scan_sends_an_incident_at_once_when_it_ends(
+    tmp_path: Path,
+    standin: SlackStandIn,
+    registry: support_registry.RegistryServer,
+    repo: str,
+    pusher: images.Pusher,
+) -> None:
+    """The scan is over, so are its incidents: their messages do not wait for the rest of a
+    burst (here an hour, longer than the scan delivers for)."""
+    other = repo + "-b"
+    for r in (repo, other):
+        pusher.image(r, "1.0.0", seed="a")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"database_url: sqlite:///{tmp_path / 'w.db'}\n"
+        "slack: {webhook_url: '${HOOK}'}\n"
+        "incidents: {wait: 1h}\n"
+        f"watches: ['{registry.host}/{repo}', '{registry.host}/{other}']\n"
+    )
+    env = {"HOOK": standin.webhook_url}
+    assert run("scan", "-c", str(cfg), cwd=tmp_path, env=env).returncode == 0
+    for r in (repo, other):
+        pusher.image(r, "1.0.0", seed="b")
+    moved = run("scan", "-c", str(cfg), cwd=tmp_path, env=env)
+    assert moved.returncode == 1, moved.stderr
+    (message,) = standin.messages()
+    text = json.dumps(message)
+    assert f"{registry.host}/{repo}:1.0.0`" in text and f"{registry.host}/{other}:1.0.0`" in text
+    assert "2 release tags moved" in text
+    assert {r["status"] for r in _outbox(tmp_path / "w.db")} == {"delivered"}

@@ -151,6 +151,25 @@ class Outbox:
             **extra,
         )
 
+    def hurry_incidents(self, now: dt.datetime) -> int:
+        """Make every incident message that waits for the rest of its burst due at ``now``
+        (``scan``: when it ends, its incidents are complete); how many were."""
+        rows.require_aware(now)
+        with db.writing(self.engine) as conn:
+            return int(
+                conn.execute(
+                    sa.update(OB)
+                    .where(
+                        OB.c.status == "pending",
+                        OB.c.incident_id.is_not(None),
+                        OB.c.sent_at.is_(None),
+                        OB.c.attempts == 0,
+                        OB.c.next_try > now,
+                    )
+                    .values(next_try=now)
+                ).rowcount
+            )
+
     def defer_alert(self, item_id: int, next_try: dt.datetime) -> None:
         """Hand alert ``item_id`` back, not tried, to be claimed again at ``next_try`` (the
         attempt its claim counted is given back): e.g. a webhook's closing message of an
