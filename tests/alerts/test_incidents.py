@@ -190,6 +190,22 @@ def test_a_release_over_three_repositories_is_one_incident_restored_all_at_once(
                 lambda: again.digest[:19] in json.dumps(_as_shown(standin, parent["ts"])),
                 what="the incident's message redrawn with the seventh move",
             )
+            # the tag's own button in the incident's message: only that tag, the message redrawn
+            redrawn = _as_shown(standin, parent["ts"])
+            (own,) = [
+                b for a, b in buttons_of(redrawn).items() if a.startswith("tag_watchdog.restore.")
+            ]
+            assert json.loads(own["value"])["ref"] == f"{server.host}/{REPOS[0]}:{TAGS[0]}"
+            tap = tap_body(own, message_ts=parent["ts"])
+            assert api.post("/slack/actions", content=tap, headers=signed_headers(tap)).is_success
+            wait_for(
+                lambda: _digest(server, REPOS[0], TAGS[0]) == releases[(REPOS[0], TAGS[0])].digest,
+                what="the tag back at its release",
+            )
+            wait_for(
+                lambda: "Restore all" not in json.dumps(_as_shown(standin, parent["ts"])),
+                what="the message redrawn with nothing left to restore",
+            )
             assert len(_top_level(standin)) == 1
             assert all(m["thread_ts"] in (None, parent["ts"]) for m in standin.posted)
             metrics = api.get("/metrics").text
