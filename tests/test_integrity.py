@@ -140,6 +140,7 @@ async def test_a_lost_blob_is_broken_and_cannot_be_repaired_without_the_vault(
     pusher: images.Pusher,
 ) -> None:
     release = pusher.index(repo, "0.15.0", seed="release")
+    store = store_repo.Store(store.engine, channels=("slack",), grouping=models.Grouping())
     checker, watch = make_checker(store, registry, repo, on_move="alert")
     await checker.check_watch(watch)
     amd = release.children["linux/amd64"]

@@ -12,8 +12,9 @@ from tests import test_service
 from tests.support import images
 from tests.support import registry as support_registry
 from tests.support.registry import free_port
-from watchdog import config, metrics
+from watchdog import config, metrics, models
 from watchdog.store import repo
+from watchdog.store import repo as store_repo
 from watchdog.web import app as web_app
 
 DESIGN_METRICS = {
@@ -147,6 +148,7 @@ async def test_a_burst_of_moves_counts_one_incident(
 ) -> None:
     """Three tags moved at once (and one more soon after, within the incident's window) opened
     one incident: ``incidents_total{registry}`` counts 1, where the moves count 4."""
+    store = store_repo.Store(store.engine, channels=("slack",), grouping=models.Grouping())
     tags = ("1.0.0", "2.0.0", "3.0.0")
     for tag in tags:
         pusher.image(repo, tag, seed=f"release-{tag}")

@@ -9,6 +9,7 @@ inside the window redraws the incident and is told in its thread instead of aler
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -86,10 +87,18 @@ def _digest(server: support_registry.RegistryServer, repo: str, tag: str) -> str
     return str(resp.headers.get("docker-content-digest"))
 
 
-def _stop(daemon: subprocess.Popen[str]) -> str:
+def _explain(standin: SlackStandIn, tmp_path: Path) -> str:
+    """What Slack got and the daemon's log, for a failure message."""
+    posted = "\n".join(f"{m['ts']} {m['thread_ts']} {m['text']}" for m in standin.posted)
+    updates = "\n".join(str(u.body.get("text")) for u in standin.updates)
+    log = (tmp_path / "daemon.log").read_text()[-6000:]
+    return f"posted:\n{posted}\nupdates:\n{updates}\ndaemon log (end):\n{log}"
+
+
+def _stop(daemon: subprocess.Popen[str], tmp_path: Path) -> str:
     daemon.send_signal(signal.SIGTERM)
-    _, err = daemon.communicate(timeout=30)
-    return err
+    daemon.wait(timeout=30)
+    return (tmp_path / "daemon.log").read_text()
 
 
 def test_a_release_over_three_repositories_is_one_incident_restored_all_at_once(
@@ -109,9 +118,10 @@ def test_a_release_over_three_repositories_is_one_incident_restored_all_at_once(
             for r in REPOS:
                 for t in TAGS:  # both tags of a release name one multi-arch index
                     releases[(r, t)] = pusher.index(r, t, seed=f"release-{r}")
-        with SlackStandIn() as standin:
+        with contextlib.ExitStack() as stack, SlackStandIn() as standin:
             _config(cfg, server, port, standin.base_url)
-            daemon = start_daemon(cfg, tmp_path, ENV)
+            log_file = stack.enter_context((tmp_path / "daemon.log").open("w"))
+            daemon = start_daemon(cfg, tmp_path, ENV, log=log_file)
             wait_for(lambda: http_status(port) == 200, what="the daemon to be ready")
             api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
             wait_for(
@@ -134,7 +144,8 @@ def test_a_release_over_three_repositories_is_one_incident_restored_all_at_once(
                     None,
                 ),
                 what="one message naming all six tags and ci-bot",
-                timeout=30,
+                timeout=60,
+                explain=lambda: _explain(standin, tmp_path),
             )
             assert len(_top_level(standin)) == 1
             shown = _as_shown(standin, parent["ts"])
@@ -212,7 +223,7 @@ def test_a_release_over_three_repositories_is_one_incident_restored_all_at_once(
             assert f'tag_watchdog_incidents_total{{registry="{server.host}"}} 1.0' in metrics
             api.close()
     finally:
-        err = _stop(daemon) if daemon is not None else ""
+        err = _stop(daemon, tmp_path) if daemon is not None else ""
         server.close()
     assert daemon is not None and daemon.returncode == 0, err
     listed = run("incidents", "--json", "-c", str(cfg), cwd=tmp_path, env=ENV)

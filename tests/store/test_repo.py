@@ -358,6 +358,7 @@ def test_a_change_must_be_about_the_checked_repository_and_its_own_tag(
         "watches": 0,
         "outbox": 0,
         "vault_copies": 0,
+        "incidents": 0,
     }
 
 
@@ -373,6 +374,7 @@ def test_a_manifest_whose_bytes_are_not_its_digest_is_never_archived(store: repo
         "watches": 0,
         "outbox": 0,
         "vault_copies": 0,
+        "incidents": 0,
     }
     assert store.get_manifest(REPO, good.digest) is None
 

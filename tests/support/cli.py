@@ -36,15 +36,22 @@ def run(
     )
 
 
-def wait_for(predicate: Callable[[], T], timeout: float = 20.0, what: str = "the condition") -> T:
-    """Poll ``predicate`` every 0.1 s until it returns something truthy; return it, or fail."""
+def wait_for(
+    predicate: Callable[[], T],
+    timeout: float = 20.0,
+    what: str = "the condition",
+    explain: Callable[[], str] | None = None,
+) -> T:
+    """Poll ``predicate`` every 0.1 s until it returns something truthy; return it, or fail
+    (with what ``explain`` says, when given)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    more = f"\n{explain()}" if explain is not None else ""
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{more}")
 
 
 def http_status(port: int, path: str = "/readyz") -> int:

@@ -202,6 +202,7 @@ def burst(store: repo.Store) -> None:
 async def test_incidents_read_and_their_restore_is_a_write(store: repo.Store) -> None:
     from starlette.applications import Starlette
 
+    store = repo.Store(store.engine, grouping=models.Grouping())
     burst(store)
     secret = config.Secret(TOKEN)
     app = Starlette(routes=api.routes(store, secret, NoActions()))  # type: ignore[arg-type]

@@ -106,7 +106,8 @@ def section(text: str) -> dict[str, Any]:
 def with_progress(message: render.Message, text: str) -> render.Message:
     """``message`` (an alert with its buttons) with ``text`` shown above its buttons."""
     blocks = list(message.blocks)
-    blocks.insert(max(len(blocks) - 2, 0), section(text))
+    at = next((i for i, b in enumerate(blocks) if b.get("type") == "actions"), len(blocks) - 1)
+    blocks.insert(max(at, 0), section(text))
     return render.Message(text=message.text, blocks=blocks)
 
 

@@ -342,7 +342,8 @@ class Responder:
         if incident is None:
             return False
         contexts = incident_view.contexts(incident, self.settings)
-        if outcome is None or progress:
+        if outcome is None or progress or isinstance(tap, Tap):
+            # a tag's own button: the other tags keep theirs, the outcome shown above them
             message = incident_view.render_incident(incident, contexts)
             if outcome is not None:
                 message = answers.with_progress(message, outcome)
