@@ -197,3 +197,94 @@ async def test_a_send_slack_refused_outright_needs_no_lookup(
     assert await worker(alerting.outbox, standin, time, m, CHANNEL_ID).drain(60) == 0
     assert sent(standin) == {a.id: 1} and standin.lookups == []
     assert count(m, "delivered") == 1 and count(m, "retry") == 1
+
+
+# --- an incident's messages ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def grouping(alerting: repo.Store) -> repo.Store:
+    """``alerting`` with incidents on (the default window; no wait: the opening is due at once)."""
+    return repo.Store(
+        alerting.engine, channels=("slack",), grouping=models.Grouping(window=120.0, wait=0.0)
+    )
+
+
+def change(store: repo.Store, at: dt.datetime, *tags: str, kind: K = K.MOVED) -> list[models.Event]:
+    """Record a check at ``at`` that found ``tags`` changed (``kind``: moved, or their
+    restores): what joins an incident."""
+    changes = []
+    for tag in tags:
+        state = models.TagState.OK if kind is K.RESTORED else models.TagState.DRIFTED
+        record = models.TagRecord(REPO, tag, OLD, NEW, None, state, T0, at, at)
+        event = models.Event(REPO, tag, kind, at, old_digest=OLD, new_digest=NEW)
+        changes.append(models.Change(REPO, tag, record, event))
+    return store.apply_check(REPO, at, changes)
+
+
+def outbox_ids(standin: SlackStandIn) -> list[int]:
+    return [m["metadata"]["event_payload"]["outbox_id"] for m in standin.posted]
+
+
+async def test_an_incident_opening_cut_short_is_found_by_its_key_and_not_posted_again(
+    grouping: repo.Store, standin: SlackStandIn
+) -> None:
+    time = FakeTime()
+    first = change(grouping, T0, "6.0.0", "6.1.0")
+    await crash(grouping, standin, time, CHANNEL_ID)
+    (opening,) = grouping.outbox.outbox_rows()
+    assert opening["part"] == "opening" and opening["status"] == "pending"
+    assert opening["sent_at"] is not None and opening["covers"] == first[-1].id
+    # while it is in doubt a third tag joins: its news cannot go into a message already sent
+    (third,) = change(grouping, time.now, "6.2.0")
+
+    m = metrics.Metrics()
+    assert await worker(grouping.outbox, standin, time, m, CHANNEL_ID).drain(60) == 0
+    top, reply = standin.posted  # the opening once, the news in its thread
+    assert outbox_ids(standin) == [opening["id"], opening["id"] + 1]
+    assert top["thread_ts"] is None and reply["thread_ts"] == top["ts"]
+    (lookup,) = standin.lookups
+    assert lookup.path == "/api/conversations.history"
+    rows = grouping.outbox.outbox_rows()
+    assert [(r["part"], r["status"]) for r in rows] == [
+        ("opening", "delivered"),
+        ("update", "delivered"),
+    ]
+    # the opening found keeps what it showed when sent; the update showed the third tag
+    assert (rows[0]["remote_id"], rows[0]["covers"]) == (top["ts"], first[-1].id)
+    assert (rows[1]["remote_id"], rows[1]["covers"]) == (reply["ts"], third.id)
+    assert "6.2.0" in reply["text"] and "6.2.0" not in top["text"]
+    # the opening redrawn with every tag, in place
+    (redraw,) = standin.updates
+    assert redraw.body["ts"] == top["ts"] and "6.2.0" in str(redraw.body["blocks"])
+    assert count(m, "found") == 1 and count(m, "delivered") == 1
+
+
+async def test_an_incident_update_cut_short_is_found_in_its_thread_and_its_redraw_redone(
+    grouping: repo.Store, standin: SlackStandIn
+) -> None:
+    time = FakeTime()
+    change(grouping, T0, "7.0.0", "7.1.0")
+    assert (
+        await worker(grouping.outbox, standin, time, metrics.Metrics(), CHANNEL_ID).drain(60) == 0
+    )
+    (restored,) = change(grouping, time.now, "7.0.0", kind=K.RESTORED)
+    await crash(grouping, standin, time, CHANNEL_ID)
+    top, reply = standin.posted
+    update = grouping.outbox.outbox_rows()[1]
+    assert update["part"] == "update" and update["status"] == "pending"
+    assert update["sent_at"] is not None and reply["thread_ts"] == top["ts"]
+
+    m = metrics.Metrics()
+    assert await worker(grouping.outbox, standin, time, m, CHANNEL_ID).drain(60) == 0
+    assert len(standin.posted) == 2  # the reply not posted again
+    (lookup,) = standin.lookups
+    assert lookup.path == "/api/conversations.replies" and lookup.body["ts"] == top["ts"]
+    row = grouping.outbox.outbox_rows()[1]
+    assert row["status"] == "delivered"
+    assert (row["remote_id"], row["covers"]) == (reply["ts"], restored.id)
+    # chat.update is idempotent: the restarted worker simply drew the opening again, the same
+    first, again = standin.updates
+    assert first.body["ts"] == again.body["ts"] == top["ts"]
+    assert first.body["blocks"] == again.body["blocks"]
+    assert count(m, "found") == 1 and count(m, "delivered") == 0

@@ -5,11 +5,16 @@ A real ``tag-watchdog run`` watches two repositories of a real registry, one ``o
 and one ``on_move: restore``, through a fault proxy that makes every restore PUT slow on both
 sides (the registry gets it 0.2 s after it is sent, the answer comes 0.3 s after that), so that
 kills land before the PUT, and after the PUT but before ``restored`` is written. Slack is the
-stand-in, which accepts a message and answers 0.1 s later (Slack's trip back), so that kills also
+stand-in, which accepts a message and answers 0.25 s later (Slack's trip back), so that kills also
 land between Slack accepting an alert and the ``delivered`` commit. The daemon sends through an
 Incoming Webhook (``webhook``: that is the at-least-once window of docs/ALERTS.md) or a bot token
 (``bot``: the restarted daemon finds such an alert in the channel's history and must not send it
 again).
+
+Incidents are on (issue 16), with a short window and wait (``INCIDENTS``): a round's moves, and
+sometimes the next round's, are one incident; its restores join it later. So the alerts are an
+incident's opening message and its updates (bot: a thread reply and a ``chat.update`` of the
+opening; webhook: one closing message once the window is over), and kills land around both.
 
 Each round overwrites some release tags (pushed straight to the registry, as a person would),
 starts the daemon, tells it through ``/hooks/registry``, SIGKILLs it after a random delay and
@@ -20,13 +25,17 @@ with SIGTERM, and the test checks:
 * every overwrite recorded exactly once, in order (no lost, no doubled event), and nothing else;
 * every ``on_move: restore`` tag back at its recorded digest with one ``restored`` event per move
   (no ``reverted``, no ``restore_failed``): the registry, the record and the events agree;
-* every alerted event has one outbox row, delivered, and reached the stand-in once; with a
-  webhook, plus once more for each kill that fell between Slack accepting it and the
-  ``delivered`` commit (counted at the kill: the row still pending while the stand-in had the
-  message). Any other duplicate (in bot mode: any duplicate at all), and any lost alert, fails
-  the test;
+* every outbox row delivered, one opening per incident; no lost alert: every alerted event
+  covered by a delivered message of its incident (``covers`` >= its id) that is in the stand-in;
+* bot: each row's message in the channel once (counted by the outbox id in its metadata), with
+  the ``ts`` its row recorded; one top-level message per incident, its opening, every other one a
+  reply in its thread, ``chat.update`` only of those; no ``alert_lookup_failed`` in the logs;
+* webhook (no metadata: a message is matched to its incident by its footer): each incident's
+  messages one per delivered row that sent one, plus once more for each kill that fell between
+  Slack accepting a row's message and its ``delivered`` commit (counted at the kill: the row still
+  pending while the stand-in had the message). Any other duplicate fails the test;
 * no half-written rows: each tag's history starts with ``first_seen``, each event's manifest is in
-  the archive and hashes to its digest, each alerted event has its outbox row.
+  the archive and hashes to its digest, each alerted event has its outbox row (its incident's).
 
 The seed of the random choices and delays is printed (``-s``); ``WATCHDOG_CRASH_SEED=N`` replays
 them (the timing of the machine still varies), ``WATCHDOG_CRASH_KILLS=N`` changes the number of
@@ -78,10 +87,21 @@ HOOK_TOKEN = "crash-test-hook-token"
 LEASE = 2.0  # slack.lease: an interrupted send goes out again after this long
 PUT_DELAY_BEFORE = 0.2  # the proxy holds a restore PUT this long before the registry gets it
 PUT_DELAY_AFTER = 0.3  # and the answer this long after
-SLACK_ANSWER_DELAY = 0.1
-EVENT_ID = re.compile(r"tag-watchdog · event (\d+) · ")
+# (0.1 s until incidents: one message per incident is fewer sends for the kills to land in)
+SLACK_ANSWER_DELAY = 0.25
+# Incidents on (the default), with a window that makes some rounds join the incident of the
+# round before and others open one of their own (a round takes 1-3 s), and a short wait: kills
+# land around openings, updates (bot: thread replies plus chat.update; webhook: closing messages,
+# sent once the window is over) and what joins an opening while it waits.
+INCIDENTS = "{window: 1500ms, wait: 100ms}"
+# a message's footer names its incident, else its event (a single news event's own alert)
+FOOTER_INCIDENT = re.compile(r"\bincident (\d+)\b")
+FOOTER_EVENT = re.compile(r"\bevent (\d+)\b")
 K = models.EventKind
 ALERTED = {k.value for k in K if k not in (K.FIRST_SEEN, K.ACCEPTED)}
+# Whom an outbox row's messages are about: ("incident", id), ("event", id) for an alert of its
+# own (an event outside incidents), ("notice", row id).
+Owner = tuple[str, int]
 
 
 @dataclasses.dataclass
@@ -99,16 +119,22 @@ class Figures:
     half_restores_at_kill: int = 0  # the PUT in the registry, `restored` not committed
     sends_interrupted: int = 0  # an alert leased, not yet accepted by Slack
     alert_window_hits: int = 0  # Slack had accepted the alert, `delivered` was not committed
+    openings_hit_at_kill: int = 0  # of those two: an incident's first message
+    updates_hit_at_kill: int = 0  # of those two: an incident's update
     # the outcome, after the restart and settle
     events: int = 0
-    alerts: int = 0
+    alerts: int = 0  # alerted events
+    incidents: int = 0
+    update_rows: int = 0  # incident updates queued (one per channel)
+    updates_sent: int = 0  # of those, sent (the others had nothing new to say)
+    slack_messages: int = 0  # messages Slack accepted
     false_events: int = 0
     lost_events: int = 0
     doubled_events: int = 0
     half_restores: int = 0
     duplicate_alerts_in_window: int = 0  # re-sent after a kill in the window (webhook only)
     duplicate_alerts_other: int = 0
-    lost_alerts: int = 0
+    lost_alerts: int = 0  # alerted events no delivered message covers, messages Slack lacks
     alerts_found: int = 0  # bot: in doubt after a kill, found in Slack's history, not re-sent
     alerts_unverified: int = 0  # bot: sent again because the lookup could not tell
     seconds: float = 0.0
@@ -154,6 +180,7 @@ class Harness:
             f"hooks: {{registry_token: '{HOOK_TOKEN}'}}\n"
             f"slack: {slack_cfg}\n"
             "restore: {max_per_tag: 1000, window: 1h}\n"
+            f"incidents: {INCIDENTS}\n"
             "watches:\n"
             f"  - {{repository: '{proxy.host}/{self.alert_repo}', on_move: alert}}\n"
             f"  - {{repository: '{proxy.host}/{self.restore_repo}', on_move: restore}}\n"
@@ -265,15 +292,6 @@ class Harness:
             rows = conn.execute(sa.select(tables.tags)).mappings()
             return {(r["repository"], r["tag"]): dict(r) for r in rows}
 
-    def delivered(self) -> collections.Counter[int]:
-        """How many times the stand-in accepted a message about each event id."""
-        out: collections.Counter[int] = collections.Counter()
-        for message in self.slack.messages():
-            found = EVENT_ID.findall(json.dumps(message.get("blocks"), ensure_ascii=False))
-            assert len(found) == 1, f"a message without exactly one event id: {message}"
-            out[int(found[0])] += 1
-        return out
-
     def history(self, path: str, tag: str) -> list[dict[str, Any]]:
         name = self.name(path)
         return [e for e in self.events() if e["repository"] == name and e["tag"] == tag]
@@ -295,8 +313,96 @@ def _all_tags(h: Harness) -> list[tuple[str, str]]:
     return [(h.alert_repo, t) for t in ALERT_TAGS] + [(h.restore_repo, t) for t in RESTORE_TAGS]
 
 
+def _row_owner(row: dict[str, Any]) -> Owner:
+    if row["incident_id"] is not None:
+        return ("incident", int(row["incident_id"]))
+    if row["event_id"] is not None:
+        return ("event", int(row["event_id"]))
+    return ("notice", int(row["id"]))
+
+
+def _message_owner(message: dict[str, Any], incident_of: dict[int, int | None]) -> Owner | None:
+    """Whom a webhook message is about, read from its footer (a webhook carries no metadata)."""
+    blocks = message.get("blocks") or []
+    footer = blocks[-1] if blocks else {}
+    if footer.get("type") != "context":
+        return None
+    text = str(footer["elements"][0]["text"])
+    if found := FOOTER_INCIDENT.search(text):
+        return ("incident", int(found[1]))
+    if found := FOOTER_EVENT.search(text):
+        event_id = int(found[1])
+        incident_id = incident_of.get(event_id)
+        return ("event", event_id) if incident_id is None else ("incident", incident_id)
+    return None
+
+
+def _outbox_id(posted: dict[str, Any]) -> int | None:
+    """The outbox row a message in the bot's channel carries in its metadata."""
+    value = ((posted.get("metadata") or {}).get("event_payload") or {}).get("outbox_id")
+    return int(value) if value is not None else None
+
+
+@dataclasses.dataclass
+class Seen:
+    """The outbox and what the stand-in holds, read at one moment."""
+
+    rows: list[dict[str, Any]]
+    owners: dict[Owner, list[dict[str, Any]]]  # each owner's rows, oldest first
+    messages: collections.Counter[Owner]  # the messages Slack accepted, by owner
+    posted: collections.Counter[int]  # bot: the messages Slack accepted, by outbox row
+    sent: set[int]  # the delivered rows that sent a message
+    strays: list[str]  # messages that name no row (bot) or no incident or event (webhook)
+
+    def sent_by(self, owner: Owner) -> int:
+        return sum(r["id"] in self.sent for r in self.owners.get(owner, []))
+
+
+def _read(h: Harness) -> Seen:
+    rows = h.outbox()
+    by_id = {r["id"]: r for r in rows}
+    owners: dict[Owner, list[dict[str, Any]]] = collections.defaultdict(list)
+    for row in rows:
+        owners[_row_owner(row)].append(row)
+    messages: collections.Counter[Owner] = collections.Counter()
+    posted: collections.Counter[int] = collections.Counter()
+    strays: list[str] = []
+    if h.mode == "bot":
+        for message in list(h.slack.posted):
+            of = by_id.get(_outbox_id(message))
+            if of is None:
+                strays.append(f"a message of no outbox row: {str(message)[:300]}")
+                continue
+            posted[of["id"]] += 1
+            messages[_row_owner(of)] += 1
+    else:
+        incident_of = {int(e["id"]): e["incident_id"] for e in h.events()}
+        for body in h.slack.messages():
+            owner = _message_owner(body, incident_of)
+            if owner is None:
+                strays.append(f"a message naming no incident or event: {str(body)[:300]}")
+                continue
+            messages[owner] += 1
+    sent: set[int] = set()
+    for owner, of_owner in owners.items():
+        shown = 0
+        for row in of_owner:
+            if row["status"] != "delivered":
+                continue
+            if h.mode == "bot" and row["remote_id"] is not None:
+                sent.add(row["id"])
+            elif h.mode == "webhook" and (owner[0] != "incident" or (row["covers"] or 0) > shown):
+                # an incident's row that had nothing new to say is delivered covering no more
+                # than the rows before it
+                sent.add(row["id"])
+            shown = max(shown, row["covers"] or 0)
+    return Seen(rows, dict(owners), messages, posted, sent, strays)
+
+
 def _note_kill(h: Harness, f: Figures, window: collections.Counter[int], ready: bool) -> None:
-    """Where the kill landed: read once the daemon is dead and its requests are done."""
+    """Where the kill landed: read once the daemon is dead and its requests are done.
+    ``window``: by outbox row, how many of its messages Slack accepted before a kill kept
+    ``delivered`` from being committed."""
     f.kills += 1
     f.kills_before_ready += not ready
     for path, tag in _all_tags(h):
@@ -309,18 +415,31 @@ def _note_kill(h: Harness, f: Figures, window: collections.Counter[int], ready: 
                 f.half_restores_at_kill += 1
             else:
                 f.restores_pending_at_kill += 1
-    delivered = h.delivered()
+    seen = _read(h)
     now = time.time()
-    for row in h.outbox():
-        if row["status"] != "pending" or row["event_id"] is None:
-            continue
-        unconfirmed = delivered[row["event_id"]] - window[row["event_id"]]
-        if unconfirmed > 0:
-            # Slack has it, the database does not know: it will go out once more
-            window[row["event_id"]] += unconfirmed
-            f.alert_window_hits += unconfirmed
-        elif row["lease_until"] is not None and row["lease_until"].timestamp() > now:
-            f.sends_interrupted += 1
+    for owner, rows in seen.owners.items():
+        pending = [r for r in rows if r["status"] == "pending"]
+        for row in pending:
+            if h.mode == "bot":
+                # each message carries its row's id: Slack has it, the database does not know
+                unconfirmed = seen.posted[row["id"]] - window[row["id"]]
+            elif row is pending[0]:
+                # a webhook's message names its incident (or event) only; an owner's rows are
+                # sent one at a time, in order: the first pending one was the one in flight
+                explained = sum(window[r["id"]] for r in rows)
+                unconfirmed = seen.messages[owner] - seen.sent_by(owner) - explained
+            else:
+                unconfirmed = 0
+            in_flight = row["lease_until"] is not None and row["lease_until"].timestamp() > now
+            if unconfirmed > 0:
+                # it will go out once more (webhook), or be looked for and found (bot)
+                window[row["id"]] += unconfirmed
+                f.alert_window_hits += unconfirmed
+            elif in_flight:
+                f.sends_interrupted += 1
+            if unconfirmed > 0 or in_flight:
+                f.openings_hit_at_kill += row["part"] == "opening"
+                f.updates_hit_at_kill += row["part"] == "update"
 
 
 def _settled(h: Harness) -> bool:
@@ -377,42 +496,7 @@ def _check(h: Harness, f: Figures, window: collections.Counter[int]) -> list[str
             )
             if path == h.restore_repo:
                 f.half_restores += 1
-    # the outbox: one row per alerted event, delivered; the stand-in: once, plus the window
-    rows = h.outbox()
-    by_event = collections.Counter(r["event_id"] for r in rows)
-    alerted = [e for e in events if e["kind"] in ALERTED]
-    f.alerts = len(alerted)
-    if sorted(by_event) != sorted(e["id"] for e in alerted) or max(by_event.values()) != 1:
-        problems.append(
-            f"outbox rows {dict(by_event)} for alerted events {[e['id'] for e in alerted]}"
-        )
-    not_delivered = [r for r in rows if r["status"] != "delivered"]
-    if not_delivered:
-        problems.append(f"outbox rows not delivered: {not_delivered}")
-    delivered = h.delivered()
-    for e in alerted:
-        # a webhook cannot tell whether Slack had it: a kill in the window explains a re-send;
-        # a bot finds it in the channel, so nothing explains a duplicate there
-        n = delivered[e["id"]]
-        explained = window[e["id"]] if h.mode == "webhook" else 0
-        if n == 0:
-            f.lost_alerts += 1
-            problems.append(f"event {e['id']} ({e['kind']}) never reached Slack")
-        elif n - 1 > explained:
-            f.duplicate_alerts_other += n - 1 - explained
-            problems.append(
-                f"event {e['id']} ({e['kind']}) reached Slack {n} times; "
-                f"{explained} explained by kills between Slack's answer and the commit"
-            )
-        f.duplicate_alerts_in_window += min(n - 1, explained)
-    if set(delivered) - {e["id"] for e in alerted}:
-        problems.append(f"messages about events that do not alert: {set(delivered)}")
-    if h.mode == "bot":
-        logs = "".join(log.read_text() for _, log in h.runs)
-        f.alerts_found = logs.count("alert_found ")
-        f.alerts_unverified = logs.count("alert_lookup_failed ")
-        if f.alerts_unverified:
-            problems.append(f"{f.alerts_unverified} alerts sent again without a lookup")
+    problems += _check_alerts(h, f, window, events)
     # no half-written rows: the archive holds every digest an event names, hashing to it
     with h.engine.connect() as conn:
         archive = {
@@ -425,6 +509,120 @@ def _check(h: Harness, f: Figures, window: collections.Counter[int]) -> list[str
     for e in events:
         if e["new_digest"] and (e["repository"], e["new_digest"]) not in archive:
             problems.append(f"event {e['id']} ({e['kind']}): {e['new_digest']} not archived")
+    return problems
+
+
+def _check_alerts(
+    h: Harness, f: Figures, window: collections.Counter[int], events: list[dict[str, Any]]
+) -> list[str]:
+    """The outbox and Slack: every row delivered, every alerted event shown by a delivered
+    message, each message in Slack once (webhook: plus the window)."""
+    problems: list[str] = []
+    seen = _read(h)
+    problems += seen.strays
+    rows = seen.rows
+    alerted = [e for e in events if e["kind"] in ALERTED]
+    f.alerts = len(alerted)
+    incidents = {int(e["incident_id"]) for e in alerted if e["incident_id"] is not None}
+    f.incidents = len(incidents)
+    f.slack_messages = sum(seen.messages.values())
+    updates = [r for r in rows if r["part"] == "update"]
+    f.update_rows = len(updates)
+    f.updates_sent = sum(r["id"] in seen.sent for r in updates)
+    # the rows: one per alerted event outside incidents, one opening per incident
+    by_event = collections.Counter(r["event_id"] for r in rows if r["event_id"] is not None)
+    solo = sorted(e["id"] for e in alerted if e["incident_id"] is None)
+    if sorted(by_event) != solo or any(n != 1 for n in by_event.values()):
+        problems.append(f"outbox rows {dict(by_event)} for alerted events {solo} (no incident)")
+    openings = collections.Counter(r["incident_id"] for r in rows if r["part"] == "opening")
+    if set(openings) != incidents or any(n != 1 for n in openings.values()):
+        problems.append(f"openings {dict(openings)} for the incidents {sorted(incidents)}")
+    not_delivered = [r for r in rows if r["status"] != "delivered"]
+    if not_delivered:
+        problems.append(f"outbox rows not delivered: {not_delivered}")
+    # no lost alert: a delivered message of the event's incident showed it (or its own alert)
+    for e in alerted:
+        owner: Owner = ("event", e["id"])
+        if e["incident_id"] is not None:
+            owner = ("incident", int(e["incident_id"]))
+        shown = max(
+            (r["covers"] or 0 for r in seen.owners.get(owner, []) if r["status"] == "delivered"),
+            default=0,
+        )
+        if (owner[0] == "incident" and shown < e["id"]) or not seen.messages[owner]:
+            f.lost_alerts += 1
+            problems.append(f"event {e['id']} ({e['kind']}, {owner}) shown by no message")
+    if h.mode == "bot":
+        problems += _check_bot(h, f, seen)
+    else:
+        problems += _check_webhook(f, seen, window)
+    return problems
+
+
+def _check_webhook(f: Figures, seen: Seen, window: collections.Counter[int]) -> list[str]:
+    """Each owner's messages in Slack: one per delivered row that sent one, plus what a kill
+    between Slack's answer and the commit explains (a webhook cannot tell that Slack had it)."""
+    problems: list[str] = []
+    for owner in sorted(set(seen.owners) | set(seen.messages)):
+        n, want = seen.messages[owner], seen.sent_by(owner)
+        explained = sum(window[r["id"]] for r in seen.owners.get(owner, []))
+        if n < want:
+            f.lost_alerts += want - n
+            problems.append(f"{owner}: {want} rows delivered a message, Slack got {n}")
+        elif n - want > explained:
+            f.duplicate_alerts_other += n - want - explained
+            problems.append(
+                f"{owner}: Slack got {n} messages for {want} sent; {explained} explained by "
+                "kills between Slack's answer and the commit"
+            )
+        f.duplicate_alerts_in_window += min(max(n - want, 0), explained)
+    return problems
+
+
+def _check_bot(h: Harness, f: Figures, seen: Seen) -> list[str]:
+    """Each row's message in Slack once, where its row says; an incident's first message
+    top-level, the rest in its thread; nothing re-sent without a lookup."""
+    problems: list[str] = []
+    posted = list(h.slack.posted)
+    by_id = {r["id"]: r for r in seen.rows}
+    of_row = {_outbox_id(m): m for m in posted if _outbox_id(m) in by_id}
+    for row in seen.rows:
+        n = seen.posted[row["id"]]
+        if n > 1:
+            f.duplicate_alerts_other += n - 1
+            problems.append(f"outbox row {row['id']} ({row['part']}) reached Slack {n} times")
+        if row["status"] == "delivered" and row["remote_id"] is not None:
+            if n == 0:
+                f.lost_alerts += 1
+                problems.append(f"outbox row {row['id']} delivered, not in Slack")
+            elif of_row[row["id"]]["ts"] != row["remote_id"]:
+                problems.append(f"outbox row {row['id']}: ts {row['remote_id']}, Slack's differs")
+        elif row["status"] == "delivered" and n:
+            problems.append(f"outbox row {row['id']} recorded as not sent, but Slack has it")
+    # an incident: one top-level message (its opening), every other one in that thread
+    tops: dict[int, list[dict[str, Any]]] = collections.defaultdict(list)
+    for m in posted:
+        row = by_id.get(_outbox_id(m))
+        if row is not None and row["incident_id"] is not None and not m["thread_ts"]:
+            tops[int(row["incident_id"])].append(row)
+    incidents = {int(r["incident_id"]) for r in seen.rows if r["incident_id"] is not None}
+    for incident in sorted(incidents):
+        parts = [r["part"] for r in tops.get(incident, [])]
+        if parts != ["opening"]:
+            problems.append(f"incident {incident}: top-level messages of rows {parts}")
+    parent = {i: of_row[rs[0]["id"]]["ts"] for i, rs in tops.items() if len(rs) == 1}
+    for row_id, m in of_row.items():
+        incident_id = by_id[row_id]["incident_id"]
+        if incident_id is not None and m["thread_ts"] and m["thread_ts"] != parent.get(incident_id):
+            problems.append(f"outbox row {row_id}: a reply outside its incident's thread")
+    redrawn = {str(u.body.get("ts")) for u in h.slack.updates}
+    if redrawn - set(parent.values()):
+        problems.append(f"chat.update of messages that are no incident's: {redrawn}")
+    logs = "".join(log.read_text() for _, log in h.runs)
+    f.alerts_found = logs.count("alert_found ")
+    f.alerts_unverified = logs.count("alert_lookup_failed ")
+    if f.alerts_unverified:
+        problems.append(f"{f.alerts_unverified} alerts sent again without a lookup")
     return problems
 
 
