@@ -95,6 +95,7 @@ def main() -> int:
               - repository: {server.host}/{repo}
                 on_move: restore
             slack: {{webhook_url: "{slack.webhook_url}"}}
+            incidents: {{wait: 1s, window: 5s}}   # short for the demo (default 10s and 2m)
             """)
         )
         print(config.read_text().rstrip())
@@ -127,7 +128,7 @@ def main() -> int:
         wait(
             lambda: (
                 tag_digest(server.url, repo, "0.15.0") == release.digest
-                and len(slack.messages()) >= 2
+                and any("restored" in m.get("text", "") for m in slack.messages())
             ),
             60,
             "the restore",

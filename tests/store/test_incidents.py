@@ -9,7 +9,8 @@ import threading
 import pytest
 
 from watchdog import models
-from watchdog.store import repo
+from watchdog.store import db, repo
+from watchdog.store import incidents as incidents_module
 
 K = models.EventKind
 T0 = dt.datetime(2026, 12, 7, 12, 0, tzinfo=dt.UTC)
@@ -123,3 +124,36 @@ def test_writers_racing_on_one_namespace_open_one_incident(store: repo.Store) ->
     assert sum(e.opens_incident for e in saved) == 1
     rows = s.outbox.outbox_rows()
     assert [r["part"] for r in rows].count("opening") == 1
+
+
+def test_a_follow_up_waits_for_a_change_of_its_incident_being_written(store: repo.Store) -> None:
+    """A restore written while a change of its incident is being written waits for it: the
+    events of an incident commit in the order of their ids, so a message that showed up to id N
+    (``outbox.covers``) has missed none below N."""
+    s = _grouped(store, window=60.0)
+    _write(s, "ghcr.io/acme/api", "1.0.0")
+    held, done = threading.Event(), threading.Event()
+    release = threading.Event()
+
+    def hold_the_key() -> None:  # what a check writing a change of ghcr.io/acme holds
+        with db.writing(s.engine) as conn:  # SQLite: BEGIN IMMEDIATE, the write lock
+            incidents_module._lock(conn, "ghcr.io/acme")  # PostgreSQL: the key's lock
+            held.set()
+            release.wait(10)
+
+    def follow_up() -> None:
+        held.wait(10)
+        _write(s, "ghcr.io/acme/api", "1.0.0", K.RESTORED, seconds=1)
+        done.set()
+
+    threads = [threading.Thread(target=hold_the_key), threading.Thread(target=follow_up)]
+    for t in threads:
+        t.start()
+    try:
+        assert held.wait(10)
+        assert not done.wait(1.0)  # waiting for the change's transaction
+    finally:
+        release.set()
+        for t in threads:
+            t.join(20)
+    assert done.is_set()

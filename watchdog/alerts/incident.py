@@ -313,6 +313,8 @@ def _render_single(
             f"*Now:* {_status(latest)}",
             dataclasses.replace(context, buttons=False),
         )
+        now = _STATES.get(latest.kind, latest.kind.value)
+        message = dataclasses.replace(message, text=f"{message.text}; now {now}")
     else:
         message = render.render_event(change, context)
     blocks = [*message.blocks]

@@ -275,6 +275,12 @@ class Worker:
                 metadata = slack.alert_metadata(item.id, event_id, key)
                 posted = await asyncio.to_thread(bot.post, message, thread_id, metadata)
             else:
+                if item.incident is not None:
+                    # started: what joins the incident from now on needs a message of its own
+                    # (a webhook row is never looked up: the key goes unused)
+                    await asyncio.to_thread(
+                        self.store.begin_send, item.id, self.clock(), uuid.uuid4().hex, covers
+                    )
                 ts = await asyncio.to_thread(sender.send, message, thread_id)
                 posted = slack.Posted(ts, None)
         except errors.AlertError as exc:

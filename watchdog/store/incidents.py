@@ -44,6 +44,15 @@ def _lock_key(group_key: str) -> int:
     return int.from_bytes(hashlib.sha256(group_key.encode()).digest()[:4], "big", signed=True)
 
 
+def _lock(conn: sa.Connection, group_key: str) -> None:
+    """On PostgreSQL, the transaction-level advisory lock of ``group_key`` (held until the
+    caller's transaction ends). SQLite writes one transaction at a time anyway."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            sa.select(sa.func.pg_advisory_xact_lock(_LOCK_NAMESPACE, _lock_key(group_key)))
+        )
+
+
 class Incidents:
     """The incidents of one database, grouped by ``grouping`` (None: no grouping, every event
     alerted on its own, as ``incidents: {enabled: false}`` asks)."""
@@ -69,7 +78,9 @@ class Incidents:
                 out.append(dataclasses.replace(event, incident_id=incident, opens_incident=opened))
             elif event.kind in FOLLOW_UPS:
                 if key not in of_tag:
-                    of_tag[key] = self._of_last_change(conn, *key)
+                    joined = of_tag[key] = self._of_last_change(conn, *key)
+                    if joined is not None:
+                        self._lock_incident(conn, joined)
                 out.append(dataclasses.replace(event, incident_id=of_tag[key]))
             else:
                 out.append(event)
@@ -79,10 +90,7 @@ class Incidents:
         assert self.grouping is not None
         group_key = self.grouping.key(event.repository)
         closes = event.at + dt.timedelta(seconds=self.grouping.window)
-        if conn.dialect.name == "postgresql":
-            conn.execute(
-                sa.select(sa.func.pg_advisory_xact_lock(_LOCK_NAMESPACE, _lock_key(group_key)))
-            )
+        _lock(conn, group_key)
         found = conn.execute(
             sa.select(I.c.id, I.c.last_change_at, I.c.closes_at)
             .where(I.c.group_key == group_key, I.c.closes_at > event.at)
@@ -110,6 +118,15 @@ class Incidents:
             )
         )
         return int(found.id), False
+
+    def _lock_incident(self, conn: sa.Connection, incident_id: int) -> None:
+        """Hold the lock of ``incident_id``'s grouping key: the events of one incident are then
+        inserted (and committed) one transaction after the other, so their ids follow the
+        order in which they become visible, and a message that showed up to id N has missed
+        none below it (``outbox.covers``)."""
+        group_key = conn.execute(sa.select(I.c.group_key).where(I.c.id == incident_id)).scalar()
+        if group_key is not None:
+            _lock(conn, str(group_key))
 
     def _of_last_change(self, conn: sa.Connection, repository: str, tag: str) -> int | None:
         """The incident of the tag's latest change, or None (no change, or one recorded before
