@@ -127,8 +127,6 @@ def test_a_real_registry_notifies_the_daemon_which_checks_at_once(tmp_path: Path
     auth = server.push_auth("deephaven/server")
     daemon = None
     try:
-        with images.Pusher(server.url, headers=auth) as pusher:
-            release = pusher.index("deephaven/server", "0.15.0", seed="release")
         cfg = tmp_path / "c.yaml"
         # a one-hour poll: only a notification can explain a prompt detection
         cfg.write_text(
@@ -140,8 +138,16 @@ def test_a_real_registry_notifies_the_daemon_which_checks_at_once(tmp_path: Path
         )
         daemon = start_daemon(cfg, tmp_path)
         name = f"{server.host}/deephaven/server"
-        # started, and the first check (the baseline) is done
-        wait_for(lambda: http_status(port) == 200, what="the daemon's first check")
+        wait_for(lambda: http_status(port, "/healthz") == 200, what="the daemon to listen")
+        # released while the daemon listens (a notification it missed would be retried by the
+        # registry ahead of the overwrite's, and bring a check forward before the overwrite's
+        # notification named the pusher); the notification records the baseline
+        with images.Pusher(server.url, headers=auth) as pusher:
+            release = pusher.index("deephaven/server", "0.15.0", seed="release")
+        wait_for(
+            lambda: httpx.get(f"http://127.0.0.1:{port}/api/v1/tags", timeout=3).json()["tags"],
+            what="the release recorded",
+        )
         assert _moves(port, name) == 0.0
         # a forged notification is refused and triggers nothing
         forged = httpx.post(
