@@ -119,6 +119,10 @@ def test_api_against_a_real_daemon(
                 f"{registry.url}/v2/{repo}/manifests/0.15.0", headers={"Accept": media.ACCEPT}
             )
             assert head.headers["docker-content-digest"] == release.digest
+            # again: the tag answers its record, so nothing is PUT and nothing recorded
+            again = c.post("/api/v1/restore", json={"ref": ref}, headers=auth)
+            assert again.status_code == 200 and again.json()["result"] == "nothing_to_do"
+            assert "already answers" in again.json()["reason"] and again.json()["event"] is None
 
             # a deliberate re-release, accepted through the API
             second = pusher.index(repo, "0.15.0", seed="deliberate")
@@ -134,7 +138,7 @@ def test_api_against_a_real_daemon(
             history = c.get("/api/v1/history", params={"ref": ref}).json()
             kinds = [e["kind"] for e in history["events"]]
             assert kinds[0] == "first_seen" and kinds[-1] == "accepted"
-            assert "restored" in kinds and kinds.count("moved") == 2
+            assert kinds.count("restored") == 1 and kinds.count("moved") == 2
             final = c.get("/api/v1/tags").json()["tags"][0]
             assert final["recorded_digest"] == second.digest and final["state"] == "ok"
     finally:

@@ -103,14 +103,25 @@ def routes(
         if dry_run:
             plan = await actions_.plan(ref, digest, actions.ACTOR_API)
             return JSONResponse({"result": "plan", "ok": plan.ok, "plan": views.plan_json(plan)})
-        result = await actions_.restore(ref, digest, actions.ACTOR_API)
+        # planned first, as `tag-watchdog restore` does: a tag that already answers its record
+        # is nothing to do (no PUT, no event), not a restore
+        (planned,) = await actions.plan_all(actions_, [ref], digest, actions.ACTOR_API)
+        done = await actions.restore_planned(actions_, planned, digest, actions.ACTOR_API)
+        if done.outcome == views.NOTHING_TO_DO:
+            why = done.reason or (done.plan.verdict() if done.plan is not None else None)
+            return JSONResponse({"result": "nothing_to_do", "reason": why, "event": None})
+        if done.outcome == views.COULD_NOT_COMPLETE:
+            return JSONResponse({"result": "failed", "reason": done.reason, "event": None}, 503)
+        if done.outcome == views.REFUSED:
+            return JSONResponse({"result": "refused", "reason": done.reason, "event": None}, 409)
+        restored = done.outcome == views.RESTORED
         return JSONResponse(
             {
-                "result": "restored" if result.restored else "failed",
-                "reason": result.reason,
-                "event": views.event_json(result.event),
+                "result": "restored" if restored else "failed",
+                "reason": done.reason,
+                "event": views.event_json(done.event) if done.event is not None else None,
             },
-            status_code=200 if result.restored else 502,
+            status_code=200 if restored else 502,
         )
 
     async def do_accept(request: Request) -> Response:
@@ -454,7 +465,10 @@ OPENAPI: dict[str, Any] = {
                         "type": "object",
                         "required": ["result"],
                         "properties": {
-                            "result": {"type": "string", "enum": ["restored", "failed", "plan"]},
+                            "result": {
+                                "type": "string",
+                                "enum": ["restored", "failed", "plan", "nothing_to_do", "refused"],
+                            },
                             "event": {"$ref": "#/components/schemas/Event"},
                             "plan": {"type": "object"},
                             "ok": {"type": "boolean"},
