@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from tests import test_restore_vault, test_vaulting
 from tests.support import images, storage
 from tests.support import registry as support_registry
 from tests.test_deletions import make_checker
@@ -280,3 +281,34 @@ async def test_the_daemon_schedules_the_sweep_which_holds_each_watch(
             d.scheduler.shutdown(wait=False)
     record = store.get_tag(watch.name, "0.15.0")
     assert record is not None and record.state is S.BROKEN
+
+
+make_rig = test_vaulting.make_rig  # the fixture: a store, clients, a checker and a vault copier
+
+
+async def test_a_lost_blob_of_a_vaulted_release_is_repaired_from_the_vault(
+    own_registry: support_registry.RegistryServer, repo: str, make_pusher: Any, make_rig: Any
+) -> None:
+    """The vault keeps the release whole: a blob the source lost makes it broken but
+    repairable, and a watch that repairs copies the blob back; every platform pullable again."""
+    pusher = make_pusher(own_registry)
+    release = pusher.index(repo, "0.15.0", seed="release")
+    rig = make_rig(own_registry, own_registry, repo)  # the vault on the same registry
+    await rig.check()
+    assert await rig.copier.drain(30) == 0
+    layer = media.blobs(release.children["linux/amd64"].body)[1]
+    delete_blob(own_registry, repo, layer)
+    watch = rig.settings.watches[0].model_copy(update={"on_move": "restore"})
+    sweeper = make_sweeper(rig.checker)
+    broken, restored = await sweeper.check_watch(watch)
+    assert broken.kind is K.BROKEN and broken.detail["missing_blobs"] == [layer]
+    assert broken.detail["repairable"] is True and broken.detail["in_vault"] is True
+    shown = text_of(broken)
+    assert "The vault keeps a complete copy of this release" in shown
+    assert "missing blobs copied back from the vault" in shown
+    assert restored.kind is K.RESTORED, restored.detail
+    rc = rig.clients.get(own_registry.host)
+    await test_restore_vault.assert_pullable(rc, repo, "0.15.0", release)
+    record = rig.store.get_tag(watch.name, "0.15.0")
+    assert record is not None and record.state is S.OK
+    assert await sweeper.check_watch(watch) == []  # whole

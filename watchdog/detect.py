@@ -190,6 +190,8 @@ def integrity(
     missing_children: Sequence[str],
     missing_blobs: Sequence[str],
     now: dt.datetime,
+    *,
+    in_vault: bool = False,
 ) -> models.Change:
     """What an integrity check of the recorded digest means (docs/DETECTION.md, "Integrity").
 
@@ -197,6 +199,8 @@ def integrity(
     event names the child manifests and blobs gone. A ``broken`` tag found whole again (someone
     pushed the missing parts back) is ``ok`` again with a ``reverted`` event; anything else
     (still broken, or drifted or deleted meanwhile: the check's own rules apply) is no change.
+    ``in_vault``: the vault keeps a complete copy of the recorded digest, so missing blobs can
+    be copied back (``repairable``) as archived child manifests can be re-PUT.
     """
     repository, tag = previous.repository, previous.tag
     lost = bool(missing_children or missing_blobs)
@@ -212,7 +216,8 @@ def integrity(
                 "missing_children": list(missing_children),
                 "missing_blobs": list(missing_blobs),
                 # archived child manifests can be re-PUT; a blob only from a copy elsewhere
-                "repairable": not missing_blobs,
+                "repairable": not missing_blobs or in_vault,
+                **({"in_vault": True} if in_vault else {}),
             },
         )
         return models.Change(repository, tag, record, event)

@@ -205,7 +205,13 @@ class Sweeper:
                 log.warning("integrity_unknown ref=%s error=%r", record.ref, str(exc))
                 continue
             requests += finding.requests
-            change = detect.integrity(record, finding.missing_children, finding.missing_blobs, now)
+            # a lost blob comes back only from a kept copy in the vault
+            in_vault = bool(finding.missing_blobs) and bool(
+                await asyncio.to_thread(self.store.vault.kept, watch.name, record.recorded_digest)
+            )
+            change = detect.integrity(
+                record, finding.missing_children, finding.missing_blobs, now, in_vault=in_vault
+            )
             event = change.event
             if event is not None:
                 if event.kind is K.BROKEN:

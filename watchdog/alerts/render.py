@@ -282,7 +282,9 @@ def _broken(event: models.Event, ref: str, recorded: str | None) -> tuple[str, s
     )
     if lines:
         text += "\n" + "\n".join(lines)
-    if blobs:
+    if blobs and event.detail.get("in_vault") is True:
+        text += "\nThe vault keeps a complete copy of this release: a restore copies them back."
+    elif blobs:
         text += (
             "\nA missing blob cannot be put back from the manifest archive (it holds no "
             "layers): only a copy kept elsewhere (the vault) can."
@@ -606,10 +608,10 @@ def _action(event: models.Event, context: Context) -> str:
     if event.kind is models.EventKind.BROKEN:
         policy = escape(delete_policy(event, context))
         if _auto_restoring(event, context):
-            return (
-                f"repairing it (`{policy}`): archived child manifests are re-PUT; the outcome "
-                f"follows {where}."
-            )
+            what = "archived child manifests are re-PUT"
+            if event.detail.get("in_vault") is True:
+                what += ", missing blobs copied back from the vault"
+            return f"repairing it (`{policy}`): {what}; the outcome follows {where}."
         return f"alerted only (`{policy}`): the release stays broken until someone repairs it."
     if event.kind is models.EventKind.DELETED:
         policy = escape(delete_policy(event, context))
