@@ -183,9 +183,19 @@ def test_a_release_over_three_repositories_is_one_incident_restored_all_at_once(
                         headers={"Accept": media.ACCEPT, **server.push_auth(r)},
                     )
                     assert by_digest.content == child.body, platform
+            # the tap's outcome, then (the restores joined the incident) the message as it
+            # stands: the worker's redraw and the tap's may land in either order
             wait_for(
-                lambda: "restored 6 of 6 tags" in json.dumps(_as_shown(standin, parent["ts"])),
+                lambda: any(
+                    u.body["ts"] == parent["ts"] and "restored 6 of 6 tags" in json.dumps(u.body)
+                    for u in standin.updates
+                ),
                 what="the message redrawn with the outcome",
+            )
+            settled = f"6 restored by <@{ALLOWED}> (alice): every tag settled"
+            wait_for(
+                lambda: settled in json.dumps(_as_shown(standin, parent["ts"])),
+                what="the message showing every tag restored",
             )
 
             # a seventh move inside the window: the incident grows, no second alert

@@ -147,6 +147,29 @@ def _status(latest: models.Event) -> str:
     return f"*{state}*"
 
 
+def now_mrkdwn(incident: models.Incident) -> str:
+    """Where the incident's tags stand, counted: "6 restored (by <@U1>)", "4 moved, 2 restored".
+    Drawn from the events, so every redraw says it (a tap's outcome text does not outlive the
+    next redraw)."""
+    latest = incident.latest_by_tag()
+    counts = collections.Counter(e.kind for e in latest.values())
+    parts = []
+    for kind, n in counts.most_common():
+        who = {e.actor for e in latest.values() if e.kind is kind}
+        by = ""
+        if kind in (models.EventKind.RESTORED, models.EventKind.ACCEPTED) and len(who) == 1:
+            (actor,) = who
+            by = (
+                " by the watchdog"
+                if actor in ("", "watchdog")
+                else f" by {render.actor_mrkdwn(actor)}"
+            )
+        parts.append(f"{n} {_STATES.get(kind, kind.value)}{by}")
+    left = len(needs_restore(incident))
+    settled = "every tag settled" if not left else f"{left} to put back or accept"
+    return f"{', '.join(parts)}: {settled}."
+
+
 def tag_line(change: models.Event, latest: models.Event) -> str:
     """One tag of an incident in mrkdwn: its reference, old -> new digest, the platforms that
     changed, and what became of it (its latest event)."""
@@ -237,6 +260,7 @@ def render_incident(
     blocks: list[dict[str, Any]] = [
         render.header(title),
         render.section(summary),
+        render.section(f"*Now:* {now_mrkdwn(incident)}"),
         *_tag_sections(incident),
         render.section(pushers_mrkdwn(incident)),
     ]
