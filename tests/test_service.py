@@ -347,3 +347,40 @@ def test_invalid_tags_are_named_once_then_only_counted(
     lines = [r.getMessage() for r in caplog.records]
     assert len([x for x in lines if "tag=" in x]) == limit
     assert len([x for x in lines if "count=" in x]) == 1
+
+
+def _drifted_info(m: metrics.Metrics) -> set[tuple[str, str]]:
+    return {
+        (s.labels["tag"], s.labels["state"])
+        for f in m.registry.collect()
+        if f.name == "tag_watchdog_drifted_tag_info"
+        for s in f.samples
+        if s.value == 1
+    }
+
+
+async def test_a_replica_that_did_not_check_sets_its_gauges_from_the_record(
+    store: repo.Store,
+    registry: support_registry.RegistryServer,
+    repo: str,
+    pusher: images.Pusher,
+) -> None:
+    """Two replicas: A saw the move, B the revert (A skipped that slot). A's gauges follow the
+    record, or its drifted series would keep ReleaseTagMoved firing after the tag is back."""
+    pusher.image(repo, "1.0.0", seed="release")
+    a, watch = make_checker(store, registry.settings(), repository=repo)
+    b, _ = make_checker(store, registry.settings(), repository=repo)
+    await a.check_watch(watch)
+    pusher.image(repo, "1.0.0", seed="overwrite")
+    await a.check_watch(watch)
+    assert _drifted_info(a.metrics) == {("1.0.0", "drifted")}
+    pusher.image(repo, "1.0.0", seed="release")  # put back by hand: the same bytes
+    await b.check_watch(watch)
+    assert _drifted_info(b.metrics) == set()
+    assert _drifted_info(a.metrics) == {("1.0.0", "drifted")}  # stale until...
+    await a.gauges_from_record(watch)  # ...A's slot went to B: A reads the record
+    assert _drifted_info(a.metrics) == set()
+    name = watch.name
+    assert (
+        a.metrics.registry.get_sample_value("tag_watchdog_tags_drifted", {"repository": name}) == 0
+    )

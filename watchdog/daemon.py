@@ -330,6 +330,8 @@ class Daemon:
                         log.debug(
                             "check_skipped repository=%s reason=claimed_elsewhere", watch.name
                         )
+                        # what the replica that checked it recorded: our gauges follow it
+                        await self.checker.gauges_from_record(watch)
                     else:
                         try:
                             result = await self.checker.check_watch(watch)

@@ -437,6 +437,18 @@ class Checker:
             )
         return self._attributed(ref, change), resume
 
+    async def gauges_from_record(self, watch: config.WatchSettings) -> None:
+        """Set the repository's tag gauges from the record, for a replica that did not check it
+        (another replica claimed the slot): its gauges would else stay as its last check left
+        them, and a stale ``drifted_tag_info`` keeps an alert firing after another replica
+        restored the tag. Raises ``errors.StoreError``."""
+        records = list((await asyncio.to_thread(self.store.load_tags, watch.name)).values())
+        watched = [r for r in records if r.state is not models.TagState.DELETED]
+        drifted = sorted(
+            (r for r in records if r.state is not models.TagState.OK), key=lambda r: r.tag
+        )
+        _set_gauges(self.metrics, watch.name, watched, drifted)
+
     def _attributed(self, ref: models.ImageRef, change: models.Change) -> models.Change:
         """``change`` with who pushed (``detail["pushed_by"]``) on a move or deletion, when a
         registry notification said so; without one the event says nothing (pusher unknown)."""
@@ -476,9 +488,7 @@ class Checker:
         )
         result.not_rechecked = {r.tag for r in result.drifted if r.tag in result.tag_errors}
         m = self.metrics
-        m.tags_watched.labels(repository=repository).set(len(watched))
-        m.tags_drifted.labels(repository=repository).set(len(result.drifted))
-        m.set_drifted_tags(repository, [(r.tag, r.state.value) for r in result.drifted])
+        _set_gauges(m, repository, watched, result.drifted)
         for event in events:
             if event.kind is models.EventKind.MOVED:
                 m.tag_moves.labels(repository=repository).inc()
@@ -523,3 +533,15 @@ def _summary(tag_errors: Mapping[str, str]) -> str | None:
     return f"{len(tag_errors)} tag(s) could not be checked: " + "; ".join(
         f"{t}: {e}" for t, e in sorted(tag_errors.items())[:3]
     )
+
+
+def _set_gauges(
+    m: metrics.Metrics,
+    repository: str,
+    watched: Sequence[models.TagRecord],
+    drifted: Sequence[models.TagRecord],
+) -> None:
+    """The repository's tag gauges: tags watched, tags drifted and one series per drifted tag."""
+    m.tags_watched.labels(repository=repository).set(len(watched))
+    m.tags_drifted.labels(repository=repository).set(len(drifted))
+    m.set_drifted_tags(repository, [(r.tag, r.state.value) for r in drifted])
