@@ -95,7 +95,7 @@ def main() -> int:
               - repository: {server.host}/{repo}
                 on_move: restore
             slack: {{webhook_url: "{slack.webhook_url}"}}
-            incidents: {{wait: 1s, window: 5s}}   # short for the demo (default 10s and 2m)
+            incidents: {{window: 5s, update_interval: 1s}}   # short for the demo (default 2m, 10s)
             """)
         )
         print(config.read_text().rstrip())

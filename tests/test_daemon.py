@@ -43,7 +43,10 @@ async def test_a_notification_during_a_check_asks_for_one_more_check(tmp_path: P
         await asyncio.wait_for(checker.started.wait(), 5)
         push = notifications.RegistryEvent("push", "deephaven/server", "0.15.0", "ghcr.io")
         assert await d.on_registry_events([push, push]) == [watch.name]
-        assert watch.name in d.recheck
+        assert await d.on_registry_events([push]) == [watch.name]  # the same burst
+        assert watch.name in d.settling and watch.name not in d.recheck
+        await asyncio.sleep(daemon.NOTIFIED_SETTLE + 0.1)  # one check for the burst
+        assert watch.name in d.recheck and not d.settling
         checker.release.set()
         await asyncio.wait_for(running, 5)
         assert checker.calls == 2  # the check that was running, then exactly one more

@@ -46,6 +46,10 @@ SHUTDOWN_GRACE = 30.0  # seconds given to running checks on shutdown
 STALE_AFTER_INTERVALS = 3
 MAX_CONCURRENT_CHECKS = service.MAX_CONCURRENT_CHECKS  # watches checked at once
 NOTIFIED_RECHECK_DELAY = 1.0  # seconds: the second look after a registry notification
+# seconds from a watch's first notification to its check: a release pushes its tags one after
+# the other (0.15.0, 0.15, latest), and one check after the burst finds every notification in
+# the push ledger, so every move it finds names its pusher
+NOTIFIED_SETTLE = 0.25
 
 
 class SlotTrigger(BaseTrigger):  # type: ignore[misc]  # apscheduler 3 is untyped
@@ -96,6 +100,7 @@ class Daemon:
         self.checking: set[str] = set()  # watches being checked now
         self.recheck: set[str] = set()  # watches to check again when their check ends
         self.triggered: set[str] = set()  # watches a notification asked to check now
+        self.settling: set[str] = set()  # watches whose notified check waits NOTIFIED_SETTLE
         self.pushers = notifications.PushLedger()  # who pushed, from those notifications
         self.locks: dict[str, asyncio.Lock] = {}  # per watch: its check, or a hand-started action
         # checks at once, shared fairly between registries: a slow one costs its own watches only
@@ -257,12 +262,18 @@ class Daemon:
             return []
         loop = asyncio.get_running_loop()
         for watch in due:
-            self._trigger(watch.name)
+            if watch.name not in self.settling:  # one check for a burst of notifications
+                self.settling.add(watch.name)
+                loop.call_later(NOTIFIED_SETTLE, self._settled, watch.name)
             # distribution sends the push event before it writes the tag link, so the first check
             # can still see the old digest: look again shortly after (measured: 1 push in ~20).
             loop.call_later(NOTIFIED_RECHECK_DELAY, self._trigger, watch.name)
             log.info("check_triggered repository=%s by=registry_notification", watch.name)
         return [w.name for w in due]
+
+    def _settled(self, name: str) -> None:
+        self.settling.discard(name)
+        self._trigger(name)
 
     def _trigger(self, name: str) -> None:
         if self.scheduler is None or self.stopping.is_set():

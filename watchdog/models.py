@@ -324,12 +324,15 @@ class Grouping:
     registry's root namespace, the host alone), ``repository`` or ``registry``. ``window``: a
     change found within this many seconds of the incident's last change joins it (0: every
     change is an incident of its own). ``wait``: the incident's first message waits this long
-    for the rest of a burst (Alertmanager's group_wait).
+    for the rest of a burst (Alertmanager's group_wait; 0: the first change alerts at once).
+    ``update_interval``: what joins later is told (a reply, a redraw) at most this often
+    (Alertmanager's group_interval).
     """
 
     by: str = "namespace"
     window: float = 120.0
-    wait: float = 10.0
+    wait: float = 0.0
+    update_interval: float = 10.0
 
     def key(self, repository: str) -> str:
         """The grouping key of ``repository`` (``host/path``, as ``ImageRef.name``)."""

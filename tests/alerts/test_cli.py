@@ -27,7 +27,7 @@ def bot_config(
     watch: str | None = None,
     db: str | None = None,
     port: int | None = None,
-    incidents: str = "{wait: 0s}",
+    incidents: str = "{wait: 0s, update_interval: 0s}",
 ) -> Path:
     url = db or f"sqlite:///{path.parent / 'w.db'}"
     lines = [

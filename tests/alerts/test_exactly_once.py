@@ -206,7 +206,9 @@ async def test_a_send_slack_refused_outright_needs_no_lookup(
 def grouping(alerting: repo.Store) -> repo.Store:
     """``alerting`` with incidents on (the default window; no wait: the opening is due at once)."""
     return repo.Store(
-        alerting.engine, channels=("slack",), grouping=models.Grouping(window=120.0, wait=0.0)
+        alerting.engine,
+        channels=("slack",),
+        grouping=models.Grouping(window=120.0, wait=0.0, update_interval=0.0),
     )
 
 

@@ -17,7 +17,7 @@ K = models.EventKind
 OLD = "sha256:" + "a" * 64
 NEW = "sha256:" + "b" * 64
 API, WEB, ELSEWHERE = "ghcr.io/acme/api", "ghcr.io/acme/web", "ghcr.io/other/db"
-GROUPING = models.Grouping(by="namespace", window=120.0, wait=10.0)
+GROUPING = models.Grouping(by="namespace", window=120.0, wait=10.0, update_interval=10.0)
 
 
 def _store(store: repo.Store) -> repo.Store:
@@ -145,3 +145,25 @@ async def test_an_opening_refused_for_good_leaves_the_update_to_say_it_all(
     (top,) = standin.posted
     assert top["thread_ts"] is None  # the update had no message to reply to: it is the message
     assert "2 release tags moved" in json.dumps(standin.messages()[0])
+
+
+async def test_by_default_the_first_change_alerts_at_once_and_updates_gather(
+    store: repo.Store, standin: SlackStandIn
+) -> None:
+    """``incidents`` defaults: no wait for the first message (a single move alerts as promptly
+    as before incidents), what joins is told at most every 10 s, in one reply."""
+    s = repo.Store(store.engine, channels=("slack",), grouping=models.Grouping())
+    time, m = FakeTime(), metrics.Metrics()
+    w = worker(s.outbox, standin, time, m, CHANNEL_ID)
+    _move(s, time.now, API, "1.0.0")
+    await w.run_once()
+    assert len(standin.posted) == 1  # at once
+    for i, tag in enumerate(("1.0", "latest-1")):
+        time.now += dt.timedelta(seconds=3)
+        _move(s, time.now, WEB, tag)
+        await w.run_once()
+        assert len(standin.posted) == 1, i  # gathered, not yet told
+    time.now += dt.timedelta(seconds=8)  # 11 s after the first to join
+    await w.run_once()
+    assert len(standin.posted) == 2
+    assert "2 more events" in json.dumps(standin.messages()[-1])

@@ -54,7 +54,7 @@ def _config(path: Path, server: support_registry.RegistryServer, port: int, slac
         f"http: {{listen: '127.0.0.1:{port}'}}\nhooks: {{registry_token: '{HOOK_TOKEN}'}}\n"
         f"registries: [{{host: '{server.host}', username: ci-bot, "
         f"password: '{server.password}'}}]\n"
-        "incidents: {wait: 2s, window: 5m}\n"
+        "incidents: {wait: 2s, window: 5m, update_interval: 2s}\n"
         "slack: {token: '${SLACK_TOKEN}', channel: '#releases', signing_secret: '${SIGNING}', "
         f"allowed_users: [{ALLOWED}], base_url: '{slack}'}}\n"
         f"watches:\n{watches}"

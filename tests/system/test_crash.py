@@ -93,7 +93,7 @@ SLACK_ANSWER_DELAY = 0.25
 # round before and others open one of their own (a round takes 1-3 s), and a short wait: kills
 # land around openings, updates (bot: thread replies plus chat.update; webhook: closing messages,
 # sent once the window is over) and what joins an opening while it waits.
-INCIDENTS = "{window: 1500ms, wait: 100ms}"
+INCIDENTS = "{window: 1500ms, wait: 100ms, update_interval: 100ms}"
 # a message's footer names its incident, else its event (a single news event's own alert)
 FOOTER_INCIDENT = re.compile(r"\bincident (\d+)\b")
 FOOTER_EVENT = re.compile(r"\bevent (\d+)\b")

@@ -330,7 +330,7 @@ def test_one_tap_restore_and_accept_on_a_real_daemon(
             f"database_url: sqlite:///{tmp_path / 'w.db'}\ninterval: 1s\njitter: 0s\n"
             f"http: {{listen: '127.0.0.1:{port}'}}\n"
             # every move an incident of its own (the second move is a new alert to tap)
-            "incidents: {wait: 0s, window: 0s}\n"
+            "incidents: {wait: 0s, window: 0s, update_interval: 0s}\n"
             f"watches: [{{repository: '{registry.host}/{repo}', on_move: alert}}]\n"
             "slack: {token: '${SLACK_TOKEN}', channel: '#releases', "
             f"signing_secret: '${{SIGNING}}', allowed_users: [{ALLOWED}], "

@@ -98,7 +98,7 @@ def setup(
         cfg.write_text(
             f"database_url: sqlite:///{tmp_path / 'w.db'}\ninterval: 1s\njitter: 0s\n"
             f"http: {{listen: '127.0.0.1:{port}'}}\n"
-            "incidents: {wait: 0s, window: 0s}\n"  # an alert (and its buttons) per tag
+            "incidents: {wait: 0s, window: 0s, update_interval: 0s}\n"  # an alert (and its buttons) per tag
             f"watches: [{{repository: '{proxy.host}/{repo}', on_move: alert}}]\n"
             "slack: {token: '${SLACK_TOKEN}', channel: '#releases', "
             f"signing_secret: '${{SIGNING}}', allowed_users: [{ALLOWED}], "

@@ -353,14 +353,21 @@ class IncidentSettings(fields.Section):
     ] = "namespace"
     # a change found within this long of the incident's last change joins it; 0s: no grouping
     window: fields.Duration = 120.0
-    # the incident's first message (and each update) waits this long for the rest of a burst
-    wait: fields.Duration = 10.0
+    # the incident's first message waits this long for the rest of a burst (0s: alert at once)
+    wait: fields.Duration = 0.0
+    # what joins the incident later is told (a thread reply and a redraw) at most this often
+    update_interval: fields.Duration = 10.0
 
     def grouping(self) -> models.Grouping | None:
         """These settings as the store takes them (None when incidents are off)."""
         if not self.enabled:
             return None
-        return models.Grouping(by=self.group_by, window=self.window, wait=self.wait)
+        return models.Grouping(
+            by=self.group_by,
+            window=self.window,
+            wait=self.wait,
+            update_interval=self.update_interval,
+        )
 
 
 class HookSettings(fields.Section):

@@ -39,13 +39,22 @@ _Key = tuple[str, str | None, str | int | None]
 class Outbox:
     """The alerts outbox of one database, for the configured alert ``channels``."""
 
-    def __init__(self, engine: Engine, *, channels: Sequence[str] = (), wait: float = 0.0) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        channels: Sequence[str] = (),
+        wait: float = 0.0,
+        update_interval: float = 0.0,
+    ) -> None:
         """``channels``: the configured alert channels (e.g. ``("slack",)``); every alerted
         event and every notice gets one row per channel. ``wait``: how long an incident's
-        messages wait for the rest of a burst (``incidents.wait``)."""
+        first message waits for the rest of a burst (``incidents.wait``); ``update_interval``:
+        how long an update waits to gather what joins after it (``incidents.update_interval``)."""
         self.engine = engine
         self.channels = tuple(channels)
         self.wait = wait
+        self.update_interval = update_interval
 
     # --- queueing --------------------------------------------------------------------------------
 
@@ -53,8 +62,9 @@ class Outbox:
         """Queue the alerts of ``events`` (saved, with their ids and incidents) inside the
         caller's transaction ``conn``: an event and its alerts are written together or not at
         all. An event of an incident gets no row of its own: the incident's opening message
-        (queued when the incident opens, due after ``wait`` seconds so that a burst is one
-        message) shows it, or an ``update`` row says it joined after that message went out."""
+        (queued when the incident opens, due after ``wait`` seconds: 0 by default, the first
+        change alerts at once) shows it, or an ``update`` row (due after ``update_interval``,
+        gathering what joins meanwhile) says it joined after that message went out."""
         queued = [
             _outbox_row(channel, e.at, event=e)
             for e in events
@@ -68,17 +78,19 @@ class Outbox:
                 news[e.incident_id] = (opened or e.opens_incident, at)
         if queued:
             conn.execute(sa.insert(OB), queued)
-        due = dt.timedelta(seconds=self.wait)
+        first = dt.timedelta(seconds=self.wait)
+        later = dt.timedelta(seconds=self.update_interval)
         for incident_id, (opened, at) in news.items():
             for channel in self.channels:
                 if opened:
                     conn.execute(
                         sa.insert(OB),
-                        _incident_row(channel, incident_id, "opening", at, at + due),
+                        _incident_row(channel, incident_id, "opening", at, at + first),
                     )
                 elif not _absorbed(conn, incident_id, channel, at):
                     conn.execute(
-                        sa.insert(OB), _incident_row(channel, incident_id, "update", at, at + due)
+                        sa.insert(OB),
+                        _incident_row(channel, incident_id, "update", at, at + later),
                     )
 
     def enqueue_notice(self, notice: Mapping[str, Any], now: dt.datetime) -> None:

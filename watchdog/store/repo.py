@@ -64,8 +64,8 @@ class Store:
         at all, every alerted event gets rows of its own)."""
         self.engine = engine
         self.incidents = incidents.Incidents(engine, grouping)
-        wait = grouping.wait if grouping is not None else 0.0
-        self.outbox = outbox.Outbox(engine, channels=channels, wait=wait)
+        wait, every = (grouping.wait, grouping.update_interval) if grouping else (0.0, 0.0)
+        self.outbox = outbox.Outbox(engine, channels=channels, wait=wait, update_interval=every)
         self.vault = vault.VaultQueue(engine, repositories=vaulted)
         self._dialect = engine.dialect.name
         if self._dialect not in ("sqlite", "postgresql"):
