@@ -10,6 +10,10 @@ measures from the start of each manifest PUT to:
 * the Slack stand-in receiving the move alert (`on_move: alert`);
 * the tag answering the recorded digest again (`on_move: restore`).
 
+Each overwrite is an incident of its own (`incidents: {window: 0s}`): the figure is the time to
+an incident's first message, which goes out with its first change (`incidents.wait: 0s`); moves
+joining an open incident are told later, at most every `incidents.update_interval`.
+
 Prints median, p95 and max of each.
 """
 
@@ -98,6 +102,7 @@ def run(pushes: int, on_move: str) -> dict[str, list[float]]:
                     f"slack: {{webhook_url: '{slack.webhook_url}'}}\n"
                     f"watches: [{{repository: '{server.host}/deephaven/server', on_move: {on_move}}}]\n"
                     "restore: {max_per_tag: 1000, window: 1h}\n"
+                    "incidents: {window: 0s}\n"  # each push an incident: its first message
                 )
                 daemon = subprocess.Popen(
                     [sys.executable, "-m", "watchdog", "run", "-c", str(cfg)],
