@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from tests.support import faultproxy, images
 from tests.support import registry as support_registry
-from watchdog import config, metrics, models, service
+from watchdog import config, metrics, models, notifications, service
 from watchdog.registry import client as registry_client
 from watchdog.registry import media
 from watchdog.store import repo
@@ -384,3 +384,41 @@ async def test_a_replica_that_did_not_check_sets_its_gauges_from_the_record(
     assert (
         a.metrics.registry.get_sample_value("tag_watchdog_tags_drifted", {"repository": name}) == 0
     )
+
+
+async def test_a_replica_names_the_pusher_whose_notification_reached_another_replica(
+    store: repo.Store,
+    registry: support_registry.RegistryServer,
+    repo: str,
+    pusher: images.Pusher,
+) -> None:
+    """Replica A checks and finds the move; the registry's notification went to replica B,
+    which noted the pusher in the store: A names it all the same."""
+    pusher.image(repo, "1.0.0", seed="release")
+    a, watch = make_checker(store, registry.settings(), repository=repo)
+    a.pushers = notifications.PushLedger()  # A's own memory heard nothing
+    await a.check_watch(watch)
+    unseen = pusher.image(repo, "1.0.0", seed="overwrite")
+    (moved,) = (await a.check_watch(watch)).events
+    assert "pushed_by" not in moved.detail  # nobody noted anything: unknown
+    again = pusher.image(repo, "1.0.0", seed="overwrite-2")
+    ci = notifications.Pusher("registry", "ci-bot", "10.0.0.5")
+    told = [  # what B received: the push of this digest, and one of another digest
+        notifications.RegistryEvent("push", repo, "1.0.0", registry.host, ci, again.digest),
+        notifications.RegistryEvent(
+            "push",
+            repo,
+            "1.0.0",
+            registry.host,
+            notifications.Pusher("registry", "other"),
+            unseen.digest,
+        ),
+    ]
+    store.pushes.note(told, a.clock())
+    (moved,) = (await a.check_watch(watch)).events
+    assert moved.new_digest == again.digest
+    assert moved.detail["pushed_by"] == {
+        "source": "registry",
+        "actor": "ci-bot",
+        "address": "10.0.0.5",
+    }

@@ -257,6 +257,11 @@ class Daemon:
         """Bring the check of every watch an event concerns forward to now, and once more a moment
         later; a watch being checked right now is checked once more when that check ends."""
         self.pushers.note(events)  # before the check it triggers: that check says who pushed
+        if self.store is not None:
+            try:  # and for the other replicas, whose check may find the change first
+                await asyncio.to_thread(self.store.pushes.note, events, self.clock())
+            except errors.StoreError as exc:
+                log.warning("pushers_not_shared error=%r", str(exc))
         due = notifications.watches_to_check(events, self.settings.watches)
         if self.scheduler is None or self.stopping.is_set():
             return []

@@ -311,9 +311,10 @@ class PushLedger:
             collections.OrderedDict()
         )
 
-    def note(self, events: Iterable[RegistryEvent]) -> None:
-        """Remember who pushed or deleted, for every such event that names a pusher."""
-        now = self.clock()
+    def note(self, events: Iterable[RegistryEvent], at: float | None = None) -> None:
+        """Remember who pushed or deleted, for every such event that names a pusher (``at``:
+        when, on this ledger's clock; default now)."""
+        now = self.clock() if at is None else at
         for event in events:
             if event.pusher is None or event.action not in ("push", "delete"):
                 continue

@@ -325,6 +325,7 @@ class Checker:
             if change.record is not None or change.event is not None:
                 changes.append(change)
         result.tags_checked = len(outcomes)
+        changes = await self._attributed_from_store(ref, changes, now)
         resume.extend(autorestore.unobserved(unfinished, {t for t, _ in todo}))
         changes = await autorestore.annotate_deletions(registry, watch, changes)
         events = await asyncio.to_thread(
@@ -449,16 +450,52 @@ class Checker:
         )
         _set_gauges(self.metrics, watch.name, watched, drifted)
 
-    def _attributed(self, ref: models.ImageRef, change: models.Change) -> models.Change:
+    async def _attributed_from_store(
+        self, ref: models.ImageRef, changes: list[models.Change], now: dt.datetime
+    ) -> list[models.Change]:
+        """``changes`` with the pushers this daemon's own ledger did not know taken from the
+        store's (``Store.pushes``: the notification may have reached another replica). One
+        query, and only for a daemon (which takes notifications) with a move or deletion of
+        unknown pusher. Best effort: a store that cannot answer leaves the pusher unknown."""
+        unknown = [
+            c
+            for c in changes
+            if c.event is not None
+            and c.event.kind in (models.EventKind.MOVED, models.EventKind.DELETED)
+            and "pushed_by" not in c.event.detail
+        ]
+        if self.pushers is None or not unknown:
+            return changes
+        try:
+            noted = await asyncio.to_thread(self.store.pushes.recent, ref.repository, now)
+        except errors.StoreError as exc:
+            log.warning("pushers_unknown repository=%s error=%r", ref.name, str(exc))
+            return changes
+        if not noted:
+            return changes
+        ledger = notifications.PushLedger(clock=lambda: now.timestamp())
+        for event, at in noted:
+            ledger.note([event], at=at.timestamp())
+        asked = {id(c) for c in unknown}
+        return [self._attributed(ref, c, ledger) if id(c) in asked else c for c in changes]
+
+    def _attributed(
+        self,
+        ref: models.ImageRef,
+        change: models.Change,
+        ledger: notifications.PushLedger | None = None,
+    ) -> models.Change:
         """``change`` with who pushed (``detail["pushed_by"]``) on a move or deletion, when a
-        registry notification said so; without one the event says nothing (pusher unknown)."""
+        registry notification said so (in ``ledger``, by default this daemon's); without one
+        the event says nothing (pusher unknown)."""
         event = change.event
-        if self.pushers is None or event is None:
+        pushers = ledger or self.pushers
+        if pushers is None or event is None:
             return change
         if event.kind is models.EventKind.MOVED:
-            pusher = self.pushers.who(ref.host, ref.repository, event.tag, event.new_digest)
+            pusher = pushers.who(ref.host, ref.repository, event.tag, event.new_digest)
         elif event.kind is models.EventKind.DELETED:
-            pusher = self.pushers.who(
+            pusher = pushers.who(
                 ref.host, ref.repository, event.tag, event.old_digest, deleted=True
             )
         else:

@@ -359,6 +359,7 @@ def test_a_change_must_be_about_the_checked_repository_and_its_own_tag(
         "outbox": 0,
         "vault_copies": 0,
         "incidents": 0,
+        "pushes": 0,
     }
 
 
@@ -375,6 +376,7 @@ def test_a_manifest_whose_bytes_are_not_its_digest_is_never_archived(store: repo
         "outbox": 0,
         "vault_copies": 0,
         "incidents": 0,
+        "pushes": 0,
     }
     assert store.get_manifest(REPO, good.digest) is None
 

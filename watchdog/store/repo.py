@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from watchdog import errors, models
-from watchdog.store import db, incidents, outbox, rows, tables, vault
+from watchdog.store import db, incidents, outbox, pushes, rows, tables, vault
 
 # Long enough for a registry's error and our context; the full story is in the logs.
 MAX_WATCH_ERROR = 1000
@@ -67,6 +67,7 @@ class Store:
         wait, every = (grouping.wait, grouping.update_interval) if grouping else (0.0, 0.0)
         self.outbox = outbox.Outbox(engine, channels=channels, wait=wait, update_interval=every)
         self.vault = vault.VaultQueue(engine, repositories=vaulted)
+        self.pushes = pushes.Pushes(engine)
         self._dialect = engine.dialect.name
         if self._dialect not in ("sqlite", "postgresql"):
             raise errors.StoreError(f"unsupported database {self._dialect!r}")

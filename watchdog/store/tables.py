@@ -213,3 +213,25 @@ incidents = sa.Table(
 )
 
 APPLICATION_TABLES = (*APPLICATION_TABLES, "incidents")
+
+# Who pushed (migration 0007): registry notifications' pushers, kept for the push ledger's window
+# (notifications.LEDGER_WINDOW) so that every replica's check can name them; pruned as rows come.
+pushes = sa.Table(
+    "pushes",
+    metadata,
+    sa.Column("id", _BIG_ID, primary_key=True, autoincrement=True),
+    sa.Column("host", sa.String(255), nullable=True),
+    sa.Column("repository", sa.String(REPOSITORY), nullable=False),  # the path in the registry
+    sa.Column("tag", sa.String(TAG), nullable=True),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("digest", sa.String(DIGEST), nullable=True),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("actor", sa.String(200), nullable=True),
+    sa.Column("address", sa.String(200), nullable=True),
+    sa.Column("user_agent", sa.String(200), nullable=True),
+    sa.Column("at", UTCDateTime(), nullable=False),
+    sa.Index(None, "repository", "at"),
+    sa.Index(None, "at"),
+)
+
+APPLICATION_TABLES = (*APPLICATION_TABLES, "pushes")
