@@ -22,7 +22,7 @@ from tests.support import faultproxy, images
 from tests.support import registry as support_registry
 from tests.support.cli import clean_env, run, wait_for
 from tests.support.registry import free_port
-from watchdog import cli, config, models, service, views
+from watchdog import cli_common, config, models, service, views
 
 
 def _watches(n: int) -> list[config.WatchSettings]:
@@ -165,7 +165,7 @@ def test_scan_json_is_written_as_one_document_would_be(
         json.dump(item, spool, indent=2)
     views.write_scan_json(sys.stdout, 1, drift=True, complete=False, watches=spool)
     streamed = capsys.readouterr().out
-    cli._print_json({"exit_code": 1, "drift": True, "complete": False, "watches": items})
+    cli_common.print_json({"exit_code": 1, "drift": True, "complete": False, "watches": items})
     assert streamed == capsys.readouterr().out
 
 

@@ -15,10 +15,10 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from watchdog import __version__, errors, terminal
+from watchdog import __version__, cli_common, errors, terminal
 
 if TYPE_CHECKING:
-    from watchdog import actions, config
+    from watchdog import actions
     from watchdog.store import repo as store_repo
 
 EXIT_OK, EXIT_DRIFT, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
@@ -50,13 +50,6 @@ def _wants_json_logs(argv: Sequence[str]) -> bool:
         ):
             return True
     return False
-
-
-def _say(text: str, event: str = "error") -> None:
-    """A line for the person on stderr (as JSON with ``--log-format json``: logs.say)."""
-    from watchdog import logs
-
-    logs.say(text, event=event)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_incidents.add_parser(sub, common)
 
     _add_release_commands(sub, common)
-    _add_tls_flags(sub.choices["guard"])
+    cli_common.add_tls_flags(sub.choices["guard"])
 
     db = sub.add_parser("db", parents=[common], help="database schema (Alembic)")
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", parser_class=_Parser)
@@ -193,12 +186,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     except errors.WatchdogError as exc:
-        _say(f"tag-watchdog: {terminal.safe(str(exc))}", "error")
+        cli_common.say(f"tag-watchdog: {terminal.safe(str(exc))}", "error")
         return exc.exit_code
     except KeyboardInterrupt as exc:
         from watchdog import aiorun
 
-        _say("tag-watchdog: interrupted", "interrupted")
+        cli_common.say("tag-watchdog: interrupted", "interrupted")
         if isinstance(exc, aiorun.Interrupted) and exc.abandoned:
             # a thread still in a store call would hold up the interpreter's exit (it joins
             # them): nothing it does matters any more (aiorun says why), so do not wait for it
@@ -209,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import logging
 
         logging.getLogger("watchdog.cli").debug("internal error", exc_info=True)
-        _say(
+        cli_common.say(
             f"tag-watchdog: internal error: {type(exc).__name__}: "
             f"{terminal.safe(errors.truncate(str(exc)))} "
             "(this is a bug; --log-level debug shows the traceback)",
@@ -221,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _guard_usage_json(argv: Sequence[str], code: object) -> None:
     """``guard --json`` promises one JSON document in every outcome: a usage error too."""
     if code == EXIT_USAGE and "guard" in argv and "--json" in argv:
-        _print_json({"exit_code": EXIT_USAGE, "error": _Parser.last_error, "results": []})
+        cli_common.print_json({"exit_code": EXIT_USAGE, "error": _Parser.last_error, "results": []})
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
@@ -231,54 +224,12 @@ def _setup_logging(args: argparse.Namespace) -> None:
     logs.setup(getattr(args, "log_level", default), getattr(args, "log_format", "text"))
 
 
-def _config_path(args: argparse.Namespace) -> str | None:
-    return getattr(args, "config", None) or os.environ.get("WATCHDOG_CONFIG") or None
-
-
-def _load(args: argparse.Namespace, *, need_watches: bool = False) -> config.Settings:
-    """The settings; with ``need_watches`` (``run``, ``scan`` and ``config check``) a file with at
-    least one watch is required, its absence reported with the file's other problems."""
-    from watchdog import config
-
-    path = _config_path(args)
-    if path is None and need_watches:
-        raise errors.UsageError(
-            "no configuration: pass -c CONFIG or set WATCHDOG_CONFIG (see config.example.yaml)"
-        )
-    return _with_tls_flags(args, config.load(path, require_watches=need_watches))
-
-
-def _open_store(settings: config.Settings, *, reading: bool = False) -> store_repo.Store:
-    """The store, its schema created first when the database is empty (never silently upgraded).
-    ``reading`` (status, history): a missing SQLite file is an error, not a new empty database
-    ("no tags recorded yet" would read like lost data when only ``-c`` was forgotten)."""
-    from watchdog.alerts import outbox
-    from watchdog.store import db
-    from watchdog.store import repo as store_repo
-
-    engine = db.create_engine(settings.database_url.reveal())
-    if reading and (missing := db.missing_sqlite_file(engine)) is not None:
-        engine.dispose()
-        raise errors.UsageError(
-            f"no database at {missing}: nothing was recorded there. Pass -c CONFIG (or set "
-            "WATCHDOG_CONFIG) with the database_url the daemon or scan uses"
-        )
-    db.ensure_schema(engine, migrate_empty=True)
-    # Events written by any command queue their alerts in the same transaction.
-    return store_repo.Store(
-        engine,
-        channels=outbox.channel_names(settings),
-        vaulted=settings.vaulted(),
-        grouping=settings.incidents.grouping(),
-    )
-
-
 def _dispatch(args: argparse.Namespace) -> int:
     command = args.command
     if command == "run":
         from watchdog import daemon
 
-        return daemon.main(_load(args, need_watches=True))
+        return daemon.main(cli_common.load(args, need_watches=True))
     if command == "scan":
         return _scan(args)
     if command == "status":
@@ -289,13 +240,17 @@ def _dispatch(args: argparse.Namespace) -> int:
         from watchdog import cli_incidents, models
 
         cli_incidents.check(args)
-        return cli_incidents.run(args, _open_store(_load(args), reading=True), models.utcnow)
+        return cli_incidents.run(
+            args, cli_common.open_store(cli_common.load(args), reading=True), models.utcnow
+        )
     if command == "restore":
         return _restore(args)
     if command == "accept":
         return _accept(args)
     if command == "guard":
-        return _guard(args)
+        from watchdog import cli_guard
+
+        return cli_guard.run(args)
     if command == "db":
         return _db(args)
     if command == "config":
@@ -314,8 +269,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _scan(args: argparse.Namespace) -> int:
-    settings = _load(args, need_watches=True)
-    store = _open_store(settings)
+    settings = cli_common.load(args, need_watches=True)
+    store = cli_common.open_store(settings)
 
     import asyncio
     import tempfile
@@ -358,7 +313,7 @@ def _scan(args: argparse.Namespace) -> int:
                     settings, store.vault, clients.get, notices=store.outbox
                 )
             except errors.StoreError as exc:
-                _say(
+                cli_common.say(
                     f"tag-watchdog: vault copies not made: {terminal.safe(str(exc))}",
                     "vault_copies_not_made",
                 )
@@ -371,7 +326,7 @@ def _scan(args: argparse.Namespace) -> int:
             await asyncio.to_thread(store.outbox.hurry_incidents, models.utcnow())
             undelivered = await worker.drain(SCAN_ALERT_SECONDS)
         except errors.StoreError as exc:
-            _say(
+            cli_common.say(
                 f"tag-watchdog: alerts not delivered: {terminal.safe(str(exc))}",
                 "alerts_not_delivered",
             )
@@ -379,13 +334,13 @@ def _scan(args: argparse.Namespace) -> int:
     try:
         aiorun.run(scan_all())
         if unvaulted:
-            _say(
+            cli_common.say(
                 f"tag-watchdog: {unvaulted} vault copy(ies) not done yet (see the log); "
                 "they stay queued for `tag-watchdog run` or the next scan",
                 "vault_copies_queued",
             )
         if undelivered:
-            _say(
+            cli_common.say(
                 f"tag-watchdog: {undelivered} alert(s) not delivered yet (see the log); "
                 "they stay queued for `tag-watchdog run` or the next scan",
                 "alerts_queued",
@@ -398,7 +353,9 @@ def _scan(args: argparse.Namespace) -> int:
     finally:
         spool.close()
     if failed:
-        _say("tag-watchdog: some checks could not complete (see above)", "checks_incomplete")
+        cli_common.say(
+            "tag-watchdog: some checks could not complete (see above)", "checks_incomplete"
+        )
     return code
 
 
@@ -408,15 +365,15 @@ def _scan(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from watchdog import models, vaulting, views
 
-    settings = _load(args)
-    store = _open_store(settings, reading=True)
+    settings = cli_common.load(args)
+    store = cli_common.open_store(settings, reading=True)
     repository = None
     if args.repository:
         repository = models.ImageRef.parse(args.repository, allow_tag=False).name
     tags = store.all_tags(repository)
     copies = store.vault.copies(repository)
     if args.json:
-        _print_json(
+        cli_common.print_json(
             [
                 views.record_json(t) | {"vault": vaulting.state_json(vaulting.copy_of(copies, t))}
                 for t in tags
@@ -438,13 +395,13 @@ def _status(args: argparse.Namespace) -> int:
             t.state.value,
             models.short_digest(t.recorded_digest),
             models.short_digest(t.current_digest) if t.current_digest else "-",
-            _when(t.last_checked),
+            cli_common.when(t.last_checked),
         )
         + ((vaulting.state_text(vaulting.copy_of(copies, t)),) if vault_column else ())
         for t in tags
     ]
     headers = ("TAG", "STATE", "RECORDED", "CURRENT", "LAST CHECKED")
-    _print_table(headers + (("VAULT",) if vault_column else ()), rows)
+    cli_common.print_table(headers + (("VAULT",) if vault_column else ()), rows)
     return EXIT_OK
 
 
@@ -452,12 +409,12 @@ def _history(args: argparse.Namespace) -> int:
     from watchdog import models, views
 
     ref = models.ImageRef.parse(args.ref, require_tag=True)
-    settings = _load(args)
-    store = _open_store(settings, reading=True)
+    settings = cli_common.load(args)
+    store = cli_common.open_store(settings, reading=True)
     assert ref.tag is not None
     events = store.history(ref.name, ref.tag)
     if args.json:
-        _print_json([views.event_json(e) for e in events])
+        cli_common.print_json([views.event_json(e) for e in events])
         return EXIT_OK
     if not events:
         print(f"no events recorded for {ref.name}:{ref.tag}")
@@ -467,7 +424,7 @@ def _history(args: argparse.Namespace) -> int:
         platforms = e.detail.get("changed_platforms") or []
         rows.append(
             (
-                _when(e.at),
+                cli_common.when(e.at),
                 e.kind.value,
                 e.old_digest or "-",
                 e.new_digest or "-",
@@ -475,7 +432,7 @@ def _history(args: argparse.Namespace) -> int:
                 views.event_by(e),
             )
         )
-    _print_table(("WHEN", "EVENT", "OLD DIGEST", "NEW DIGEST", "PLATFORMS", "BY"), rows)
+    cli_common.print_table(("WHEN", "EVENT", "OLD DIGEST", "NEW DIGEST", "PLATFORMS", "BY"), rows)
     return EXIT_OK
 
 
@@ -506,8 +463,8 @@ def _restore(args: argparse.Namespace) -> int:
     )
     digest = models.check_digest(args.digest) if args.digest else None
     refs = actions.parse_refs(args.refs)  # a bad REF is refused before the config is read
-    settings = _load(args)
-    store = _open_store(settings)
+    settings = cli_common.load(args)
+    store = cli_common.open_store(settings)
     if by_incident:
         refs = actions.incident_refs(store, args.incident)  # UsageError for an unknown id
     elif args.drifted:
@@ -545,14 +502,14 @@ def _show_outcomes(
 
     if args.json:
         shown = dry_run if args.command == "restore" else None
-        _print_json(views.outcomes_json(results, several=several, dry_run=shown))
+        cli_common.print_json(views.outcomes_json(results, several=several, dry_run=shown))
     else:
         out, err = views.outcomes_text(results, several=several, dry_run=dry_run)
         if out:
             print("\n".join(terminal.safe(line) for line in out))
         if err:
             for line in err:  # one line each: JSON lines with --log-format json
-                _say(f"tag-watchdog: {terminal.safe(line)}", f"{args.command}_failed")
+                cli_common.say(f"tag-watchdog: {terminal.safe(line)}", f"{args.command}_failed")
     return views.worst_exit_code(results)
 
 
@@ -560,94 +517,9 @@ def _accept(args: argparse.Namespace) -> int:
     from watchdog import actions, aiorun
 
     refs = actions.parse_refs(args.refs)
-    store = _open_store(_load(args))
+    store = cli_common.open_store(cli_common.load(args))
     accepting = actions.accept_all(_actions(store), refs, args.reason, actions.cli_actor())
     return _show_outcomes(args, aiorun.run(accepting), several=len(refs) > 1, dry_run=False)
-
-
-def _guard(args: argparse.Namespace) -> int:
-    """Parses, gathers the answers, prints: the decision is ``guard.decide``'s. With ``--json``
-    one document in every outcome (usage and could-not-complete included)."""
-    try:
-        return _guard_all(args)
-    except errors.WatchdogError as exc:
-        if not args.json:
-            raise
-        _print_json({"exit_code": exc.exit_code, "error": str(exc), "results": []})
-        return exc.exit_code
-
-
-def _guard_all(args: argparse.Namespace) -> int:
-    from watchdog import aiorun, guard, models
-
-    refs = [models.ImageRef.parse(r, require_tag=True) for r in args.ref]
-    allowed = models.check_digest(args.allow_digest) if args.allow_digest else None
-    settings = _load(args)
-    answers = aiorun.run(_guard_ask(args, settings, refs))
-    memories = _guard_memories(args, settings, refs)
-    verdicts = [
-        guard.decide(f"{r.name}:{r.tag}", a, m, allowed)
-        for r, a, m in zip(refs, answers, memories, strict=True)
-    ]
-    code = guard.worst([v.code for v in verdicts])
-    if args.json:
-        _print_json({"exit_code": code, "results": [v.to_json() for v in verdicts]})
-        return code
-    for verdict in verdicts:
-        if verdict.code == guard.UNSURE:
-            _say(f"tag-watchdog: {terminal.safe(guard.text(verdict))}", "guard_unsure")
-        else:
-            print(terminal.safe(guard.text(verdict), multiline=True))
-    return code
-
-
-async def _guard_ask(
-    args: argparse.Namespace, settings: config.Settings, refs: Sequence[Any]
-) -> list[Any]:
-    """The registry's answer about each of ``refs`` (one client per registry, asked at once;
-    the guard's TLS flags are in ``settings`` already: ``_load``)."""
-    import asyncio
-    import contextlib
-
-    from watchdog import guard
-    from watchdog.registry import client as registry_client
-
-    async with contextlib.AsyncExitStack() as stack:
-        clients: dict[str, registry_client.RegistryClient] = {}
-        for host in dict.fromkeys(r.host for r in refs):
-            clients[host] = await stack.enter_async_context(
-                registry_client.RegistryClient(settings.registry(host))
-            )
-        return list(await asyncio.gather(*(guard.ask(clients[r.host], r) for r in refs)))
-
-
-def _guard_memories(
-    args: argparse.Namespace, settings: config.Settings, refs: Sequence[Any]
-) -> list[Any]:
-    """What the record of a given config remembers about each of ``refs``; Nones without a
-    config (the registry alone decides). A database that cannot be read is each one's error:
-    then an absent tag is "cannot tell" (it may have been released and deleted)."""
-    from watchdog import guard
-
-    if _config_path(args) is None:
-        return [None] * len(refs)
-    from watchdog.store import db
-    from watchdog.store import repo as store_repo
-
-    engine = db.create_engine(settings.database_url.reveal())
-    try:
-        if (missing := db.missing_sqlite_file(engine)) is not None:
-            raise errors.DatabaseUnavailable(f"no database at {missing}")
-        db.ensure_schema(engine, migrate_empty=False)
-        store = store_repo.Store(engine)
-        return [
-            guard.Memory(store.get_tag(r.name, r.tag), tuple(store.history(r.name, r.tag)))
-            for r in refs
-        ]
-    except errors.StoreError as exc:
-        return [guard.Memory(error=str(exc)) for _ in refs]
-    finally:
-        engine.dispose()
 
 
 # --- db / config ---------------------------------------------------------------------------------
@@ -657,7 +529,7 @@ def _db(args: argparse.Namespace) -> int:
     from watchdog import config
     from watchdog.store import db
 
-    settings = _load(args)
+    settings = cli_common.load(args)
     url = settings.database_url.reveal()
     engine = db.create_engine(url)
     if args.db_command == "upgrade":
@@ -679,9 +551,9 @@ def _config_check(args: argparse.Namespace) -> int:
     (secrets as the ``${VAR}`` they came from, or ``***``: docs/CONFIG.md)."""
     from watchdog import config
 
-    settings = _load(args, need_watches=True)
+    settings = cli_common.load(args, need_watches=True)
     if args.json:
-        _print_json(config.masked(settings))
+        cli_common.print_json(config.masked(settings))
     else:
         print(config.to_yaml(settings))
     return EXIT_OK
@@ -694,10 +566,10 @@ def _alerts_test(args: argparse.Namespace) -> int:
     from watchdog import aiorun
     from watchdog.alerts import outbox
 
-    settings = _load(args)
+    settings = cli_common.load(args)
     results = aiorun.run(outbox.send_test(settings))
     if not results:
-        _say(
+        cli_common.say(
             "tag-watchdog: no alert channel configured "
             "(set slack.webhook_url, or slack.token and slack.channel)",
             "no_alert_channel",
@@ -706,55 +578,6 @@ def _alerts_test(args: argparse.Namespace) -> int:
     for channel, error in sorted(results.items()):
         print(terminal.safe(f"{channel}: {'sent' if error is None else 'FAILED: ' + error}"))
     return EXIT_FAILED if any(e is not None for e in results.values()) else EXIT_OK
-
-
-# --- output helpers ------------------------------------------------------------------------------
-
-
-def _when(value: Any) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%SZ") if value is not None else "-"
-
-
-def _print_json(data: Any) -> None:
-    json.dump(data, sys.stdout, indent=2, sort_keys=False)
-    sys.stdout.write("\n")
-
-
-def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    from watchdog import views
-
-    for line in views.table_lines(header, rows):  # reasons, actors: from outside (escaped)
-        print(line)
-
-
-# --- guard's TLS flags (named as oras, helm and crane users know them) ----------------------------
-
-# flag -> the registries: key it sets, for every registry the command asks (over its entry)
-_TLS_FLAGS = {"ca_file": "--ca-file", "client_cert": "--client-cert", "client_key": "--client-key"}
-
-
-def _add_tls_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group(
-        "TLS",
-        "Like the config's ca_file, client_cert, client_key and insecure. Docker's "
-        "certs.d/<host[:port]>/ (ca.crt, client.cert, client.key) is read too: from "
-        "/etc/docker/certs.d, or $WATCHDOG_CERTS_DIR.",
-    )
-    g.add_argument("--ca-file", metavar="PEM", help="trust these CAs too (added to the default)")
-    g.add_argument("--client-cert", metavar="PEM", help="client certificate (mTLS)")
-    g.add_argument("--client-key", metavar="PEM", help="the client certificate's private key")
-    mode = g.add_mutually_exclusive_group()
-    on_loopback = "HTTPS even on loopback (plain HTTP by default; --ca-file implies it)"
-    mode.add_argument(
-        "--tls", dest="plain_http", action="store_false", default=None, help=on_loopback
-    )
-    mode.add_argument("--plain-http", action="store_true", default=None, help="plain HTTP")
-
-
-def _with_tls_flags(args: argparse.Namespace, settings: config.Settings) -> config.Settings:
-    flags = {key: getattr(args, key, None) for key in _TLS_FLAGS}
-    flags["insecure"] = getattr(args, "plain_http", None)
-    return settings.with_registry_flags(flags, {**_TLS_FLAGS, "insecure": "--tls/--plain-http"})
 
 
 if __name__ == "__main__":
