@@ -10,7 +10,7 @@ import pytest
 
 from tests.support import images
 from watchdog import config, errors
-from watchdog.registry import client, copy, media
+from watchdog.registry import client, copy, media, uploads
 
 FAST = dataclasses.replace(client.DEFAULT_RETRY, attempts=2, base=0.0)
 
@@ -152,7 +152,7 @@ def _location(location: str) -> httpx.URL:
         b"",
         httpx.URL("http://127.0.0.1:1/v2/x/blobs/uploads/"),
     )
-    return rc._upload_location("start upload", wire_resp)
+    return uploads.Uploads(rc)._location("start upload", wire_resp)
 
 
 def test_an_upload_location_naming_another_address_is_reached_through_the_registry() -> None:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from watchdog import errors, models
 from watchdog.registry import client as registry_client
-from watchdog.registry import media, resolve
+from watchdog.registry import media, resolve, uploads
 
 log = logging.getLogger("watchdog.registry.copy")
 
@@ -70,23 +70,23 @@ async def copy_blob(
     location = None
     if src is dst:
         # A mount of a blob already there answers 201 too: no HEAD first, one request per blob.
-        location = await dst.mount_blob(dst_repo, digest, src_repo)
+        location = await uploads.Uploads(dst).mount(dst_repo, digest, src_repo)
         if location is None:
             return _counted(report, MOUNTED)
     elif await dst.head_blob(dst_repo, digest):
         return _counted(report, PRESENT)
     if location is None:
-        location = await dst.start_upload(dst_repo)
+        location = await uploads.Uploads(dst).start(dst_repo)
     hasher = hashlib.sha256()
     offset = 0
     total: int | None = None
     while total is None or offset < total:
-        data, length = await src.get_blob_range(src_repo, digest, offset, chunk)
+        data, length = await uploads.Uploads(src).read(src_repo, digest, offset, chunk)
         total = length if length is not None else total
         short = len(data) < chunk
         if data:
             hasher.update(data)
-            location = await dst.upload_chunk(dst_repo, location, data, offset)
+            location = await uploads.Uploads(dst).chunk(dst_repo, location, data, offset)
             offset += len(data)
         del data
         # httpx's request and response of each exchange refer to each other, so the chunk a PATCH
@@ -104,7 +104,7 @@ async def copy_blob(
             "not committed",
             registry=src.name,
         )
-    await dst.finish_upload(dst_repo, location, digest)
+    await uploads.Uploads(dst).finish(dst_repo, location, digest)
     if report is not None:
         report.bytes_streamed += offset
     return _counted(report, STREAMED)
