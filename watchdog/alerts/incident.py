@@ -136,11 +136,15 @@ def pushers_mrkdwn(incident: models.Incident) -> str:
     return "*Pushed by:* " + ("; ".join(parts) if parts else "nobody: parts went missing")
 
 
+def _done_by(actor: str) -> str:
+    """Who did it, after "by": the watchdog's own actions, or the person (a Slack mention)."""
+    return "the watchdog" if actor in ("", "watchdog") else render.actor_mrkdwn(actor)
+
+
 def _status(latest: models.Event) -> str:
     state = _STATES.get(latest.kind, latest.kind.value)
     if latest.kind in (models.EventKind.RESTORED, models.EventKind.ACCEPTED):
-        who = "the watchdog" if not latest.actor or latest.actor == "watchdog" else latest.actor
-        return f"*{state}* by {render.actor_mrkdwn(who) if who != 'the watchdog' else who}"
+        return f"*{state}* by {_done_by(latest.actor)}"
     if latest.kind is models.EventKind.RESTORE_FAILED:
         reason = latest.detail.get("reason") or latest.detail.get("error") or "unknown reason"
         return f"*{state}*: {render.escape(render.truncate_mrkdwn(str(reason), 200))}"
@@ -158,12 +162,7 @@ def now_mrkdwn(incident: models.Incident) -> str:
         who = {e.actor for e in latest.values() if e.kind is kind}
         by = ""
         if kind in (models.EventKind.RESTORED, models.EventKind.ACCEPTED) and len(who) == 1:
-            (actor,) = who
-            by = (
-                " by the watchdog"
-                if actor in ("", "watchdog")
-                else f" by {render.actor_mrkdwn(actor)}"
-            )
+            by = f" by {_done_by(who.pop())}"
         parts.append(f"{n} {_STATES.get(kind, kind.value)}{by}")
     left = len(needs_restore(incident))
     settled = "every tag settled" if not left else f"{left} to put back or accept"
@@ -300,15 +299,8 @@ def render_incident(
         + ", ".join(_ref(e) for e in list(changes.values())[:10])
         + (" …" if len(changes) > 10 else "")
     )
-    return _limited(render.escape(fallback), blocks)
-
-
-def _limited(fallback: str, blocks: list[dict[str, Any]]) -> render.Message:
-    """At most 50 blocks: tag sections are dropped from the end (the footer, the buttons and
-    what the watchdog did stay)."""
-    while len(blocks) > render.MAX_BLOCKS:
-        del blocks[2 + (len(blocks) - render.MAX_BLOCKS - 1)]
-    return render.make_message(fallback, blocks)
+    # at most MAX_TAG_LINES tag lines in a few sections: far below Block Kit's 50 blocks
+    return render.make_message(render.escape(fallback), blocks)
 
 
 def _duration(seconds: float) -> str:
@@ -367,7 +359,7 @@ def render_news(
         render.context_block(f"tag-watchdog · incident {incident.id}"),
     ]
     fallback = f"tag-watchdog: incident {incident.id}: {what}"
-    return _limited(render.escape(fallback), blocks)
+    return render.make_message(render.escape(fallback), blocks)
 
 
 def _news_line(event: models.Event) -> str:
@@ -426,7 +418,7 @@ def _buttons(incident: models.Incident, todo: list[models.Event]) -> list[dict[s
     per_tag: list[dict[str, Any]] = []
     # action ids are unique within a block (Slack's rule): ".N" tells the tags' buttons apart
     for n, change in enumerate(todo[:MAX_TAG_BUTTONS]):
-        value = _tag_value(incident, change, render.recorded_digest(change) or "")
+        value = render.button_value(change, render.recorded_digest(change) or "", incident.id)
         per_tag.append(
             {
                 "type": "button",
@@ -443,7 +435,7 @@ def _buttons(incident: models.Incident, todo: list[models.Event]) -> list[dict[s
                     "type": "button",
                     "action_id": f"{render.ACTION_ACCEPT}.{n}",
                     "text": render.plain(f"Accept {_ref(change)}"),
-                    "value": _tag_value(incident, change, change.new_digest),
+                    "value": render.button_value(change, change.new_digest, incident.id),
                     "confirm": _confirm(
                         "Accept the new digest?",
                         f"{_ref(change)} will be recorded as {change.new_digest}.",
@@ -462,14 +454,6 @@ def _buttons(incident: models.Incident, todo: list[models.Event]) -> list[dict[s
             }
         )
     return blocks
-
-
-def _tag_value(incident: models.Incident, change: models.Event, digest: str) -> str:
-    # a tag's own button: as a tag alert's (render.button_value), with its incident
-    return json.dumps(
-        {"event": change.id, "ref": _ref(change), "digest": digest, "incident": incident.id},
-        separators=(",", ":"),
-    )
 
 
 def _confirm(title: str, text: str, yes: str, *, danger: bool = False) -> dict[str, Any]:

@@ -493,13 +493,18 @@ def actor_mrkdwn(actor: str) -> str:
     return escape(actor)
 
 
-def button_value(event: models.Event, digest: str) -> str:
+def button_value(event: models.Event, digest: str, incident: int | None = None) -> str:
     """What a button carries back to /slack/actions: the event, the tag and the one digest the
-    person saw (a tap acts on exactly that digest or not at all)."""
-    return json.dumps(
-        {"event": event.id, "ref": f"{event.repository}:{event.tag}", "digest": digest},
-        separators=(",", ":"),
-    )
+    person saw (a tap acts on exactly that digest or not at all), and the incident whose
+    message holds the button, if any (the tap redraws that message)."""
+    value: dict[str, Any] = {
+        "event": event.id,
+        "ref": f"{event.repository}:{event.tag}",
+        "digest": digest,
+    }
+    if incident is not None:
+        value["incident"] = incident
+    return json.dumps(value, separators=(",", ":"))
 
 
 def _buttons(event: models.Event, recorded: str | None, context: Context) -> dict[str, Any] | None:
