@@ -18,7 +18,6 @@ On SQLite there is one daemon per file (``store.lock``), so every claim is grant
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
@@ -29,10 +28,6 @@ from watchdog.store import db, tables
 # A namespace for our advisory lock keys (two-int form), so they never collide with the
 # migration lock or another application's keys on a shared server.
 _LOCK_NAMESPACE = 0x7477  # "tw"
-
-
-def _key(repository: str) -> int:
-    return int.from_bytes(hashlib.sha256(repository.encode()).digest()[:4], "big", signed=True)
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -46,7 +41,7 @@ def slot_start(repository: str, interval: float, now: dt.datetime) -> dt.datetim
     Integer microseconds throughout: a moment exactly on a slot boundary belongs to the slot it
     starts (float rounding would put it in the one before, and a trigger would fire twice)."""
     length = max(1, round(interval * 1_000_000))
-    offset = _key(repository) % length
+    offset = db.advisory_key(repository) % length
     t = (now - _EPOCH) // _US
     return _EPOCH + (((t - offset) // length) * length + offset) * _US
 
@@ -91,7 +86,7 @@ class Claims:
         """
         if not self.shared:
             return Claim(None, 0)
-        key = _key(repository)
+        key = db.advisory_key(repository)
         conn = None
         with db.translating(self.engine):
             try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import functools
+import hashlib
 import importlib
 import os
 import re
@@ -173,6 +174,12 @@ def writing(engine: Engine) -> Iterator[sa.Connection]:
             conn = conn.execution_options(watchdog_sqlite_immediate=True)
         with conn.begin():
             yield conn
+
+
+def advisory_key(text: str) -> int:
+    """A PostgreSQL advisory lock key (the int4 of the two-int form) for ``text``: its
+    sha256's first four bytes. Each user pairs it with a namespace of its own."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big", signed=True)
 
 
 # --- error translation ---------------------------------------------------------------------------

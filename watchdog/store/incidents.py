@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 from collections.abc import Sequence
 
 import sqlalchemy as sa
@@ -40,16 +39,12 @@ FOLLOW_UPS = frozenset(
 MAX_LISTED = 1000
 
 
-def _lock_key(group_key: str) -> int:
-    return int.from_bytes(hashlib.sha256(group_key.encode()).digest()[:4], "big", signed=True)
-
-
 def _lock(conn: sa.Connection, group_key: str) -> None:
     """On PostgreSQL, the transaction-level advisory lock of ``group_key`` (held until the
     caller's transaction ends). SQLite writes one transaction at a time anyway."""
     if conn.dialect.name == "postgresql":
         conn.execute(
-            sa.select(sa.func.pg_advisory_xact_lock(_LOCK_NAMESPACE, _lock_key(group_key)))
+            sa.select(sa.func.pg_advisory_xact_lock(_LOCK_NAMESPACE, db.advisory_key(group_key)))
         )
 
 
@@ -160,22 +155,34 @@ class Incidents:
             )
         with db.translating(self.engine), self.engine.connect() as conn:
             ids = [int(i) for i in conn.execute(query).scalars()]
-            return [inc for inc in (load(conn, i) for i in ids) if inc is not None]
+            return load_many(conn, ids)
 
 
 def load(conn: sa.Connection, incident_id: int) -> models.Incident | None:
     """The incident ``incident_id`` with its events (oldest first), read on ``conn``."""
-    row = conn.execute(sa.select(I).where(I.c.id == incident_id)).mappings().first()
-    if row is None:
-        return None
-    events = conn.execute(
-        sa.select(E).where(E.c.incident_id == incident_id).order_by(E.c.id)
-    ).mappings()
-    return models.Incident(
-        id=int(row["id"]),
-        group_key=row["group_key"],
-        opened_at=row["opened_at"],
-        last_change_at=row["last_change_at"],
-        closes_at=row["closes_at"],
-        events=tuple(rows.event(e) for e in events),
-    )
+    found = load_many(conn, [incident_id])
+    return found[0] if found else None
+
+
+def load_many(conn: sa.Connection, ids: Sequence[int]) -> list[models.Incident]:
+    """The incidents ``ids`` (in that order, those that exist) with their events, oldest
+    first: two queries whatever the number."""
+    if not ids:
+        return []
+    found = {int(r["id"]): r for r in conn.execute(sa.select(I).where(I.c.id.in_(ids))).mappings()}
+    events: dict[int, list[models.Event]] = {i: [] for i in found}
+    query = sa.select(E).where(E.c.incident_id.in_(list(found))).order_by(E.c.id)
+    for e in conn.execute(query).mappings():
+        events[int(e["incident_id"])].append(rows.event(e))
+    return [
+        models.Incident(
+            id=i,
+            group_key=found[i]["group_key"],
+            opened_at=found[i]["opened_at"],
+            last_change_at=found[i]["last_change_at"],
+            closes_at=found[i]["closes_at"],
+            events=tuple(events[i]),
+        )
+        for i in ids
+        if i in found
+    ]
