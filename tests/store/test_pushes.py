@@ -41,5 +41,7 @@ def test_pushes_are_kept_for_the_window_and_read_back_by_repository(store: repo.
     # past the window: not read, and pruned when the next pushes are noted
     much_later = T0 + dt.timedelta(seconds=notifications.LEDGER_WINDOW + 1)
     assert [e.tag for e, _ in pushes.recent("acme/api", much_later)] == ["2.0"]
-    pushes.note([], much_later)
+    assert pushes.note([pull], much_later) == 0  # nothing kept: nothing written, nothing pruned
+    assert [e.repository for e, _ in pushes.recent("acme/web", T0)] == ["acme/web"]
+    pushes.note([_push("3.0", "acme/db")], much_later)
     assert [e.repository for e, _ in pushes.recent("acme/web", T0)] == []

@@ -49,9 +49,10 @@ class Pushes:
             for e in events
             if e.pusher is not None and e.action in ("push", "delete")
         ]
+        if not kept:
+            return 0  # pulls and the like: no write transaction for them
         with db.writing(self.engine) as conn:
-            if kept:
-                conn.execute(sa.insert(P), kept)
+            conn.execute(sa.insert(P), kept)
             conn.execute(sa.delete(P).where(P.c.at < now - dt.timedelta(seconds=self.window)))
         return len(kept)
 
