@@ -17,7 +17,7 @@ import datetime as dt
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from watchdog import (
@@ -443,12 +443,8 @@ class Checker:
         (another replica claimed the slot): its gauges would else stay as its last check left
         them, and a stale ``drifted_tag_info`` keeps an alert firing after another replica
         restored the tag. Raises ``errors.StoreError``."""
-        records = list((await asyncio.to_thread(self.store.load_tags, watch.name)).values())
-        watched = [r for r in records if r.state is not models.TagState.DELETED]
-        drifted = sorted(
-            (r for r in records if r.state is not models.TagState.OK), key=lambda r: r.tag
-        )
-        _set_gauges(self.metrics, watch.name, watched, drifted)
+        records = await asyncio.to_thread(self.store.load_tags, watch.name)
+        _set_gauges(self.metrics, watch.name, records.values())
 
     async def _attributed_from_store(
         self, ref: models.ImageRef, changes: list[models.Change], now: dt.datetime
@@ -519,13 +515,9 @@ class Checker:
         for change in changes:
             if change.record is not None:
                 current[change.tag] = change.record
-        watched = [r for r in current.values() if r.state is not models.TagState.DELETED]
-        result.drifted = sorted(
-            (r for r in current.values() if r.state is not models.TagState.OK), key=lambda r: r.tag
-        )
-        result.not_rechecked = {r.tag for r in result.drifted if r.tag in result.tag_errors}
         m = self.metrics
-        _set_gauges(m, repository, watched, result.drifted)
+        result.drifted = _set_gauges(m, repository, current.values())
+        result.not_rechecked = {r.tag for r in result.drifted if r.tag in result.tag_errors}
         for event in events:
             if event.kind is models.EventKind.MOVED:
                 m.tag_moves.labels(repository=repository).inc()
@@ -557,9 +549,7 @@ class Checker:
 
 def _recorded_drift(result: CheckResult, records: Mapping[str, models.TagRecord]) -> None:
     """``result.drifted``: the tags the record knows as drifted (or deleted), all not re-checked."""
-    result.drifted = sorted(
-        (r for r in records.values() if r.state is not models.TagState.OK), key=lambda r: r.tag
-    )
+    result.drifted = _drifted(records.values())
     result.not_rechecked = {r.tag for r in result.drifted}
 
 
@@ -572,13 +562,20 @@ def _summary(tag_errors: Mapping[str, str]) -> str | None:
     )
 
 
+def _drifted(records: Iterable[models.TagRecord]) -> list[models.TagRecord]:
+    """The records that are not ``ok`` (drifted, deleted, broken), by tag."""
+    return sorted((r for r in records if r.state is not models.TagState.OK), key=lambda r: r.tag)
+
+
 def _set_gauges(
-    m: metrics.Metrics,
-    repository: str,
-    watched: Sequence[models.TagRecord],
-    drifted: Sequence[models.TagRecord],
-) -> None:
-    """The repository's tag gauges: tags watched, tags drifted and one series per drifted tag."""
-    m.tags_watched.labels(repository=repository).set(len(watched))
+    m: metrics.Metrics, repository: str, records: Iterable[models.TagRecord]
+) -> list[models.TagRecord]:
+    """Set the repository's tag gauges from its ``records`` (tags watched, tags drifted, one
+    series per drifted tag); return the drifted records."""
+    records = list(records)
+    drifted = _drifted(records)
+    watched = sum(r.state is not models.TagState.DELETED for r in records)
+    m.tags_watched.labels(repository=repository).set(watched)
     m.tags_drifted.labels(repository=repository).set(len(drifted))
     m.set_drifted_tags(repository, [(r.tag, r.state.value) for r in drifted])
+    return drifted
