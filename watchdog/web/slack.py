@@ -173,6 +173,8 @@ def parse_tap(body: bytes) -> Tap | taps.IncidentTap:
     container = _dict(doc.get("container"))
     channel = container.get("channel_id") or _dict(doc.get("channel")).get("id")
     message_ts = container.get("message_ts") or _dict(doc.get("message")).get("ts")
+    channel = channel if isinstance(channel, str) else None
+    message_ts = message_ts if isinstance(message_ts, str) else None
     name = _NAME_RE.sub("", str(user.get("username") or user.get("name") or ""))[:64]
     if action_id in taps.ACTIONS:
         try:
@@ -185,8 +187,8 @@ def parse_tap(body: bytes) -> Tap | taps.IncidentTap:
             user_name=name,
             incident_id=incident_id,
             seen=shown,
-            channel=channel if isinstance(channel, str) else None,
-            message_ts=message_ts if isinstance(message_ts, str) else None,
+            channel=channel,
+            message_ts=message_ts,
         )
     try:
         value = safejson.loads(str(action.get("value") or ""))
@@ -202,8 +204,8 @@ def parse_tap(body: bytes) -> Tap | taps.IncidentTap:
         ref=ref,
         digest=digest,
         event_id=event_id if isinstance(event_id, int) else None,
-        channel=channel if isinstance(channel, str) else None,
-        message_ts=message_ts if isinstance(message_ts, str) else None,
+        channel=channel,
+        message_ts=message_ts,
         incident_id=incident_id if isinstance(incident_id, int) else None,
     )
 
